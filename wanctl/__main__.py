@@ -1,0 +1,3 @@
+from wanctl.cli import main
+
+main()

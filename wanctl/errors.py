@@ -1,0 +1,35 @@
+"""The one exception family users see.
+
+Library code raises `WanctlError` (or a subclass) with what went wrong, why, and what to do;
+only `wanctl.cli` turns it into a red message and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class WanctlError(Exception):
+    """A failure the user can act on: `message` (what), `why`, `fix` (what to do)."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, why: str = "", fix: str = "", exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.why = why
+        self.fix = fix
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.why:
+            parts.append(f"why: {self.why}")
+        if self.fix:
+            parts.append(f"fix: {self.fix}")
+        return "\n".join(parts)
+
+
+class UsageError(WanctlError):
+    """Bad arguments or input files: exit code 2, as for a command-line usage error."""
+
+    exit_code = 2
