@@ -9,6 +9,7 @@ or run tiny real workers on the CPU.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -76,6 +77,21 @@ def child_environment(overrides: Mapping[str, str], base: Mapping[str, str]) -> 
     """The environment a child sees: the inherited one (multicast-off variables included)
     with wanctl's settings on top."""
     return {**base, **overrides}
+
+
+_EXCEPTION_LINE = re.compile(r"(?:\[rank\d+\]:\s*)?(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)")
+
+
+def worker_error(output: str) -> str:
+    """The exception a worker died of, as `Type: message`, from a torchrun log; torchrun's own
+    ChildFailedError wrapper is skipped. Falls back to the last non-empty line."""
+    found = [
+        f"{m[1]}: {m[2].strip()}"
+        for line in output.splitlines()
+        if (m := _EXCEPTION_LINE.search(line)) and m[1] != "ChildFailedError" and m[2].strip()
+    ]
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return (found or lines or [""])[-1][:300]
 
 
 class Runner(Protocol):

@@ -72,7 +72,11 @@ class GpuInfo:
     @property
     def sm(self) -> str | None:
         """`sm_90` for compute capability 9.0."""
-        return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}" if self.compute_capability else None
+        return (
+            f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
+            if self.compute_capability
+            else None
+        )
 
 
 @dataclass(frozen=True)
@@ -153,12 +157,35 @@ class Probe(Protocol):
 
 def model_slug(name: str) -> str:
     """'NVIDIA GeForce RTX 4090' -> 'rtx-4090'; 'NVIDIA H100 80GB HBM3' -> 'h100'."""
-    text = re.sub(r"\b(nvidia|geforce|tesla|quadro|\d+\s*gb|hbm\d*e?|pcie|sxm\d*)\b", " ", name.lower())
+    text = re.sub(
+        r"\b(nvidia|geforce|tesla|quadro|\d+\s*gb|hbm\d*e?|pcie|sxm\d*)\b", " ", name.lower()
+    )
     return "-".join(re.findall(r"[a-z0-9]+", text)) or "gpu"
 
 
 # Card sizes as sold; NVML reports a little less (ECC and firmware reservations).
-MEMORY_CLASSES_GB = (4, 6, 8, 10, 11, 12, 16, 20, 24, 32, 40, 48, 64, 80, 94, 96, 141, 144, 180, 192)
+MEMORY_CLASSES_GB = (
+    4,
+    6,
+    8,
+    10,
+    11,
+    12,
+    16,
+    20,
+    24,
+    32,
+    40,
+    48,
+    64,
+    80,
+    94,
+    96,
+    141,
+    144,
+    180,
+    192,
+)
 
 
 def memory_class_gb(total_mib: int | None) -> int:

@@ -126,8 +126,9 @@ def describe_rig(
 def _not_supported_fields() -> FakeProbe:
     """A GPU whose optional fields all raise NotSupported (older or consumer boards)."""
     inventory = describe_rig(1, MODELS["rtx-3090"])
-    bare = GpuInfo(index=0, name=inventory.gpus[0].name, memory_total_mib=24576,
-                   compute_capability=(8, 6))
+    bare = GpuInfo(
+        index=0, name=inventory.gpus[0].name, memory_total_mib=24576, compute_capability=(8, 6)
+    )
     return FakeProbe(dataclasses.replace(inventory, gpus=(bare,)))
 
 

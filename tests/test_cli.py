@@ -1,0 +1,125 @@
+"""The CLI edge: exit codes, JSON on stdout, errors without tracebacks, help for every command."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import wanctl.commands.doctor as doctor_command
+from wanctl.cli import app, handle_errors
+from wanctl.errors import UsageError, WanctlError
+from wanctl.probe.fake import scenario
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def use_rig(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setattr(doctor_command, "LocalProbe", lambda: scenario(name))
+    monkeypatch.setenv("COLUMNS", "250")  # rich wraps tables at 80 columns otherwise
+
+
+def test_doctor_json_is_one_complete_document(cli: CliRunner, monkeypatch) -> None:
+    use_rig(monkeypatch, "h100x8_nvlink")
+    result = cli.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["fingerprint"] == "8x-h100-80gb-nvlink"
+    assert len(report["inventory"]["gpus"]) == 8
+    assert report["inventory"]["topology"][0][1] == "NV18"
+    assert report["inventory"]["p2p"][0][1]["read"] == "OK"
+    assert {"python", "torch", "nccl", "diffusers", "ffmpeg", "env"} <= set(report["software"])
+    assert {"shm_total_bytes", "iommu", "memlock_bytes"} <= set(report["system"])
+    assert all({"name", "status", "finding", "fix", "shell"} <= set(c) for c in report["checks"])
+    assert report["recommended_env"] == {}
+
+
+def test_doctor_exit_codes(cli: CliRunner, monkeypatch) -> None:
+    use_rig(monkeypatch, "rtx4090x2_no_p2p")
+    assert cli.invoke(app, ["doctor"]).exit_code == 0
+    use_rig(monkeypatch, "rtx5090x2_old_nccl")
+    failed = cli.invoke(app, ["doctor"])
+    assert failed.exit_code == 1 and "nvidia-nccl-cu12>=2.26.2" in failed.stdout
+    assert cli.invoke(app, ["doctor", "--no-such-flag"]).exit_code == 2
+    assert cli.invoke(app, ["doctor", "--timeout", "1"]).exit_code == 2
+
+
+def test_doctor_table_shows_gpus_topology_and_fingerprint(cli: CliRunner, monkeypatch) -> None:
+    use_rig(monkeypatch, "rtx4090x2_no_p2p")
+    output = cli.invoke(app, ["doctor"]).stdout
+    assert "NVIDIA GeForce RTX 4090" in output and "CNS/CNS/NS/CNS" in output
+    assert "rig 2x-rtx-4090-24gb-pcie" in output
+
+
+def test_doctor_on_this_machine_runs_without_traceback(cli: CliRunner) -> None:
+    """No driver here (and in CI): a failed check, exit 1, software and system still shown."""
+    result = cli.invoke(app, ["doctor", "--json"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == (1 if report["inventory"]["error"] else result.exit_code)
+    assert "Traceback" not in result.output
+    names = {c["name"] for c in report["checks"]}
+    assert {"torch", "diffusers", "ffmpeg", "shm", "host_ram"} <= names
+
+
+def _failing_app(error: WanctlError) -> typer.Typer:
+    test_app = typer.Typer()
+
+    @test_app.callback()
+    def root() -> None: ...
+
+    @test_app.command()
+    @handle_errors
+    def boom() -> None:
+        raise error
+
+    return test_app
+
+
+def test_errors_become_what_why_fix_and_exit_code(cli: CliRunner) -> None:
+    error = UsageError("the latents file is unreadable", why="it is empty", fix="re-run")
+    result = cli.invoke(_failing_app(error), ["boom"])
+    assert result.exit_code == 2
+    assert "error: the latents file is unreadable" in result.stderr
+    assert "why: it is empty" in result.stderr and "fix: re-run" in result.stderr
+    assert "Traceback" not in result.output
+    assert cli.invoke(_failing_app(WanctlError("x", exit_code=3)), ["boom"]).exit_code == 3
+
+
+def test_debug_shows_the_traceback(cli: CliRunner, monkeypatch) -> None:
+    from wanctl import cli as cli_module
+
+    monkeypatch.setitem(cli_module._state, "debug", True)
+    result = cli.invoke(_failing_app(WanctlError("broken")), ["boom"])
+    assert "Traceback" in result.stderr and "error: broken" in result.stderr
+
+
+def _commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    names = [(*prefix, c.name or c.callback.__name__) for c in group.registered_commands]
+    for sub in group.registered_groups:
+        names += _commands(sub.typer_instance, (*prefix, sub.name or ""))
+    return names
+
+
+@pytest.mark.parametrize("command", _commands(app), ids=" ".join)
+def test_every_command_has_help_and_a_readme_section(cli: CliRunner, command) -> None:
+    result = cli.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0 and len(result.stdout.strip()) > 40
+    assert re.search(rf"^#+ .*`wanctl {' '.join(command)}", README.read_text(), re.M), command
+
+
+def test_version(cli: CliRunner) -> None:
+    assert re.fullmatch(r"wanctl \d+\.\d+\.\d+\n", cli.invoke(app, ["--version"]).stdout)
+
+
+def test_the_cli_starts_without_importing_torch() -> None:
+    """Importing torch takes seconds on some machines: doctor and --help must not pay it."""
+    import subprocess
+    import sys
+
+    code = "import sys, wanctl.cli; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

@@ -1,0 +1,263 @@
+"""doctor --full: checks proven by real transfers, each in child processes under a hard timeout
+so that a hang is reported, never inherited. Launched as generate launches: through torchrun
+and the `Runner` boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wanctl.doctor import Check, Status
+from wanctl.launch import LaunchSpec, Runner, RunResult, torchrun_argv, worker_error
+from wanctl.probe.base import GpuInventory
+
+ALLREDUCE_WORKER = "wanctl.workers.allreduce"
+TRANSFER_WORKER = "wanctl.workers.transfers"
+# Tried in order until the all-reduce works; the first that works is the recommendation.
+ALLREDUCE_VARIANTS: tuple[dict[str, str], ...] = ({}, {"NCCL_P2P_DISABLE": "1"})
+# GB/s per lane and direction after encoding, by PCIe generation.
+PCIE_LANE_GBPS = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}
+NVLINK_GBPS_PER_LINK = 25.0  # NVLink 3 and 4, per link and direction
+SLOW_FRACTION = 0.5  # below half of the link's rate, a copy is called slow
+
+
+@dataclass(frozen=True)
+class Attempt:
+    env: Mapping[str, str]
+    result: RunResult
+    ranks: tuple[dict[str, object], ...]
+    world_size: int
+    timeout_s: float
+
+    @property
+    def wrong_ranks(self) -> list[int]:
+        return [int(r["rank"]) for r in self.ranks if r.get("wrong_elements")]  # type: ignore[call-overload]
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok and len(self.ranks) == self.world_size and not self.wrong_ranks
+
+    def failure(self) -> str:
+        if self.result.timed_out:
+            return f"hung: no result within {self.timeout_s:g} s"
+        if self.wrong_ranks:
+            return f"wrong values on rank(s) {', '.join(map(str, self.wrong_ranks))}"
+        tail = worker_error(self.result.output)
+        return f"exited with code {self.result.returncode}" + (f": {tail}" if tail else "")
+
+    def transports(self) -> list[str]:
+        """What NCCL_DEBUG=INFO says NCCL chose: 'P2P/CUMEM', 'SHM', 'NET/Socket', ..."""
+        return sorted(set(re.findall(r" via (\S+)", self.result.output)))
+
+
+def _variant_text(env: Mapping[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in env.items()) or "default settings"
+
+
+def allreduce_attempt(
+    runner: Runner,
+    nproc: int,
+    env: Mapping[str, str],
+    timeout_s: float,
+    *,
+    backend: str = "auto",
+    worker: str = ALLREDUCE_WORKER,
+    extra_env: Mapping[str, str] | None = None,
+) -> Attempt:
+    with tempfile.TemporaryDirectory(prefix="wanctl-allreduce-") as workdir:
+        argv = torchrun_argv(worker, ["--result-dir", workdir, "--backend", backend], nproc)
+        spec = LaunchSpec(argv, {"NCCL_DEBUG": "INFO", **(extra_env or {}), **env}, timeout_s)
+        result = runner.run(spec)
+        ranks = tuple(json.loads(p.read_text()) for p in sorted(Path(workdir).glob("rank*.json")))
+    return Attempt(env, result, ranks, nproc, timeout_s)
+
+
+def allreduce_check(
+    runner: Runner,
+    nproc: int,
+    timeout_s: float,
+    *,
+    backend: str = "auto",
+    variants: Sequence[Mapping[str, str]] = ALLREDUCE_VARIANTS,
+    worker: str = ALLREDUCE_WORKER,
+    extra_env: Mapping[str, str] | None = None,
+) -> tuple[Check, dict[str, str]]:
+    """All-reduce known values across `nproc` processes; when it hangs or is wrong, retry with
+    the next environment. Returns the check and the environment that worked."""
+    attempts: list[Attempt] = []
+    for env in variants:
+        attempt = allreduce_attempt(
+            runner, nproc, env, timeout_s, backend=backend, worker=worker, extra_env=extra_env
+        )
+        attempts.append(attempt)
+        if attempt.ok:
+            break
+    return _allreduce_verdict(attempts, nproc)
+
+
+def _allreduce_verdict(attempts: list[Attempt], nproc: int) -> tuple[Check, dict[str, str]]:
+    last = attempts[-1]
+    tried = "; ".join(f"{_variant_text(a.env)}: {a.failure()}" for a in attempts if not a.ok)
+    shell = "NCCL_DEBUG=INFO torchrun --standalone --nproc-per-node N ..."
+    if not last.ok:
+        return Check(
+            "nccl.allreduce",
+            "active",
+            Status.FAIL,
+            f"all-reduce over {nproc} process(es) failed every way tried ({tried})",
+            fix="run with NCCL_DEBUG=INFO to see where it stops; check the driver and NCCL "
+            "versions above, /dev/shm, and the IOMMU (boot with iommu=pt)",
+            shell=shell,
+        ), {}
+    first = last.ranks[0]
+    via = f", via {', '.join(found)}" if (found := last.transports()) else ""
+    speed = f", {first['bus_gbps']:.1f} GB/s bus bandwidth" if nproc > 1 else ""
+    done = (
+        f"all-reduce of known values over {nproc} process(es) ({first['backend']}{via}) "
+        f"exact{speed}"
+    )
+    if len(attempts) == 1:
+        return Check("nccl.allreduce", "active", Status.OK, done, shell=shell), dict(last.env)
+    return Check(
+        "nccl.allreduce",
+        "active",
+        Status.FAIL,
+        f"{tried}; with {_variant_text(last.env)}: {done}",
+        fix=f"export {_variant_text(last.env)} (wanctl tune and generate set it for this rig)",
+        shell=shell,
+    ), dict(last.env)
+
+
+# --- transfers ---------------------------------------------------------------------------
+
+
+def _pcie_gbps(inventory: GpuInventory, index: int) -> float | None:
+    link = inventory.gpus[index].pcie
+    if link.gen_max is None or link.width_max is None:
+        return None
+    return PCIE_LANE_GBPS.get(link.gen_max, 0.0) * link.width_max
+
+
+def expected_pair_gbps(inventory: GpuInventory, src: int, dst: int) -> float | None:
+    """What a copy between two GPUs should reach: NVLink links x 25 GB/s, else the slower
+    of the two PCIe links (halved when there is no P2P and the data bounces through host)."""
+    label = inventory.link(src, dst)
+    if label.startswith("NV") and label[2:].isdigit():
+        return int(label[2:]) * NVLINK_GBPS_PER_LINK
+    rates = [r for r in (_pcie_gbps(inventory, src), _pcie_gbps(inventory, dst)) if r]
+    if not rates:
+        return None
+    caps = inventory.caps(src, dst)
+    return min(rates) if caps and caps.supported else min(rates) / 2
+
+
+def transfer_checks(report: dict[str, object], inventory: GpuInventory) -> list[Check]:
+    checks = [_host_check(entry, inventory) for entry in report["host"]]  # type: ignore[attr-defined]
+    checks += [_pair_check(entry, inventory) for entry in report["pairs"]]  # type: ignore[attr-defined]
+    return checks
+
+
+def _rate_status(measured: float, expected: float | None) -> tuple[Status, str]:
+    if expected is None:
+        return Status.OK, f"{measured:.1f} GB/s"
+    ratio = measured / expected
+    status = Status.WARN if ratio < SLOW_FRACTION else Status.OK
+    return status, f"{measured:.1f} GB/s ({ratio:.0%} of the link's {expected:.0f} GB/s)"
+
+
+def _host_check(entry: dict[str, float], inventory: GpuInventory) -> Check:
+    gpu = int(entry["gpu"])
+    expected = _pcie_gbps(inventory, gpu) if gpu < len(inventory.gpus) else None
+    h2d_status, h2d = _rate_status(entry["h2d_gbps"], expected)
+    d2h_status, d2h = _rate_status(entry["d2h_gbps"], expected)
+    status = Status.WARN if Status.WARN in (h2d_status, d2h_status) else Status.OK
+    return Check(
+        f"gpu{gpu}.host_copy",
+        "active",
+        status,
+        f"GPU {gpu} host->device {h2d}, device->host {d2h}",
+        fix="check the slot's PCIe generation and width in the BIOS, and the CPU/NUMA "
+        "affinity of the process"
+        if status is Status.WARN
+        else "",
+        shell=f"nvidia-smi -q -i {gpu} -d PCIE",
+    )
+
+
+def _pair_check(entry: dict[str, object], inventory: GpuInventory) -> Check:
+    src, dst = int(entry["src"]), int(entry["dst"])  # type: ignore[call-overload]
+    name = f"p2p.{src}-{dst}"
+    if not entry["bit_exact"]:
+        return Check(
+            name,
+            "active",
+            Status.FAIL,
+            f"GPU {src} -> GPU {dst} copy corrupted {entry['mismatched_bytes']} bytes",
+            fix="export NCCL_P2P_DISABLE=1, and boot with iommu=pt or disable ACS in the BIOS",
+            shell="nvidia-smi topo -p2p rwna",
+        )
+    status, rate = _rate_status(float(entry["gbps"]), expected_pair_gbps(inventory, src, dst))  # type: ignore[arg-type]
+    path = "P2P" if entry["peer_access"] else "through host"
+    return Check(
+        name,
+        "active",
+        status,
+        f"GPU {src} -> GPU {dst} ({path}) bit-exact, {rate}",
+        fix="check NVLink bridges (`nvidia-smi nvlink -s`) or the PCIe slots' width"
+        if status is Status.WARN
+        else "",
+        shell="nvidia-smi topo -m",
+    )
+
+
+def transfer_check(runner: Runner, inventory: GpuInventory, timeout_s: float) -> list[Check]:
+    with tempfile.TemporaryDirectory(prefix="wanctl-transfers-") as workdir:
+        result_path = Path(workdir) / "transfers.json"
+        spec = LaunchSpec(
+            (sys.executable, "-m", TRANSFER_WORKER, "--result", str(result_path)), {}, timeout_s
+        )
+        result = runner.run(spec)
+        if not result.ok or not result_path.exists():
+            why = (
+                "hung"
+                if result.timed_out
+                else f"exited with code {result.returncode}: {worker_error(result.output)}"
+            )
+            return [
+                Check(
+                    "transfers",
+                    "active",
+                    Status.FAIL,
+                    f"the copy check {why}",
+                    fix="run `nvidia-smi topo -p2p rwna`; if copies hang, export "
+                    "NCCL_P2P_DISABLE=1 and boot with iommu=pt",
+                    shell="nvidia-smi topo -p2p rwna",
+                )
+            ]
+        report = json.loads(result_path.read_text())
+    return transfer_checks(report, inventory)
+
+
+def active_checks(
+    runner: Runner, timeout_s: float
+) -> Callable[[GpuInventory], tuple[list[Check], dict[str, str]]]:
+    """The `active` step of `wanctl.doctor.diagnose`: copies, then the all-reduce."""
+
+    def run(inventory: GpuInventory) -> tuple[list[Check], dict[str, str]]:
+        count = len(inventory.live_gpus())
+        if count == 0:
+            reason = "no GPU to test" if not inventory.error else "no driver"
+            return [
+                Check("active", "active", Status.SKIPPED, f"active checks skipped: {reason}")
+            ], {}
+        checks = transfer_check(runner, inventory, timeout_s)
+        allreduce, env = allreduce_check(runner, count, timeout_s)
+        return [*checks, allreduce], env
+
+    return run
