@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from wanctl import __version__
-from wanctl.commands import doctor
+from wanctl.commands import decode, doctor
 from wanctl.errors import WanctlError
 from wanctl.render import err_console
 
@@ -69,6 +69,7 @@ def handle_errors(command: F) -> F:
 
 
 app.command("doctor")(handle_errors(doctor.doctor))
+app.command("decode")(handle_errors(decode.decode))
 
 
 def main() -> None:

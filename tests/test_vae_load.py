@@ -1,0 +1,128 @@
+"""Loading the VAE: diffusers folders, the original Wan2.2_VAE.pth key layout, random weights,
+and clear refusals."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
+
+from wanctl.errors import UsageError
+from wanctl.vae.engine import decode_chunks
+from wanctl.vae.load import TINY_CONFIG, load_vae, original_to_diffusers, random_vae
+
+# diffusers -> original (the official wan/modules/vae2_2.py), written out independently of the
+# mapping under test: Decoder3d has conv1, middle (resnet, attention, resnet), upsamples.{b}
+# (Up_ResidualBlock, whose `upsamples` are 3 ResidualBlocks then the Resample) and head
+# (RMS_norm, SiLU, CausalConv3d); a ResidualBlock is `residual` (norm, SiLU, conv, norm, SiLU,
+# dropout, conv) plus `shortcut`; the VAE's conv2 is diffusers' post_quant_conv.
+TO_ORIGINAL = [
+    (r"(resnets\.\d\.)norm1\.", r"\1residual.0."),
+    (r"(resnets\.\d\.)conv1\.", r"\1residual.2."),
+    (r"(resnets\.\d\.)norm2\.", r"\1residual.3."),
+    (r"(resnets\.\d\.)conv2\.", r"\1residual.6."),
+    (r"(resnets\.\d\.)conv_shortcut\.", r"\1shortcut."),
+    (r"^post_quant_conv\.", "conv2."),
+    (r"^decoder\.conv_in\.", "decoder.conv1."),
+    (r"^decoder\.mid_block\.resnets\.0\.", "decoder.middle.0."),
+    (r"^decoder\.mid_block\.attentions\.0\.", "decoder.middle.1."),
+    (r"^decoder\.mid_block\.resnets\.1\.", "decoder.middle.2."),
+    (r"^decoder\.up_blocks\.(\d)\.resnets\.(\d)\.", r"decoder.upsamples.\1.upsamples.\2."),
+    (r"^decoder\.up_blocks\.(\d)\.upsampler\.", r"decoder.upsamples.\1.upsamples.3."),
+    (r"^decoder\.norm_out\.", "decoder.head.0."),
+    (r"^decoder\.conv_out\.", "decoder.head.2."),
+]
+
+
+def to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, tensor in state.items():
+        for pattern, replacement in TO_ORIGINAL:
+            key = re.sub(pattern, replacement, key)
+        out[key] = tensor
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny() -> AutoencoderKLWan:
+    return load_vae("tiny")
+
+
+def decode(vae: AutoencoderKLWan) -> torch.Tensor:
+    z = torch.randn(1, 48, 2, 3, 4, generator=torch.Generator().manual_seed(0))
+    return torch.cat(list(decode_chunks(vae, z)), dim=2)
+
+
+def test_original_layout_maps_back_to_diffusers(tiny: AutoencoderKLWan) -> None:
+    state = tiny.state_dict()
+    original = to_original(state)
+
+    for key in [
+        "conv2.weight",
+        "decoder.conv1.weight",
+        "decoder.middle.0.residual.0.gamma",
+        "decoder.middle.1.to_qkv.weight",
+        "decoder.middle.2.residual.6.bias",
+        "decoder.upsamples.0.upsamples.3.time_conv.weight",
+        "decoder.upsamples.2.upsamples.3.resample.1.weight",
+        "decoder.upsamples.2.upsamples.0.shortcut.weight",
+        "decoder.head.0.gamma",
+        "decoder.head.2.weight",
+    ]:
+        assert key in original
+    mapped = original_to_diffusers({**original, "encoder.conv1.weight": torch.zeros(1)})
+    assert mapped.keys() == state.keys()
+    assert all(mapped[k] is state[k] for k in state)
+
+
+def test_original_pth_file_decodes_like_the_model_it_came_from(
+    tmp_path: Path, tiny: AutoencoderKLWan
+) -> None:
+    torch.save(to_original(tiny.state_dict()), tmp_path / "Wan2.2_VAE.pth")
+
+    loaded = load_vae(str(tmp_path / "Wan2.2_VAE.pth"))
+
+    assert torch.equal(decode(loaded), decode(tiny))
+
+
+def test_diffusers_folder_or_model_root(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    full = AutoencoderKLWan(**TINY_CONFIG)
+    full.save_pretrained(tmp_path / "model" / "vae")
+
+    for spec in (tmp_path / "model" / "vae", tmp_path / "model"):
+        loaded = load_vae(str(spec))
+        assert loaded.encoder is None
+        assert torch.equal(decode(loaded), decode(full.eval()))
+
+
+def test_random_weights_follow_the_seed() -> None:
+    first, again, other = (random_vae(TINY_CONFIG, seed=s) for s in (0, 0, 1))
+    weight = "decoder.conv_in.weight"
+
+    assert torch.equal(first.state_dict()[weight], again.state_dict()[weight])
+    assert not torch.equal(first.state_dict()[weight], other.state_dict()[weight])
+    assert all(torch.isfinite(p).all() for p in first.parameters())
+
+
+def test_bad_vae_specs_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="VAE not found"):
+        load_vae(str(tmp_path / "absent"))
+    with pytest.raises(UsageError, match="no config.json"):
+        load_vae(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UsageError, match="unknown VAE file type"):
+        load_vae(str(tmp_path / "notes.txt"))
+    torch.save({"something.else": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(UsageError, match="holds no Wan VAE decoder weights"):
+        load_vae(str(tmp_path / "other.pth"))
+
+
+def test_the_wan21_vae_is_refused(tmp_path: Path) -> None:
+    AutoencoderKLWan(base_dim=8, z_dim=16).save_pretrained(tmp_path / "wan21")
+
+    with pytest.raises(UsageError, match="not the Wan2.2"):
+        load_vae(str(tmp_path / "wan21"))

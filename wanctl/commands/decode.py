@@ -1,0 +1,94 @@
+"""`wanctl decode`: options in, a `DecodeSummary` out, rendered as a table or JSON.
+
+The decode library (torch, diffusers) is imported when the command runs, not when the CLI
+starts: `wanctl --help` and `wanctl doctor` must not pay for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wanctl.render import err_console, out_console, print_json
+
+if TYPE_CHECKING:
+    from wanctl.vae.job import DecodeSummary
+
+
+def decode(
+    latents: Annotated[
+        Path, typer.Argument(help="Latents file: safetensors with a 'latents' tensor.")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o", "--output", help="Video to write: .mp4 (H.264) or .npy (uint8, lossless)."
+        ),
+    ],
+    vae: Annotated[
+        str,
+        typer.Option(
+            help="Wan2.2 VAE: diffusers folder (…/Wan2.2-TI2V-5B-Diffusers/vae), "
+            "Wan2.2_VAE.pth, or 'synthetic' (random weights, for benchmarks)."
+        ),
+    ],
+    device: Annotated[
+        str | None, typer.Option(help="cuda or cpu. Default: cuda when present.")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="bf16, fp16 or fp32. Default: bf16 on GPU, fp32 on CPU.")
+    ] = None,
+    chunk_t: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk-t",
+            min=1,
+            help="Latent frames per decoder call. Default: $WAN_VAE_DECODE_CHUNK_T, else 1.",
+        ),
+    ] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Ranks to split each frame over (torchrun). Default: all visible GPUs."
+        ),
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="One JSON summary on stdout.")] = False,
+) -> None:
+    """Decode latents to a video: exact (frame for frame what diffusers' decode gives), streamed
+    to the file as it decodes, each frame split over every GPU. Out of GPU memory, it tries more
+    GPUs, chunk_t=1, diffusers tiling (approximate), then the CPU."""
+    from wanctl.vae.job import DecodeOptions, run_decode
+
+    options = DecodeOptions(latents, output, vae, device, dtype, chunk_t, gpus)
+    summary = run_decode(options, notify=lambda line: err_console().print(f"[yellow]{line}[/]"))
+    if json:
+        print_json(summary)
+    else:
+        render(summary, out_console())
+
+
+def render(summary: DecodeSummary, console: Console) -> None:
+    plan = summary.plan
+    table = Table(title=f"decoded {summary.output}", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("video", f"{summary.frames} frames, {summary.width}x{summary.height}, "
+                  f"{summary.fps:g} fps")  # fmt: skip
+    table.add_row("decode", f"{summary.seconds:.1f} s ({summary.total_seconds:.1f} s in all)")
+    table.add_row("how", plan.describe())
+    if not summary.exact:
+        table.add_row("exact", "[yellow]no: diffusers tiling blends tiles at their seams[/]")
+    if plan.step != "as asked":
+        table.add_row("fallback", f"[yellow]succeeded at '{plan.step}' after out of memory[/]")
+    peaks = [
+        f"{a:.2f} / {r:.2f}"
+        for a, r in zip(summary.peak_allocated_gib, summary.peak_reserved_gib, strict=True)
+        if a is not None and r is not None
+    ]
+    if peaks:
+        table.add_row("peak GiB per rank (alloc / reserved)", ", ".join(peaks))
+    console.print(table)

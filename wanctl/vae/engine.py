@@ -1,0 +1,187 @@
+"""wanctl's traversal of the Wan2.2 VAE decoder: exact, chunked in time, split in space.
+
+diffusers' `AutoencoderKLWan._decode` calls the decoder one latent frame at a time with a cache
+of the last input frames of every causal conv, kept inside the model. This module walks the same
+diffusers modules with their parameters, but:
+
+- the causal cache is an explicit `CausalCache` object, held by the caller;
+- a call decodes a chunk of latent frames (the first latent frame alone, then `chunk_t` at a
+  time), and gives the same frames as the one-frame-at-a-time decode;
+- every spatial convolution gets its border from a `Halo`: zeros for a whole frame
+  (`WholeFrame`), or the neighbouring ranks' rows for a slab of it (`wanctl.vae.parallel`),
+  and the mid-block attention gets its keys and values through the same object.
+
+A causal conv treats its input as one stream: each chunk sees the stream's last frames before
+it, and zeros before the stream's start. That is what the diffusers cache computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.autoencoder_kl_wan import (
+    AutoencoderKLWan,
+    WanAttentionBlock,
+    WanCausalConv3d,
+    WanResample,
+    WanResidualBlock,
+    WanResidualUpBlock,
+    unpatchify,
+)
+from torch import nn
+
+
+class Halo(Protocol):
+    """How a process sees beyond its part of the frame."""
+
+    def pad(self, x: torch.Tensor, space: int, time: int = 0) -> torch.Tensor:
+        """`x` (..., H, W) with `space` rows/columns added on every side (neighbours' where the
+        frame goes on, zeros at its border) and, for 5-D `x`, `time` zero frames in front."""
+        ...
+
+    def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, 1, n, C) of this process's part of a frame -> those of the whole frame."""
+        ...
+
+
+class WholeFrame:
+    """The `Halo` of a process that holds whole frames: zeros all round, nothing to gather."""
+
+    def pad(self, x: torch.Tensor, space: int, time: int = 0) -> torch.Tensor:
+        pads = (space, space, space, space) + ((time, 0) if time else ())
+        return F.pad(x, pads) if any(pads) else x
+
+    def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@dataclass
+class CausalCache:
+    """The state of one decode between chunks: for every causal conv, the last frames of the
+    stream it has seen (as many as its time kernel needs), and whether the first chunk, which
+    the temporal upsamplers treat apart, is done."""
+
+    tails: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
+    started: bool = False
+
+
+def latent_chunks(latent_frames: int, chunk_t: int) -> list[slice]:
+    """The first latent frame alone (it decodes to one frame, the others to four), then runs of
+    `chunk_t` latent frames."""
+    if chunk_t < 1:
+        raise ValueError(f"chunk_t must be at least 1, got {chunk_t}")
+    rest = range(1, latent_frames, chunk_t)
+    return [slice(0, 1)] + [slice(s, min(s + chunk_t, latent_frames)) for s in rest]
+
+
+class ChunkDecoder:
+    """Decodes chunks of latent frames with the modules and weights of a diffusers
+    `AutoencoderKLWan` (Wan2.2: residual up blocks, patch size 2)."""
+
+    def __init__(self, vae: AutoencoderKLWan, halo: Halo | None = None):
+        self.vae = vae
+        self.halo: Halo = halo or WholeFrame()
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """Latents (B, 48, t, h, w) in the decoder's space -> pixels (B, 3, f, 16h, 16w) in
+        [-1, 1]: f = 1 for the first chunk (which must be one latent frame), else 4t."""
+        first = not cache.started
+        if first and z.shape[2] != 1:
+            raise ValueError("the first chunk of a decode must be the first latent frame alone")
+        decoder = self.vae.decoder
+        x = self._causal_conv(self.vae.post_quant_conv, z, cache)
+        x = self._causal_conv(decoder.conv_in, x, cache)
+        mid = decoder.mid_block
+        x = self._resnet(cast(WanResidualBlock, mid.resnets[0]), x, cache)
+        for attention, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
+            x = self._attention(cast(WanAttentionBlock, attention), x)
+            x = self._resnet(cast(WanResidualBlock, resnet), x, cache)
+        for block in decoder.up_blocks:
+            x = self._up_block(cast(WanResidualUpBlock, block), x, cache, first)
+        x = decoder.nonlinearity(decoder.norm_out(x))
+        x = self._causal_conv(decoder.conv_out, x, cache)
+        cache.started = True
+        return unpatchify(x, self.vae.config["patch_size"]).clamp_(-1.0, 1.0)
+
+    def _causal_conv(
+        self, conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache
+    ) -> torch.Tensor:
+        """One causal conv step: prepend the frames this conv saw last (zeros at the start of
+        the stream), remember its new last frames, take the border from the halo, convolve."""
+        past_frames = int(conv._padding[4])  # (w, w, h, h, time, 0): time kernel minus one
+        missing = 0
+        if past_frames:
+            past = cache.tails.get(conv)
+            if past is not None:
+                x = torch.cat([past, x], dim=2)
+            cache.tails[conv] = x[:, :, -past_frames:].clone()
+            missing = past_frames - (0 if past is None else past.shape[2])
+        x = self.halo.pad(x, int(conv._padding[0]), time=missing)
+        return F.conv3d(x, conv.weight, conv.bias, conv.stride)
+
+    def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """norm, SiLU, conv, norm, SiLU, conv, plus the shortcut (dropout is off at inference)."""
+        shortcut = block.conv_shortcut
+        skip = x if isinstance(shortcut, nn.Identity) else self._causal_conv(shortcut, x, cache)
+        x = self._causal_conv(block.conv1, block.nonlinearity(block.norm1(x)), cache)
+        x = self._causal_conv(block.conv2, block.nonlinearity(block.norm2(x)), cache)
+        return x.add_(skip)
+
+    def _attention(self, block: WanAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+        """Single-head self-attention within each frame: this process's queries against the
+        keys and values of the whole frame."""
+        b, c, t, h, w = x.shape
+        frames = block.norm(x.transpose(1, 2).reshape(b * t, c, h, w))
+        qkv = block.to_qkv(frames).reshape(b * t, 1, 3 * c, h * w).transpose(2, 3)
+        q, kv = qkv[..., :c], self.halo.gather_tokens(qkv[..., c:])
+        k, v = kv.chunk(2, dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = block.proj(out.squeeze(1).transpose(1, 2).reshape(b * t, c, h, w))
+        return out.view(b, t, c, h, w).transpose(1, 2).add_(x)
+
+    def _up_block(
+        self, block: WanResidualUpBlock, x: torch.Tensor, cache: CausalCache, first: bool
+    ) -> torch.Tensor:
+        shortcut_input = x
+        for resnet in block.resnets:
+            x = self._resnet(cast(WanResidualBlock, resnet), x, cache)
+        if block.upsampler is not None:
+            x = self._upsample(block.upsampler, x, cache, first)
+        if block.avg_shortcut is not None:
+            x = x.add_(block.avg_shortcut(shortcut_input, first_chunk=first))
+        return x
+
+    def _upsample(
+        self, resample: WanResample, x: torch.Tensor, cache: CausalCache, first: bool
+    ) -> torch.Tensor:
+        """Time x2 (after the first chunk: its single frame stays one), then space x2 by
+        nearest neighbour and a 3x3 conv whose border comes from the halo at the new size."""
+        if resample.mode == "upsample3d" and not first:
+            x = self._causal_conv(resample.time_conv, x, cache)
+            b, c2, t, h, w = x.shape
+            x = x.view(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5)
+            x = x.reshape(b, c2 // 2, 2 * t, h, w)
+        b, c, t, h, w = x.shape
+        upsample, conv = cast(tuple[nn.Upsample, nn.Conv2d], tuple(resample.resample))
+        # Nearest neighbour copies values: running it in x's dtype gives what WanUpsample's
+        # float32 round trip gives, without the float32 copies (the decode's largest tensors).
+        frames = nn.Upsample.forward(upsample, x.transpose(1, 2).reshape(b * t, c, h, w))
+        frames = F.conv2d(self.halo.pad(frames, int(conv.padding[0])), conv.weight, conv.bias)
+        return frames.view(b, t, *frames.shape[1:]).transpose(1, 2)
+
+
+def decode_chunks(
+    vae: AutoencoderKLWan, z: torch.Tensor, *, chunk_t: int = 1, halo: Halo | None = None
+) -> Iterator[torch.Tensor]:
+    """Pixels (B, 3, f, H, W) in [-1, 1] chunk by chunk: 4(T-1)+1 frames in all, equal to
+    `vae.decode(z)`. `z` (B, 48, T, h, w) is in the decoder's space (denormalised) and may stay
+    on the host: each chunk moves to the VAE's device and dtype when its turn comes."""
+    decoder = ChunkDecoder(vae, halo)
+    cache = CausalCache()
+    for part in latent_chunks(z.shape[2], chunk_t):
+        yield decoder.decode(z[:, :, part].to(vae.device, vae.dtype), cache)

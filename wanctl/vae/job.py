@@ -1,0 +1,316 @@
+"""`wanctl decode` as a library: check the inputs, plan, decode (here, or on N ranks through
+torchrun), fall back when the GPU runs out of memory, and return a `DecodeSummary`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from wanctl.errors import UsageError, WanctlError
+from wanctl.latents import Latents, load_latents
+from wanctl.launch import LaunchSpec, Runner, SubprocessRunner, torchrun_argv
+from wanctl.render import err_console
+from wanctl.vae.fallback import DecodeOutOfMemory, DecodePlan, fallback_plans, run_ladder
+from wanctl.vae.load import BUILT_IN, load_vae, vae_path
+from wanctl.vae.parallel import RowSplit, split_dim
+from wanctl.vae.stream import FramesDone, StreamResult, decode_tiled_to_file, decode_to_file
+from wanctl.vae.writers import SUFFIXES
+
+CHUNK_ENV = "WAN_VAE_DECODE_CHUNK_T"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DEVICES = ("cuda", "cpu")
+WORKER = "wanctl.workers.decode"
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What the user asked for; None means the default."""
+
+    latents: Path
+    output: Path
+    vae: str
+    device: str | None = None
+    dtype: str | None = None
+    chunk_t: int | None = None
+    gpus: int | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DecodeSummary:
+    """A finished decode: the video, how it was decoded, and what it cost per rank."""
+
+    output: Path
+    frames: int
+    width: int
+    height: int
+    fps: float
+    seconds: float
+    total_seconds: float
+    exact: bool
+    plan: DecodePlan
+    peak_allocated_gib: list[float | None]
+    peak_reserved_gib: list[float | None]
+    attempts: list[str]
+
+
+def run_decode(
+    options: DecodeOptions,
+    *,
+    runner: Runner | None = None,
+    env: Mapping[str, str] = os.environ,
+    notify: Callable[[str], None] = lambda _: None,
+) -> DecodeSummary:
+    """Decode `options.latents` into `options.output`, falling back when out of memory."""
+    start = time.perf_counter()
+    latents = load_latents(options.latents)
+    if options.vae not in BUILT_IN:
+        vae_path(options.vae)
+    check_output(options.output, options.latents)
+    gpus = torch.cuda.device_count()
+    first = first_plan(options, latents, env, gpus)
+    max_ranks = min(gpus, _split_length(latents))
+    job = _Job(options, latents, runner or SubprocessRunner())
+    plan, results, attempts = run_ladder(fallback_plans(first, max_ranks), job.attempt, notify)
+    return DecodeSummary(
+        output=options.output,
+        frames=latents.frames,
+        width=latents.width,
+        height=latents.height,
+        fps=latents.fps,
+        seconds=results[0].seconds,
+        total_seconds=time.perf_counter() - start,
+        exact=plan.exact,
+        plan=plan,
+        peak_allocated_gib=[r.peak_allocated_gib for r in results],
+        peak_reserved_gib=[r.peak_reserved_gib for r in results],
+        attempts=attempts,
+    )
+
+
+def first_plan(
+    options: DecodeOptions, latents: Latents, env: Mapping[str, str], gpus: int
+) -> DecodePlan:
+    """The plan as asked, defaults filled in: cuda when a GPU is visible, bf16 on GPU and
+    float32 on CPU, chunk_t from `WAN_VAE_DECODE_CHUNK_T` or 1, every visible GPU."""
+    device = options.device or ("cuda" if gpus else "cpu")
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}", fix="use --device cuda or --device cpu")
+    if device == "cuda" and not gpus:
+        raise UsageError("no CUDA GPU is visible", fix="decode on the CPU with --device cpu")
+    dtype = options.dtype or ("bf16" if device == "cuda" else "fp32")
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}", fix=f"use one of {', '.join(DTYPES)}")
+    ranks = options.gpus or (gpus if device == "cuda" else 1)
+    _check_ranks(ranks, device, gpus, _split_length(latents))
+    return DecodePlan(ranks, chunk_t(options.chunk_t, env), device, dtype)
+
+
+def chunk_t(option: int | None, env: Mapping[str, str]) -> int:
+    """Latent frames per decoder call: `--chunk-t`, else `WAN_VAE_DECODE_CHUNK_T`, else 1
+    (more buys no speed and costs ~5.6 GiB per frame at 1280x704)."""
+    value: object = option if option is not None else env.get(CHUNK_ENV, "1")
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        source = "--chunk-t" if option is not None else CHUNK_ENV
+        raise UsageError(f"{source} is {value!r}; it must be a whole number of at least 1")
+    return number
+
+
+def check_output(output: Path, latents: Path) -> None:
+    """The output must be an .mp4 or .npy in a writable folder, and not the latents file."""
+    if output.suffix not in SUFFIXES:
+        raise UsageError(
+            f"cannot write {output}: unknown video type '{output.suffix}'",
+            fix="name the output .mp4 (H.264) or .npy (uint8 frames, lossless)",
+        )
+    if output.resolve() == latents.resolve():
+        raise UsageError("the output would overwrite the latents file", fix="name another output")
+    folder = output.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"cannot write {output}: {folder} is not a writable folder",
+            fix="create the folder or pick another output path",
+        )
+    if output.is_dir():
+        raise UsageError(f"cannot write {output}: it is a folder")
+
+
+@contextmanager
+def frame_progress(total: int, enabled: bool = True) -> Iterator[FramesDone]:
+    """A progress bar on stderr (frames done, time left); yields the callback to advance it."""
+    columns = (
+        TextColumn("decoding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console(), disable=not enabled) as progress:
+        task = progress.add_task("decode", total=total)
+        yield lambda frames: progress.advance(task, frames)
+
+
+def decode_here(
+    options: DecodeOptions,
+    latents: Latents,
+    plan: DecodePlan,
+    split: RowSplit | None = None,
+    device: torch.device | None = None,
+) -> StreamResult:
+    """This process's part of `plan`: load the VAE, decode, write (rank 0). A torchrun worker
+    passes its `split` and device; CUDA running out of memory raises torch.OutOfMemoryError."""
+    device = device or torch.device(plan.device)
+    vae = load_vae(options.vae, device=device, dtype=DTYPES[plan.dtype])
+    z = latents.for_decoder(vae.config["latents_mean"], vae.config["latents_std"])
+    show = options.progress and (split is None or split.rank == 0)
+    with frame_progress(latents.frames, show) as on_frames:
+        if plan.tiled:
+            return decode_tiled_to_file(
+                vae, z, options.output, fps=latents.fps, on_frames=on_frames
+            )
+        return decode_to_file(
+            vae,
+            z,
+            options.output,
+            fps=latents.fps,
+            chunk_t=plan.chunk_t,
+            split=split,
+            on_frames=on_frames,
+        )
+
+
+class _Job:
+    """Runs one plan of a decode: in this process for one rank, through torchrun for more."""
+
+    def __init__(self, options: DecodeOptions, latents: Latents, runner: Runner):
+        self.options = options
+        self.latents = latents
+        self.runner = runner
+
+    def attempt(self, plan: DecodePlan) -> list[StreamResult]:
+        if plan.ranks > 1:
+            return self._torchrun(plan)
+        try:
+            return [decode_here(self.options, self.latents, plan)]
+        except torch.OutOfMemoryError as error:
+            detail = str(error).splitlines()[0]
+        # Raised here, after the except block, so that the failed attempt's frames (and the
+        # GPU memory they hold) are gone before the next attempt.
+        raise DecodeOutOfMemory(detail)
+
+    def _torchrun(self, plan: DecodePlan) -> list[StreamResult]:
+        with tempfile.TemporaryDirectory(prefix="wanctl-decode-") as folder:
+            report = Path(folder) / "report.json"
+            spec = LaunchSpec(
+                torchrun_argv(WORKER, worker_args(self.options, plan, report), plan.ranks),
+                env=_thread_env(plan),
+                capture_output=False,
+            )
+            result = self.runner.run(spec)
+            return read_report(report, plan.ranks, result.returncode)
+
+
+def worker_args(options: DecodeOptions, plan: DecodePlan, report: Path) -> list[str]:
+    """The command line of `wanctl.workers.decode` for `plan`."""
+    args = [
+        "--latents", str(options.latents),
+        "--output", str(options.output),
+        "--vae", options.vae,
+        "--device", plan.device,
+        "--dtype", plan.dtype,
+        "--chunk-t", str(plan.chunk_t),
+        "--report", str(report),
+    ]  # fmt: skip
+    return args if options.progress else [*args, "--no-progress"]
+
+
+def failure_path(report: Path, rank: int) -> Path:
+    """Where rank `rank` of a worker group writes why it failed."""
+    return report.with_name(f"{report.stem}.rank{rank}.json")
+
+
+def read_report(report: Path, ranks: int, returncode: int | None) -> list[StreamResult]:
+    """The per-rank results rank 0 wrote, or the failure the ranks reported: out of memory
+    on any rank first (the others die of its absence), then a user error, then the exit."""
+    if returncode == 0 and report.is_file():
+        return [StreamResult(**r) for r in json.loads(report.read_text())]
+    failures = [
+        json.loads(path.read_text())
+        for rank in range(ranks)
+        if (path := failure_path(report, rank)).is_file()
+    ]
+    for failure in failures:
+        if failure["kind"] == "oom":
+            raise DecodeOutOfMemory(failure["message"])
+    if failures:
+        f = failures[0]
+        raise WanctlError(f["message"], why=f["why"], fix=f["fix"], exit_code=f["exit_code"])
+    raise WanctlError(
+        f"the decode workers failed (torchrun exit code {returncode})",
+        why="the workers' output above says why",
+        fix="run again with --debug; on GPUs, NCCL_DEBUG=INFO shows transport problems",
+    )
+
+
+def write_report(report: Path, results: list[StreamResult]) -> None:
+    report.write_text(json.dumps([asdict(r) for r in results]))
+
+
+def write_failure(report: Path, rank: int, error: torch.OutOfMemoryError | WanctlError) -> None:
+    """Record why this rank failed, for the parent to report (or to fall back on)."""
+    failure: dict[str, object]
+    if isinstance(error, WanctlError):
+        failure = {"kind": "error", "message": error.message, "why": error.why}
+        failure.update(fix=error.fix, exit_code=error.exit_code)
+    else:
+        failure = {"kind": "oom", "message": str(error).splitlines()[0]}
+    failure_path(report, rank).write_text(json.dumps(failure))
+
+
+def _thread_env(plan: DecodePlan) -> dict[str, str]:
+    """CPU ranks share the cores (torchrun would give each one thread), unless the user chose."""
+    if plan.device != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // plan.ranks))}
+
+
+def _split_length(latents: Latents) -> int:
+    shape = latents.tensor.shape
+    return int(shape[split_dim(shape[-2], shape[-1])])
+
+
+def _check_ranks(ranks: int, device: str, gpus: int, rows: int) -> None:
+    if ranks < 1:
+        raise UsageError(f"--gpus is {ranks}; it must be at least 1")
+    if device == "cuda" and ranks > gpus:
+        raise UsageError(
+            f"--gpus {ranks} asked, {gpus} visible",
+            fix="lower --gpus, or check CUDA_VISIBLE_DEVICES and `nvidia-smi -L`",
+        )
+    if ranks > rows:
+        raise UsageError(
+            f"--gpus {ranks} is more than the frame's {rows} latent rows along its longer side",
+            fix=f"use at most --gpus {rows}",
+        )

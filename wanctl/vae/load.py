@@ -1,0 +1,250 @@
+"""Loading the Wan2.2 VAE as a decoder-only diffusers `AutoencoderKLWan`.
+
+`--vae` takes a diffusers directory (`config.json` + weights, as `Wan2.2-TI2V-5B-Diffusers/vae`,
+or the model root holding `vae/`), the original `Wan2.2_VAE.pth` (keys mapped here: diffusers
+0.42's single-file loader only knows the Wan2.1 layout), `synthetic` (the TI2V-5B architecture
+with seeded random weights, for benchmarks) or `tiny` (the same structure, narrow, for tests).
+The encoder is dropped: decoding never uses it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan, WanRMS_norm
+from safetensors.torch import load_file
+
+from wanctl.errors import UsageError
+
+# Wan2.2 VAE normalisation (Wan2_2_VAE in the official vae2_2.py; `latents_mean`/`latents_std`
+# in the diffusers config of Wan2.2-TI2V-5B-Diffusers/vae).
+LATENTS_MEAN = [
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
+    -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
+    -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
+    -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
+    0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+]  # fmt: skip
+LATENTS_STD = [
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
+    0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
+    0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
+    0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+    0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+]  # fmt: skip
+
+TI2V_5B_CONFIG: dict[str, Any] = {
+    "base_dim": 160,
+    "decoder_base_dim": 256,
+    "z_dim": 48,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_scales": [],
+    "temperal_downsample": [False, True, True],
+    "is_residual": True,
+    "in_channels": 12,
+    "out_channels": 12,
+    "patch_size": 2,
+    "scale_factor_spatial": 16,
+    "scale_factor_temporal": 4,
+    "latents_mean": LATENTS_MEAN,
+    "latents_std": LATENTS_STD,
+}
+# The same structure (residual up blocks, DupUp3D, patch size 2, 48 latent channels), narrow.
+TINY_CONFIG: dict[str, Any] = {**TI2V_5B_CONFIG, "base_dim": 8, "decoder_base_dim": 8}
+
+BUILT_IN = {"synthetic": TI2V_5B_CONFIG, "tiny": TINY_CONFIG}
+WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+_FIX = (
+    "pass --vae with Wan2.2-TI2V-5B-Diffusers/vae (or the model folder holding it),"
+    " the official Wan2.2_VAE.pth, or 'synthetic' for random weights"
+)
+
+
+def load_vae(
+    spec: str,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> AutoencoderKLWan:
+    """The decoder-only VAE named by `spec`, in eval mode, on `device` in `dtype`."""
+    if spec in BUILT_IN:
+        vae = random_vae(BUILT_IN[spec], seed=seed)
+    else:
+        path = vae_path(spec)
+        vae = _from_diffusers_dir(path) if path.is_dir() else _from_weights_file(path)
+    check_wan22(vae, spec)
+    # nn.Module.to: ModelMixin.to warns on every dtype cast, even with no float32-only modules.
+    torch.nn.Module.to(vae, device=device, dtype=dtype)
+    return vae.eval().requires_grad_(False)
+
+
+def vae_path(spec: str) -> Path:
+    """The file or diffusers directory `spec` names; a missing or unusable one is a
+    `UsageError`. Cheap: reads no weights, so a launcher can check before starting workers."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for candidate in (path, path / "vae"):
+            if (candidate / "config.json").is_file():
+                return candidate
+        raise UsageError(f"{path} is not a diffusers VAE directory (no config.json)", fix=_FIX)
+    if path.is_file():
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise UsageError(
+                f"{path}: unknown VAE file type '{path.suffix}'",
+                fix=f"pass one of {', '.join(WEIGHT_SUFFIXES)} or a diffusers directory",
+            )
+        return path
+    raise UsageError(f"VAE not found: {spec}", fix=_FIX)
+
+
+def random_vae(config: Mapping[str, Any], *, seed: int = 0) -> AutoencoderKLWan:
+    """A decoder-only `AutoencoderKLWan` of `config` with PyTorch's default init drawn from
+    `seed` on the CPU, so every process and device gets the same weights."""
+    vae = _decoder_only(config)
+    vae.to_empty(device="cpu")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for module in vae.modules():
+            if isinstance(module, WanRMS_norm):
+                torch.nn.init.ones_(module.gamma)
+            elif callable(reset := getattr(module, "reset_parameters", None)):
+                reset()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return vae
+
+
+def check_wan22(vae: AutoencoderKLWan, spec: str) -> None:
+    """Refuse VAEs wanctl's decoder does not handle (the Wan2.1 one, other latent widths)."""
+    z_dim, residual, patch = (vae.config[k] for k in ("z_dim", "is_residual", "patch_size"))
+    if not residual or z_dim != 48 or patch != 2:
+        raise UsageError(
+            f"{spec} is not the Wan2.2 (TI2V-5B) VAE",
+            why=f"z_dim={z_dim}, is_residual={residual}, patch_size={patch};"
+            " wanctl decodes the 48-channel Wan2.2 VAE",
+            fix=_FIX,
+        )
+
+
+def original_to_diffusers(
+    state: Mapping[str, torch.Tensor], resnets_per_block: int = 3
+) -> dict[str, torch.Tensor]:
+    """Rename the decoder keys of an original `Wan2.2_VAE.pth` to `AutoencoderKLWan`'s; encoder
+    keys are dropped. `resnets_per_block` is num_res_blocks + 1: the next index of an up
+    block's `upsamples` is its resample."""
+    mapped = {}
+    for key, tensor in state.items():
+        new = _diffusers_key(key, resnets_per_block)
+        if new is not None:
+            mapped[new] = tensor
+    return mapped
+
+
+_RESNET_PARTS = {
+    "residual.0.": "norm1.",
+    "residual.2.": "conv1.",
+    "residual.3.": "norm2.",
+    "residual.6.": "conv2.",
+    "shortcut.": "conv_shortcut.",
+}
+_PREFIXES = {
+    "conv2.": "post_quant_conv.",
+    "decoder.conv1.": "decoder.conv_in.",
+    "decoder.middle.1.": "decoder.mid_block.attentions.0.",
+    "decoder.head.0.": "decoder.norm_out.",
+    "decoder.head.2.": "decoder.conv_out.",
+}
+_MIDDLE = re.compile(r"decoder\.middle\.([02])\.(.+)")
+_UP = re.compile(r"decoder\.upsamples\.(\d+)\.upsamples\.(\d+)\.(.+)")
+
+
+def _diffusers_key(key: str, resnets_per_block: int) -> str | None:
+    for old, new in _PREFIXES.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    if match := _MIDDLE.fullmatch(key):
+        return f"decoder.mid_block.resnets.{int(match[1]) // 2}.{_resnet_part(key, match[2])}"
+    if match := _UP.fullmatch(key):
+        block, index, rest = int(match[1]), int(match[2]), match[3]
+        if index < resnets_per_block:
+            return f"decoder.up_blocks.{block}.resnets.{index}.{_resnet_part(key, rest)}"
+        return f"decoder.up_blocks.{block}.upsampler.{rest}"
+    if key.startswith("decoder."):
+        raise UsageError(f"unknown decoder key in the VAE checkpoint: {key}", fix=_FIX)
+    return None
+
+
+def _resnet_part(key: str, rest: str) -> str:
+    for old, new in _RESNET_PARTS.items():
+        if rest.startswith(old):
+            return new + rest[len(old) :]
+    raise UsageError(f"unknown residual-block key in the VAE checkpoint: {key}", fix=_FIX)
+
+
+def _decoder_only(config: Mapping[str, Any]) -> AutoencoderKLWan:
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(**config)
+    vae.encoder = None
+    vae.quant_conv = None
+    return vae
+
+
+def _from_diffusers_dir(path: Path) -> AutoencoderKLWan:
+    try:
+        vae = AutoencoderKLWan.from_pretrained(str(path))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UsageError(
+            f"cannot load the diffusers VAE in {path}", why=str(error), fix=_FIX
+        ) from None
+    vae.encoder = None
+    vae.quant_conv = None
+    return vae
+
+
+def _from_weights_file(path: Path) -> AutoencoderKLWan:
+    state = _read_state(path)
+    if "decoder.conv1.weight" in state:
+        state = original_to_diffusers(state, TI2V_5B_CONFIG["num_res_blocks"] + 1)
+    elif "decoder.conv_in.weight" in state:
+        state = {k: v for k, v in state.items() if k.startswith(("decoder.", "post_quant_conv."))}
+    else:
+        raise UsageError(f"{path} holds no Wan VAE decoder weights", fix=_FIX)
+    try:
+        vae = _decoder_only(_config_of(state))
+        vae.load_state_dict(state, strict=True, assign=True)
+    except (KeyError, RuntimeError) as error:
+        raise UsageError(
+            f"{path} does not fit the Wan2.2 VAE",
+            why=str(error).splitlines()[0],
+            fix=_FIX,
+        ) from None
+    return vae
+
+
+def _config_of(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The TI2V-5B config with the widths read off the weights (conv_in's input channels are
+    z_dim, conv_out's input channels the decoder's base width)."""
+    z_dim = state["decoder.conv_in.weight"].shape[1]
+    base = state["decoder.conv_out.weight"].shape[1]
+    return {**TI2V_5B_CONFIG, "z_dim": z_dim, "decoder_base_dim": base}
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file is the user's to fix, not a crash
+        raise UsageError(f"cannot read VAE weights from {path}", why=str(error), fix=_FIX) from None
+    if not isinstance(state, dict):
+        raise UsageError(f"{path} holds no state dict", fix=_FIX)
+    return state

@@ -1,0 +1,134 @@
+"""One process's part of a decode: latents in, a video file out, chunk by chunk.
+
+`decode_to_file` is what a torchrun worker (decode or generate) calls once torch.distributed is
+up: every rank decodes its slab of each chunk, rank 0 gathers the pixels and writes them. With
+no split it is the one-process decode. Neither the device nor the host ever holds the whole
+video as floats: each chunk becomes uint8 frames in the file before the next one is decoded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
+
+from wanctl.vae.engine import decode_chunks
+from wanctl.vae.parallel import RowSplit
+from wanctl.vae.writers import FrameWriter, open_writer, to_uint8
+
+FramesDone = Callable[[int], None]
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What one process did: frames it wrote (0 on ranks other than 0), wall seconds, and its
+    peak device memory in GiB (None on the CPU)."""
+
+    frames: int
+    seconds: float
+    peak_allocated_gib: float | None
+    peak_reserved_gib: float | None
+
+
+def output_geometry(vae: AutoencoderKLWan, z: torch.Tensor) -> tuple[int, int, int]:
+    """(frames, height, width) that latents (B, C, T, h, w) decode to."""
+    time, space = vae.config["scale_factor_temporal"], vae.config["scale_factor_spatial"]
+    return time * (z.shape[2] - 1) + 1, space * z.shape[3], space * z.shape[4]
+
+
+def decode_to_file(
+    vae: AutoencoderKLWan,
+    z: torch.Tensor,
+    output: Path,
+    *,
+    fps: float,
+    chunk_t: int = 1,
+    split: RowSplit | None = None,
+    on_frames: FramesDone | None = None,
+) -> StreamResult:
+    """Decode latents `z` (1, 48, T, h, w), already in the decoder's space (see
+    `Latents.for_decoder`), into `output` (.mp4 or .npy). With `split`, every rank of its group
+    must call this with the same `z`; rank 0 writes and reports frames through `on_frames`."""
+    device = vae.device
+    _reset_peak(device)
+    start = time.perf_counter()
+    writer = _writer(vae, z, output, fps) if split is None or split.rank == 0 else None
+    local = z if split is None else split.shard(z)
+    try:
+        for pixels in decode_chunks(vae, local, chunk_t=chunk_t, halo=split):
+            whole = pixels if split is None else split.gather_frames(pixels)
+            if writer is not None and whole is not None:
+                _write(writer, whole, on_frames)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return _finish(writer, device, start)
+
+
+def decode_tiled_to_file(
+    vae: AutoencoderKLWan,
+    z: torch.Tensor,
+    output: Path,
+    *,
+    fps: float,
+    on_frames: FramesDone | None = None,
+) -> StreamResult:
+    """The last resort on a GPU: diffusers' spatial tiling (`enable_tiling`, 256-pixel tiles).
+    Approximate: tiles are decoded apart and blended at their seams. It returns the whole
+    video at once on the device, which is then written out four frames at a time."""
+    device = vae.device
+    _reset_peak(device)
+    start = time.perf_counter()
+    writer = _writer(vae, z, output, fps)
+    try:
+        vae.enable_tiling()
+        with torch.inference_mode():
+            video = vae.decode(z.to(device, vae.dtype)).sample
+        step = vae.config["scale_factor_temporal"]
+        for first in range(0, video.shape[2], step):
+            _write(writer, video[:, :, first : first + step], on_frames)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        vae.disable_tiling()
+    return _finish(writer, device, start)
+
+
+def _writer(vae: AutoencoderKLWan, z: torch.Tensor, output: Path, fps: float) -> FrameWriter:
+    frames, height, width = output_geometry(vae, z)
+    return open_writer(output, frames=frames, height=height, width=width, fps=fps)
+
+
+def _write(writer: FrameWriter, pixels: torch.Tensor, on_frames: FramesDone | None) -> None:
+    frames = to_uint8(pixels)
+    writer.write(frames)
+    if on_frames is not None:
+        on_frames(len(frames))
+
+
+def _finish(writer: FrameWriter | None, device: torch.device, start: float) -> StreamResult:
+    written = 0
+    if writer is not None:
+        writer.close()
+        written = writer.expected
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return StreamResult(
+            written,
+            time.perf_counter() - start,
+            torch.cuda.max_memory_allocated(device) / GIB,
+            torch.cuda.max_memory_reserved(device) / GIB,
+        )
+    return StreamResult(written, time.perf_counter() - start, None, None)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)

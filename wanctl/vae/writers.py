@@ -1,0 +1,131 @@
+"""Streaming video writers: frames go to the file as they are decoded, as uint8.
+
+A writer writes to a hidden partial file next to the output and moves it into place only when
+every frame is in, so a failed decode never leaves a truncated video under the output's name
+(nor destroys an earlier one).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any, Protocol
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+
+SUFFIXES = (".mp4", ".npy")
+# Constant rate factor 10, as the official Wan2.2 `save_video` (imageio quality 8).
+MP4_QUALITY = 8
+
+
+class FrameWriter(Protocol):
+    expected: int  # frames the file will hold
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append uint8 frames (n, height, width, 3)."""
+        ...
+
+    def close(self) -> None:
+        """Finish the file and move it to the output path."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        ...
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """Decoded pixels (1, 3, f, H, W) in [-1, 1] -> host uint8 frames (f, H, W, 3):
+    round((clamp(x, -1, 1) + 1) * 127.5), computed in float32 on the pixels' device."""
+    levels = (pixels[0].float().clamp(-1.0, 1.0) + 1.0).mul_(127.5).round_()
+    return levels.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
+def partial_path(output: Path) -> Path:
+    """Where a writer puts `output` until it is complete (same folder, same suffix)."""
+    return output.with_name(f".{output.stem}.partial{output.suffix}")
+
+
+def open_writer(output: Path, *, frames: int, height: int, width: int, fps: float) -> FrameWriter:
+    """A writer for `output`, by suffix: `.mp4` (H.264, yuv420p, `fps`) or `.npy` (uint8
+    array (frames, height, width, 3), allocated up front and filled in place)."""
+    if output.suffix == ".npy":
+        return NpyWriter(output, frames=frames, height=height, width=width)
+    if output.suffix == ".mp4":
+        return Mp4Writer(output, frames=frames, height=height, width=width, fps=fps)
+    raise ValueError(f"no writer for {output.suffix!r}; use one of {SUFFIXES}")
+
+
+class _Counted:
+    """Shared bookkeeping: the partial file, the final name, frames expected and written."""
+
+    def __init__(self, output: Path, frames: int):
+        self.output = output
+        self.partial = partial_path(output)
+        self.expected = frames
+        self.written = 0
+
+    def _count(self, frames: np.ndarray) -> None:
+        if self.written + len(frames) > self.expected:
+            raise ValueError(f"more than the {self.expected} frames announced")
+        self.written += len(frames)
+
+    def _publish(self) -> None:
+        if self.written != self.expected:
+            self.partial.unlink(missing_ok=True)
+            raise ValueError(f"{self.written} frames written, {self.expected} announced")
+        os.replace(self.partial, self.output)
+
+
+class NpyWriter(_Counted):
+    def __init__(self, output: Path, *, frames: int, height: int, width: int):
+        super().__init__(output, frames)
+        shape = (frames, height, width, 3)
+        self._array: Any = np.lib.format.open_memmap(
+            self.partial, mode="w+", dtype=np.uint8, shape=shape
+        )
+
+    def write(self, frames: np.ndarray) -> None:
+        start = self.written
+        self._count(frames)
+        self._array[start : self.written] = frames
+
+    def close(self) -> None:
+        self._array.flush()
+        self._array = None
+        self._publish()
+
+    def abort(self) -> None:
+        self._array = None
+        self.partial.unlink(missing_ok=True)
+
+
+class Mp4Writer(_Counted):
+    def __init__(self, output: Path, *, frames: int, height: int, width: int, fps: float):
+        super().__init__(output, frames)
+        self._encoder: Generator[None, Any, None] = imageio_ffmpeg.write_frames(
+            str(self.partial),
+            (width, height),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p",
+            quality=MP4_QUALITY,
+            ffmpeg_log_level="error",
+        )
+        self._encoder.send(None)  # starts ffmpeg
+
+    def write(self, frames: np.ndarray) -> None:
+        self._count(frames)
+        self._encoder.send(np.ascontiguousarray(frames))  # written as is, no copy
+
+    def close(self) -> None:
+        self._encoder.close()
+        self._publish()
+
+    def abort(self) -> None:
+        self._encoder.close()
+        self.partial.unlink(missing_ok=True)

@@ -1,0 +1,83 @@
+"""torchrun worker of `wanctl decode --gpus N`: one rank of the patch-parallel decode.
+
+    python -m torch.distributed.run --standalone --nproc-per-node=N -m wanctl.workers.decode \
+        --latents L.safetensors --output video.mp4 --vae DIR --device cuda --dtype bf16 \
+        --chunk-t 1 --report report.json
+
+NCCL on GPUs (rank r on cuda:LOCAL_RANK), gloo on CPUs. Rank 0 writes the video and, at the end,
+every rank's result into the report; a rank that fails writes why next to it (see
+`wanctl.vae.job.read_report`) and exits non-zero, and torchrun stops the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from wanctl.errors import WanctlError
+from wanctl.latents import load_latents
+from wanctl.vae.fallback import DecodePlan
+from wanctl.vae.job import DecodeOptions, decode_here, write_failure, write_report
+from wanctl.vae.parallel import RowSplit
+from wanctl.vae.stream import StreamResult
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m wanctl.workers.decode")
+    parser.add_argument("--latents", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--vae", required=True)
+    parser.add_argument("--device", choices=("cuda", "cpu"), required=True)
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), required=True)
+    parser.add_argument("--chunk-t", type=int, required=True)
+    parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    rank = dist.get_rank()
+    try:
+        results = decode_rank(args, device)
+    except (torch.OutOfMemoryError, WanctlError) as error:
+        # Reported, not raised: the parent falls back or shows the message, no traceback. The
+        # process group is left as is: the other ranks may be blocked in an exchange with this
+        # one, and torchrun stops them when this rank exits.
+        write_failure(args.report, rank, error)
+        print(f"rank {rank}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    if rank == 0:
+        write_report(args.report, results)
+    dist.destroy_process_group()
+    return 0
+
+
+def decode_rank(args: argparse.Namespace, device: torch.device) -> list[StreamResult]:
+    """This rank's share of the decode; every rank's result, gathered on all."""
+    options = DecodeOptions(
+        args.latents, args.output, args.vae, args.device, args.dtype, args.chunk_t,
+        dist.get_world_size(), progress=not args.no_progress,
+    )  # fmt: skip
+    plan = DecodePlan(dist.get_world_size(), args.chunk_t, args.device, args.dtype)
+    latents = load_latents(args.latents)
+    split = RowSplit.for_latents(latents.tensor.shape)
+    result = decode_here(options, latents, plan, split, device)
+    results: list[object] = [None] * split.world
+    dist.all_gather_object(results, result)
+    return [r for r in results if isinstance(r, StreamResult)]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
