@@ -36,6 +36,10 @@ RELEVANT_ENV_PREFIXES = (
 )
 
 
+# Set by CUDA container images to describe themselves; they change nothing at run time.
+IMAGE_DESCRIPTIONS = frozenset({"CUDA_HOME", "CUDA_PATH", "CUDA_VERSION", "NCCL_VERSION"})
+
+
 class LocalProbe:
     def gpus(self) -> GpuInventory:
         return NvmlReader().read()
@@ -132,7 +136,11 @@ def read_software() -> Software:
         nccl=_nccl_version(root) if root and torch_cuda else None,
         diffusers=_version("diffusers"),
         ffmpeg=_ffmpeg(),
-        env={k: v for k, v in sorted(os.environ.items()) if k.startswith(RELEVANT_ENV_PREFIXES)},
+        env={
+            k: v
+            for k, v in sorted(os.environ.items())
+            if k.startswith(RELEVANT_ENV_PREFIXES) and k not in IMAGE_DESCRIPTIONS
+        },
     )
 
 
