@@ -41,10 +41,12 @@ def _text(value: bytes | str) -> str:
 class NvmlReader:
     """Reads a `GpuInventory`; NVML is initialised lazily, once, and shut down after."""
 
-    def __init__(self) -> None:
-        import pynvml
-
-        self.nvml = pynvml
+    def __init__(self, nvml: Any = None) -> None:
+        """`nvml` is the pynvml module (from nvidia-ml-py) unless another library with the
+        same functions is given."""
+        if nvml is None:
+            import pynvml as nvml
+        self.nvml = nvml
 
     def _query(self, call: Callable[..., T], *args: Any) -> T | None:
         """The one choke point: NotSupported, NoPermission and friends become None."""
