@@ -45,7 +45,9 @@ class NvmlReader:
         """`nvml` is the pynvml module (from nvidia-ml-py) unless another library with the
         same functions is given."""
         if nvml is None:
-            import pynvml as nvml
+            import pynvml
+
+            nvml = pynvml
         self.nvml = nvml
 
     def _query(self, call: Callable[..., T], *args: Any) -> T | None:

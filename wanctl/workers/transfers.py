@@ -30,7 +30,7 @@ def _timed_copy(source: torch.Tensor, target: torch.Tensor, repeats: int) -> flo
 
 
 def host_links(size_mib: int, repeats: int) -> list[dict[str, object]]:
-    results = []
+    results: list[dict[str, object]] = []
     for index in range(torch.cuda.device_count()):
         host = torch.empty(size_mib * MIB, dtype=torch.uint8).pin_memory()
         device = torch.empty(size_mib * MIB, dtype=torch.uint8, device=f"cuda:{index}")
