@@ -30,6 +30,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
     WanResample,
     WanResidualBlock,
     WanResidualUpBlock,
+    WanRMS_norm,
     unpatchify,
 )
 from torch import nn
@@ -38,9 +39,12 @@ from torch import nn
 class Halo(Protocol):
     """How a process sees beyond its part of the frame."""
 
-    def pad(self, x: torch.Tensor, space: int, time: int = 0) -> torch.Tensor:
-        """`x` (..., H, W) with `space` rows/columns added on every side (neighbours' where the
-        frame goes on, zeros at its border) and, for 5-D `x`, `time` zero frames in front."""
+    def frame(
+        self, x: torch.Tensor, space: int, past: torch.Tensor | None = None, zeros: int = 0
+    ) -> torch.Tensor:
+        """A new tensor: `x` (..., H, W) with a border of `space` on every side (the
+        neighbours' rows where the frame goes on, zeros at its edge) and, for 5-D `x`, `zeros`
+        zero frames then the frames `past` in front of it along time."""
         ...
 
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,12 +52,36 @@ class Halo(Protocol):
         ...
 
 
+def framed(
+    x: torch.Tensor, space: int, past: torch.Tensor | None = None, zeros: int = 0
+) -> torch.Tensor:
+    """[zeros, past, x] along time (5-D), inside a zero border of `space`: one allocation,
+    where cat and pad would make two copies of the largest tensors of the decode."""
+    parts = [x] if past is None else [past, x]
+    if not space and not zeros and past is None:
+        return x
+    *lead, height, width = x.shape
+    if x.dim() == 5:
+        lead[2] = zeros + sum(part.shape[2] for part in parts)
+    out = x.new_zeros(*lead, height + 2 * space, width + 2 * space)
+    inside = out[..., space : space + height, space : space + width]
+    if x.dim() != 5:
+        inside.copy_(x)
+        return out
+    start = zeros
+    for part in parts:
+        inside[:, :, start : start + part.shape[2]].copy_(part)
+        start += part.shape[2]
+    return out
+
+
 class WholeFrame:
     """The `Halo` of a process that holds whole frames: zeros all round, nothing to gather."""
 
-    def pad(self, x: torch.Tensor, space: int, time: int = 0) -> torch.Tensor:
-        pads = (space, space, space, space) + ((time, 0) if time else ())
-        return F.pad(x, pads) if any(pads) else x
+    def frame(
+        self, x: torch.Tensor, space: int, past: torch.Tensor | None = None, zeros: int = 0
+    ) -> torch.Tensor:
+        return framed(x, space, past, zeros)
 
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -61,9 +89,10 @@ class WholeFrame:
 
 @dataclass
 class CausalCache:
-    """The state of one decode between chunks: for every causal conv, the last frames of the
-    stream it has seen (as many as its time kernel needs), and whether the first chunk, which
-    the temporal upsamplers treat apart, is done."""
+    """The state of one decode between chunks: for every causal conv, the last frames of its
+    input stream (as many as its time kernel needs, zeros before the stream's start, so their
+    shape never changes), and whether the first chunk, which the temporal upsamplers treat
+    apart, is done."""
 
     tails: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
     started: bool = False
@@ -103,33 +132,30 @@ class ChunkDecoder:
             x = self._resnet(cast(WanResidualBlock, resnet), x, cache)
         for block in decoder.up_blocks:
             x = self._up_block(cast(WanResidualUpBlock, block), x, cache, first)
-        x = decoder.nonlinearity(decoder.norm_out(x))
-        x = self._causal_conv(decoder.conv_out, x, cache)
+        x = self._causal_conv(decoder.conv_out, _norm_silu(decoder.norm_out, x), cache)
         cache.started = True
         return unpatchify(x, self.vae.config["patch_size"]).clamp_(-1.0, 1.0)
 
     def _causal_conv(
         self, conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache
     ) -> torch.Tensor:
-        """One causal conv step: prepend the frames this conv saw last (zeros at the start of
-        the stream), remember its new last frames, take the border from the halo, convolve."""
-        past_frames = int(conv._padding[4])  # (w, w, h, h, time, 0): time kernel minus one
-        missing = 0
-        if past_frames:
-            past = cache.tails.get(conv)
-            if past is not None:
-                x = torch.cat([past, x], dim=2)
-            cache.tails[conv] = x[:, :, -past_frames:].clone()
-            missing = past_frames - (0 if past is None else past.shape[2])
-        x = self.halo.pad(x, int(conv._padding[0]), time=missing)
-        return F.conv3d(x, conv.weight, conv.bias, conv.stride)
+        """One causal conv step: the frames this conv saw last (zeros at the start of the
+        stream) in front of `x`, the border from the halo, the new last frames kept, convolve."""
+        keep, space = int(conv._padding[4]), int(conv._padding[0])  # (w, w, h, h, t, 0)
+        if not keep:
+            return F.conv3d(self.halo.frame(x, space), conv.weight, conv.bias, conv.stride)
+        past = cache.tails.get(conv)
+        stream = self.halo.frame(x, space, past, zeros=keep if past is None else 0)
+        height, width = stream.shape[-2] - space, stream.shape[-1] - space
+        cache.tails[conv] = stream[:, :, -keep:, space:height, space:width].clone()
+        return F.conv3d(stream, conv.weight, conv.bias, conv.stride)
 
     def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """norm, SiLU, conv, norm, SiLU, conv, plus the shortcut (dropout is off at inference)."""
         shortcut = block.conv_shortcut
         skip = x if isinstance(shortcut, nn.Identity) else self._causal_conv(shortcut, x, cache)
-        x = self._causal_conv(block.conv1, block.nonlinearity(block.norm1(x)), cache)
-        x = self._causal_conv(block.conv2, block.nonlinearity(block.norm2(x)), cache)
+        x = self._causal_conv(block.conv1, _norm_silu(block.norm1, x), cache)
+        x = self._causal_conv(block.conv2, _norm_silu(block.norm2, x), cache)
         return x.add_(skip)
 
     def _attention(self, block: WanAttentionBlock, x: torch.Tensor) -> torch.Tensor:
@@ -147,12 +173,12 @@ class ChunkDecoder:
     def _up_block(
         self, block: WanResidualUpBlock, x: torch.Tensor, cache: CausalCache, first: bool
     ) -> torch.Tensor:
-        shortcut_input = x
+        shortcut_input = x if block.avg_shortcut is not None else None
         for resnet in block.resnets:
             x = self._resnet(cast(WanResidualBlock, resnet), x, cache)
         if block.upsampler is not None:
             x = self._upsample(block.upsampler, x, cache, first)
-        if block.avg_shortcut is not None:
+        if shortcut_input is not None:
             x = x.add_(block.avg_shortcut(shortcut_input, first_chunk=first))
         return x
 
@@ -171,8 +197,18 @@ class ChunkDecoder:
         # Nearest neighbour copies values: running it in x's dtype gives what WanUpsample's
         # float32 round trip gives, without the float32 copies (the decode's largest tensors).
         frames = nn.Upsample.forward(upsample, x.transpose(1, 2).reshape(b * t, c, h, w))
-        frames = F.conv2d(self.halo.pad(frames, int(conv.padding[0])), conv.weight, conv.bias)
+        frames = F.conv2d(self.halo.frame(frames, int(conv.padding[0])), conv.weight, conv.bias)
         return frames.view(b, t, *frames.shape[1:]).transpose(1, 2)
+
+
+def _norm_silu(norm: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
+    """SiLU(norm(x)) computed frame by frame into one output. The values are those of the
+    modules (both work pixel by pixel); the float32 copies WanRMS_norm makes of bf16 input are
+    then one frame big, not the whole chunk: they were the decode's peak."""
+    out = torch.empty_like(x)
+    for t in range(x.shape[2]):
+        out[:, :, t : t + 1] = F.silu(norm(x[:, :, t : t + 1]))
+    return out
 
 
 def decode_chunks(

@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from wanctl.errors import UsageError
+from wanctl.vae.engine import framed
 
 
 def split_sizes(length: int, parts: int) -> list[int]:
@@ -79,15 +80,15 @@ class RowSplit:
         """This rank's slab of latents (..., h, w)."""
         return z.narrow(self.dim, self.start, self.sizes[self.rank])
 
-    def pad(self, x: torch.Tensor, space: int, time: int = 0) -> torch.Tensor:
-        """`Halo.pad`: zeros in time and across the unsplit side, then rows from the
-        neighbours along the split side (zeros past the first and last rank)."""
-        pads = [0, 0, 0, 0] + ([time, 0] if time else [])
-        unsplit = 0 if self.dim == -2 else 2  # F.pad lists the last dimension first
-        pads[unsplit] = pads[unsplit + 1] = space
-        if any(pads):
-            x = F.pad(x, pads)
-        return self._exchange(x, space) if space else x
+    def frame(
+        self, x: torch.Tensor, space: int, past: torch.Tensor | None = None, zeros: int = 0
+    ) -> torch.Tensor:
+        """`Halo.frame`: zeros all round, then the rows along the split side replaced by the
+        neighbours' (the first and last rank keep zeros at the frame's edge)."""
+        out = framed(x, space, past, zeros)
+        if space:
+            self._exchange(out, space)
+        return out
 
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """`Halo.gather_tokens`: all ranks' tokens (B, 1, n_r, C), concatenated in rank order."""
@@ -114,24 +115,27 @@ class RowSplit:
         slabs = [p.narrow(axis, 0, n) for p, n in zip(parts, counts, strict=True)]
         return torch.cat(slabs, dim=axis)
 
-    def _exchange(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        axis = x.dim() + self.dim
-        first = x.narrow(axis, 0, rows).contiguous()
-        last = x.narrow(axis, x.shape[axis] - rows, rows).contiguous()
-        before, after = torch.zeros_like(first), torch.zeros_like(last)
-        ops = []
-        if self.rank > 0:
-            previous = self._global(self.rank - 1)
-            ops += [dist.P2POp(dist.isend, first, previous, self.group)]
-            ops += [dist.P2POp(dist.irecv, before, previous, self.group)]
-        if self.rank < self.world - 1:
-            following = self._global(self.rank + 1)
-            ops += [dist.P2POp(dist.isend, last, following, self.group)]
-            ops += [dist.P2POp(dist.irecv, after, following, self.group)]
+    def _exchange(self, out: torch.Tensor, rows: int) -> None:
+        """Fill the `rows` border rows of `out` along the split with the neighbours' edge rows
+        (over every frame and the whole unsplit side, corners included), in place."""
+        axis = out.dim() + self.dim
+        length = out.shape[axis]
+        ops, received = [], []
+        for peer, edge, border in (
+            (self.rank - 1, rows, 0),
+            (self.rank + 1, length - 2 * rows, length - rows),
+        ):
+            if 0 <= peer < self.world:
+                sent = out.narrow(axis, edge, rows).contiguous()
+                into = torch.empty_like(sent)
+                ops += [dist.P2POp(dist.isend, sent, self._global(peer), self.group)]
+                ops += [dist.P2POp(dist.irecv, into, self._global(peer), self.group)]
+                received.append((border, into))
         if ops:
             for work in dist.batch_isend_irecv(ops):
                 work.wait()
-        return torch.cat([before, x, after], dim=axis)
+        for border, rows_in in received:
+            out.narrow(axis, border, rows).copy_(rows_in)
 
     def _lengths(self, local: int) -> list[int]:
         """Every rank's slab length at the resolution where this rank's is `local`."""

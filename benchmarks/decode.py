@@ -1,0 +1,167 @@
+"""Decode the same synthetic latents with diffusers' `vae.decode` and with wanctl's chunked
+decode, in one process, and print times, peak memory, the time ratio and the difference.
+
+On one GPU (the figures of the decode issue):
+
+    python benchmarks/decode.py --size 1280*704 --frames 121 --dtype bf16
+
+A smoke test anywhere (tiny VAE, small frames, float32 on the CPU):
+
+    python benchmarks/decode.py --check-only
+
+Each side runs once to warm up (kernels, allocator), then once timed. diffusers' output stays
+on the device as floats, as `vae.decode` returns it; wanctl's timed run includes what its
+writers need: every chunk turned into uint8 frames and copied to the host. The warm-up run of
+wanctl is compared, chunk by chunk, with diffusers' output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from wanctl.vae.engine import decode_chunks
+from wanctl.vae.job import DTYPES
+from wanctl.vae.load import load_vae
+from wanctl.vae.writers import to_uint8
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    peak_allocated_gib: float | None
+    peak_reserved_gib: float | None
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="1280*704", help="WIDTH*HEIGHT in pixels (x16).")
+    parser.add_argument("--frames", type=int, default=121, help="Video frames (4n+1).")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--chunk-t", type=int, default=1, help="wanctl latent frames per call.")
+    parser.add_argument("--vae", default="synthetic", help="synthetic, tiny, or a VAE path.")
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="Smoke test: tiny VAE, 160*96, 9 frames, float32 on the CPU.",
+    )
+    args = parser.parse_args()
+    if args.check_only:
+        args.size, args.frames, args.dtype, args.device, args.vae = (
+            "160*96",
+            9,
+            "fp32",
+            "cpu",
+            "tiny",
+        )
+    return args
+
+
+def latents(size: str, frames: int) -> torch.Tensor:
+    width, height = (int(v) for v in size.split("*"))
+    if width % 16 or height % 16 or (frames - 1) % 4:
+        raise SystemExit(f"--size must be multiples of 16 and --frames 4n+1, got {size} {frames}")
+    shape = (1, 48, (frames - 1) // 4 + 1, height // 16, width // 16)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def measure(device: torch.device, work: Callable[[], object]) -> tuple[Run, object]:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    value = work()
+    if device.type != "cuda":
+        return Run(time.perf_counter() - start, None, None), value
+    torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    peaks = (
+        torch.cuda.max_memory_allocated(device) / GIB,
+        torch.cuda.max_memory_reserved(device) / GIB,
+    )
+    return Run(seconds, *peaks), value
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    vae = load_vae(args.vae, device=device, dtype=DTYPES[args.dtype])
+    z = latents(args.size, args.frames)
+    console = Console()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    console.print(f"{args.vae} VAE, latents {tuple(z.shape)}, {args.dtype} on {name}")
+
+    def diffusers_decode() -> torch.Tensor:
+        with torch.inference_mode():
+            return vae.decode(z.to(device, vae.dtype)).sample
+
+    diffusers_decode()
+    reference_run, output = measure(device, diffusers_decode)
+    assert isinstance(output, torch.Tensor)
+    reference = output.float().cpu()
+    del output
+
+    frames = args.frames
+    video = np.empty((frames, *reference.shape[-2:], 3), np.uint8)
+
+    def wanctl_decode(compare: bool = False) -> float:
+        start, worst = 0, 0.0
+        for pixels in decode_chunks(vae, z, chunk_t=args.chunk_t):
+            stop = start + pixels.shape[2]
+            video[start:stop] = to_uint8(pixels)
+            if compare:
+                expected = reference[:, :, start:stop]
+                worst = max(worst, (pixels.float().cpu() - expected).abs().max().item())
+            start = stop
+        assert start == frames, f"wanctl gave {start} frames, expected {frames}"
+        return worst
+
+    float_diff = wanctl_decode(compare=True)
+    wanctl_run, _ = measure(device, wanctl_decode)
+    levels = np.abs(video.astype(np.int16) - to_uint8(reference).astype(np.int16))
+    render(console, args, reference_run, wanctl_run, float_diff, levels)
+
+
+def render(
+    console: Console,
+    args: argparse.Namespace,
+    reference: Run,
+    wanctl: Run,
+    float_diff: float,
+    levels: np.ndarray,
+) -> None:
+    def gib(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    table = Table(title=f"decode {args.size} x {args.frames} frames, {args.dtype}")
+    for column in ("decode", "seconds", "peak allocated GiB", "peak reserved GiB"):
+        table.add_column(column)
+    for label, run in (
+        ("diffusers vae.decode", reference),
+        (f"wanctl chunk_t={args.chunk_t}", wanctl),
+    ):
+        table.add_row(
+            label, f"{run.seconds:.2f}", gib(run.peak_allocated_gib), gib(run.peak_reserved_gib)
+        )
+    console.print(table)
+    console.print(f"time ratio diffusers / wanctl: {reference.seconds / wanctl.seconds:.2f}x")
+    console.print(f"max abs diff, float: {float_diff:.3g}")
+    console.print(
+        f"max abs diff, uint8 levels: {int(levels.max())}"
+        f" ({np.count_nonzero(levels) / levels.size:.2%} of values differ)"
+    )
+
+
+if __name__ == "__main__":
+    main()
