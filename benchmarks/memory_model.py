@@ -1,0 +1,269 @@
+"""The memory model against measurements, phase by phase.
+
+On a GPU (default): measures the text encoder, the DiT forward and the VAE decode at three sizes
+with torch's peak statistics (default allocator and expandable segments) and prints predicted
+against measured with the error; then prints the rows to add to `wanctl.memory.MEASUREMENTS`.
+
+    python benchmarks/memory_model.py [--sizes 1280*704x121,...] [--phases sampling,decode]
+
+`--simulate "1x RTX 4090 24GB" "2x RTX 5090 32GB"`: caps this GPU at each card
+(`set_per_process_memory_fraction`), runs the phases with the settings tune chose for it, and
+then the official rank-0 fp32 decode as a control that must run out of memory.
+
+`--trace` (CPU, no GPU): the same runs on fake tensors (live tensor bytes), and the DiT under
+Ulysses 1, 2 and 4 over a fake process group: the structure the model takes from traces.
+
+Needs only torch, diffusers, transformers and rich.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import diffusers  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from wanctl import memory  # noqa: E402
+from wanctl.measure import (  # noqa: E402
+    CudaMeter,
+    Meter,
+    Models,
+    Peak,
+    TraceMeter,
+    cuda_context_gib,
+    decode_peak,
+    measure_plan,
+    sampling_peak,
+    text_encode_peak,
+)
+from wanctl.memory import Card, Measurement, Settings, Workload  # noqa: E402
+from wanctl.models.configs import build_vae_decoder  # noqa: E402
+from wanctl.probe.catalog import parse_rig  # noqa: E402
+
+SIZES = "832*480x81,1280*704x121,704*1280x49"
+console = Console()
+
+
+def parse_workload(text: str) -> Workload:
+    size, frames = text.split("x")
+    width, height = memory.parse_size(size)
+    return Workload(width, height, int(frames), 1)
+
+
+def versions() -> str:
+    return (
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
+        f"transformers {transformers.__version__}"
+    )
+
+
+def error(predicted: float, measured: float) -> str:
+    return f"{100 * (predicted - measured) / measured:+.1f}%" if measured else "-"
+
+
+def run_cases(
+    meter: Meter, workloads: list[Workload], phases: list[str], chunk_ts: list[int]
+) -> list[tuple[Workload, Settings, Peak]]:
+    """Each phase alone, each size: the text encoder with the VAE decoder, the decode with the
+    VAE decoder only (at each chunk_t), the DiT forward with both; with the default allocator,
+    then (on a GPU) with expandable segments."""
+    results = []
+    for expandable in [False, True] if meter.device == "cuda" else [False]:
+        if meter.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.memory._set_allocator_settings(f"expandable_segments:{expandable}")
+        base = Settings(offload=True, expandable_segments=expandable)
+        with meter.session():
+            models = Models(vae=meter.build(lambda: build_vae_decoder("meta", torch.bfloat16)))
+            if "text_encode" in phases:
+                results.append((workloads[0], base, text_encode_peak(meter, models)))
+            for workload in workloads if "decode" in phases else []:
+                for chunk_t in chunk_ts:
+                    settings = dataclasses.replace(base, chunk_t=chunk_t)
+                    peak = decode_peak(meter, models, workload, settings)
+                    results.append((workload, settings, peak))
+            for workload in workloads if "sampling" in phases else []:
+                results.append((workload, base, sampling_peak(meter, models, workload)))
+            del models
+    return results
+
+
+def compare(results: list[tuple[Workload, Settings, Peak]], method: str) -> list[Measurement]:
+    table = Table(title=f"memory model vs {method} (GiB, one GPU)")
+    for column in ("phase", "size", "setting", "alloc pred", "alloc meas", "err"):
+        table.add_column(column, justify="right")
+    if method == "cuda":
+        for column in ("reserved pred", "reserved meas", "err"):
+            table.add_column(column, justify="right")
+    rows = []
+    today = datetime.date.today().isoformat()
+    device = torch.cuda.get_device_name() if method == "cuda" else "CPU, fake tensors"
+    for workload, settings, peak in results:
+        (predicted,) = [p for p in memory.phases(workload, settings) if p.name == peak.phase]
+        setting = f"chunk_t {settings.chunk_t}" if peak.phase == "decode" else ""
+        setting += " expandable" if settings.expandable_segments else ""
+        cells = [peak.phase, f"{workload.size}x{workload.frames}", setting]
+        if peak.out_of_memory:
+            table.add_row(*cells, "out of memory")
+            continue
+        cells += [
+            f"{predicted.allocated_gib:.2f}",
+            f"{peak.allocated_gib:.2f}",
+            error(predicted.allocated_gib, peak.allocated_gib),
+        ]
+        if peak.reserved_gib is not None:
+            cells += [
+                f"{predicted.reserved_gib:.2f}",
+                f"{peak.reserved_gib:.2f}",
+                error(predicted.reserved_gib, peak.reserved_gib),
+            ]
+        table.add_row(*cells)
+        rows.append(
+            Measurement(
+                phase=peak.phase,
+                width=workload.width if peak.phase != "text_encode" else 0,
+                height=workload.height if peak.phase != "text_encode" else 0,
+                frames=workload.frames if peak.phase != "text_encode" else 0,
+                ranks=1,
+                chunk_t=settings.chunk_t if peak.phase == "decode" else 0,
+                dtype=settings.decode_dtype if peak.phase == "decode" else "bf16",
+                expandable=settings.expandable_segments,
+                allocated_gib=round(peak.allocated_gib, 3),
+                reserved_gib=None if peak.reserved_gib is None else round(peak.reserved_gib, 3),
+                weights_gib=round(peak.weights_gib, 3),
+                method=method,
+                device=device,
+                versions=versions(),
+                date=today,
+                source="benchmarks/memory_model.py" + (" --trace" if method == "trace" else ""),
+            )
+        )
+    console.print(table)
+    return rows
+
+
+def context_row(context_gib: float) -> Measurement:
+    return Measurement(
+        "context", 0, 0, 0, 1, 0, "bf16", False, round(context_gib, 3), None, 0.0, "cuda",
+        torch.cuda.get_device_name(), versions(), datetime.date.today().isoformat(),
+        "benchmarks/memory_model.py: torch.cuda.mem_get_info() after initialisation",
+    )  # fmt: skip
+
+
+def trace_ulysses(degrees: tuple[int, ...] = (1, 2, 4)) -> list[Measurement]:
+    """The DiT forward at 1280*704x121 (27,280 tokens, which every degree divides: diffusers
+    shards the sequence only in equal parts) traced under diffusers' Ulysses over a fake
+    process group, one rank's view. diffusers 0.42.1 divides by
+    `torch.accelerator.device_count()`, which is 0 on a CPU machine (facts.md): the count is
+    made 1 for this trace only."""
+    import torch.distributed as dist
+    from diffusers import ContextParallelConfig
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from wanctl.measure import dit_run
+    from wanctl.models.configs import build_dit, place
+
+    torch.accelerator.device_count = lambda: 1  # type: ignore[assignment]
+    workload = Workload(1280, 704, 121, 1)
+    meter = TraceMeter()
+    rows = []
+    for degree in degrees:
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=degree)
+        dit = build_dit("meta", torch.bfloat16)
+        if degree > 1:
+            dit.set_attention_backend("native")
+            mesh = init_device_mesh("cpu", (1, degree), mesh_dim_names=("ring", "ulysses"))
+            dit.enable_parallelism(config=ContextParallelConfig(ulysses_degree=degree, mesh=mesh))
+        with meter.session():
+            placed = place(dit, "cpu")
+            run, _ = dit_run(placed, workload, "cpu")  # the whole latent: diffusers splits it
+            weights, allocated, _ = meter.peak([placed], run)
+        dist.destroy_process_group()
+        rows.append(
+            Measurement(
+                "sampling", workload.width, workload.height, workload.frames, degree, 0, "bf16",
+                False, round(allocated, 3), None, round(weights, 3), "trace",
+                "CPU, fake tensors, fake process group", versions(),
+                datetime.date.today().isoformat(), "benchmarks/memory_model.py --trace",
+            )
+        )  # fmt: skip
+        console.print(f"Ulysses {degree}: activations {allocated - weights:.3f} GiB per rank")
+    return rows
+
+
+def simulate(rig: str, workload: Workload) -> bool:
+    """Tune's settings for `rig` under its memory cap, then the official decode as a control."""
+    count, model, memory_gb = parse_rig(rig)
+    mib = memory_gb * 1024 if memory_gb else model.memory_total_mib
+    card = Card(model.name, mib)
+    target = dataclasses.replace(workload, gpus=count)
+    chosen = memory.plan(target, card)
+    official = memory.predict(target, card, Settings(decode_ranks=1, decode_dtype="fp32"))
+    ok = True
+    for label, plan, expect_ok in (
+        ("tune", chosen, True),
+        ("official rank-0 fp32", official, False),
+    ):
+        measured = measure_plan(plan)
+        table = Table(title=f"{rig}, {target.size}x{target.frames}, {label}: {plan.settings}")
+        for column in ("phase", "predicted total", "measured total", "result"):
+            table.add_column(column, justify="right")
+        for peak in measured.peaks:
+            (predicted,) = [p for p in plan.phases if p.name == peak.phase]
+            total = peak.reserved_gib + measured.context_gib if peak.reserved_gib else 0.0
+            result = "OUT OF MEMORY" if peak.out_of_memory else "ran"
+            table.add_row(peak.phase, f"{predicted.total_gib:.2f}", f"{total:.2f}", result)
+        console.print(table)
+        console.print(
+            f"card {card.gib:.1f} GiB, context {measured.context_gib:.2f} GiB, largest chunk_t "
+            f"that ran {measured.max_chunk_t} (predicted {plan.max_chunk_t}); "
+            f"expected {'to run' if expect_ok else 'out of memory'}: "
+            f"{'yes' if measured.ok == expect_ok else 'NO'}"
+        )
+        ok &= measured.ok == expect_ok
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=SIZES, help="WIDTH*HEIGHTxFRAMES, comma-separated")
+    parser.add_argument("--phases", default="text_encode,sampling,decode")
+    parser.add_argument("--chunk-t", default="1,2", help="decode chunk_t values")
+    parser.add_argument("--trace", action="store_true", help="fake tensors on the CPU")
+    parser.add_argument("--simulate", nargs="*", metavar="RIG", help='e.g. "2x RTX 5090 32GB"')
+    args = parser.parse_args()
+    workloads = [parse_workload(text) for text in args.sizes.split(",")]
+    phases = args.phases.split(",")
+    chunk_ts = [int(k) for k in args.chunk_t.split(",")]
+    console.print(versions())
+    if args.simulate:
+        return 0 if all(simulate(rig, workloads[0]) for rig in args.simulate) else 1
+    if args.trace:
+        rows = compare(run_cases(TraceMeter(), workloads, phases, chunk_ts), "trace")
+        if "sampling" in phases:
+            rows += trace_ulysses()
+    else:
+        context = cuda_context_gib()
+        console.print(f"{torch.cuda.get_device_name()}: CUDA context {context:.2f} GiB")
+        rows = [context_row(context)]
+        rows += compare(run_cases(CudaMeter(), workloads, phases, chunk_ts), "cuda")
+    console.print("# rows for wanctl.memory.MEASUREMENTS")
+    for row in rows:
+        print(f"    {row!r},")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

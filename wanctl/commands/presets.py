@@ -1,0 +1,99 @@
+"""`wanctl presets list|show|rm`: the saved and shipped presets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wanctl import presets
+from wanctl.errors import UsageError
+from wanctl.render import out_console, print_json
+
+
+def list_presets(
+    json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """List the presets: the user's (saved by `tune --save`) first, then those shipped with
+    wanctl; unreadable files are listed with their error."""
+    found = presets.listing()
+    if json:
+        print_json(found)
+        return
+    table = Table(title=f"presets (user: {presets.user_dir()})", title_justify="left")
+    for column in ("fingerprint", "origin", "rig", "runs", "source"):
+        table.add_column(column)
+    for item in found:
+        if item.preset is None:
+            table.add_row(item.fingerprint, item.origin, f"[red]{item.error}[/]", "", "")
+            continue
+        entries = item.preset.entries
+        table.add_row(
+            item.fingerprint,
+            item.origin,
+            item.preset.rig.description,
+            ", ".join(f"{e.size}x{e.frames}/{e.gpus}" for e in entries),
+            ", ".join(sorted({e.source for e in entries})),
+        )
+    out_console().print(table)
+
+
+def show(
+    fingerprint: Annotated[str, typer.Argument(help="The rig fingerprint, as `list` shows it.")],
+    json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Show a preset: the rig, and for each run its settings, environment and figures."""
+    preset = presets.load(fingerprint)
+    if preset is None:
+        raise UsageError(f"no preset {fingerprint}", fix="see `wanctl presets list`")
+    if json:
+        print_json(preset)
+        return
+    render(preset, out_console())
+
+
+def rm(
+    fingerprint: Annotated[str, typer.Argument(help="The rig fingerprint of a user preset.")],
+) -> None:
+    """Remove a user preset (shipped presets stay)."""
+    path = presets.remove(fingerprint)
+    out_console().print(f"removed {path}", highlight=False)
+
+
+def render(preset: presets.Preset, console: Console) -> None:
+    rig = preset.rig
+    console.print(
+        f"[bold]{preset.fingerprint}[/] ({preset.origin}, {preset.path}): {rig.description}, "
+        f"{rig.memory_mib} MiB each, written by wanctl {preset.wanctl_version}",
+        highlight=False,
+    )
+    for entry in preset.entries:
+        table = Table(
+            title=f"{entry.size}x{entry.frames} on {entry.gpus} GPU(s): {entry.source}, "
+            f"{entry.created}",
+            title_justify="left",
+        )
+        for column in ("phase", "predicted GiB", "measured GiB"):
+            table.add_column(column, justify="right")
+        for phase, figures in entry.predicted.items():
+            measured = entry.measured.get(phase)
+            table.add_row(
+                phase, f"{figures.total:.2f}", f"{measured.total:.2f}" if measured else "-"
+            )
+        console.print(table)
+        settings = ", ".join(f"{k}={v}" for k, v in vars(entry.settings).items())
+        console.print(f"settings: {settings}; chunk_t up to {entry.max_chunk_t}", highlight=False)
+        for key, value in entry.env.items():
+            console.print(f"  export {key}={value}", highlight=False, markup=False)
+
+
+def build(wrap: Callable[[Any], Any]) -> typer.Typer:
+    """The `presets` sub-app, each command wrapped by the CLI's error handler."""
+    app = typer.Typer(help="List, show and remove rig presets.", no_args_is_help=True)
+    app.command("list")(wrap(list_presets))
+    app.command("show")(wrap(show))
+    app.command("rm")(wrap(rm))
+    return app

@@ -1,0 +1,332 @@
+"""`wanctl tune`: options in, a `TuneReport` out (the plan, what would fit instead, the saved
+preset), rendered as tables or JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wanctl import presets
+from wanctl.doctor import nccl_environment
+from wanctl.errors import UsageError, WanctlError
+from wanctl.memory import (
+    Alternative,
+    Constraints,
+    MemoryPlan,
+    Workload,
+    alternatives,
+    parse_size,
+    plan,
+)
+from wanctl.probe.base import System, fingerprint
+from wanctl.probe.local import LocalProbe
+from wanctl.render import err_console, out_console, print_json
+
+
+class Placement(str, Enum):
+    auto = "auto"
+    gpu = "gpu"
+    cpu = "cpu"
+
+
+class DecodeDtype(str, Enum):
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    gpus: int | None
+    size: str
+    frames: int
+    rig: str | None
+    preset: str | None
+    text_encoder: str | None
+    decode_dtype: str
+    measure: bool
+    save: bool
+    force: bool
+    json: bool
+
+
+@dataclass(frozen=True)
+class MeasuredPhase:
+    phase: str
+    allocated_gib: float
+    reserved_gib: float | None
+    total_gib: float | None
+    out_of_memory: bool
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    fingerprint: str
+    rig: presets.Rig
+    plan: MemoryPlan
+    alternatives: tuple[Alternative, ...]
+    saved: presets.Entry | None  # what the rig's preset already holds for this workload
+    measured: tuple[MeasuredPhase, ...] = ()
+    measured_max_chunk_t: int | None = None
+    written: str | None = None  # the preset file written by --save / --measure
+
+    @property
+    def ran_out_of_memory(self) -> bool:
+        return any(phase.out_of_memory for phase in self.measured)
+
+
+def tune(
+    gpus: Annotated[
+        int | None,
+        typer.Option(help="GPUs of the run (the Ulysses degree); default: all of the rig."),
+    ] = None,
+    size: Annotated[str, typer.Option(help="WIDTH*HEIGHT of the video.")] = "1280*704",
+    frames: Annotated[int, typer.Option(help="Frames, 4n+1.")] = 121,
+    rig: Annotated[
+        str | None,
+        typer.Option(help='Plan for a described rig instead of this one: "2x RTX 5090 32GB".'),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Plan for the rig of a preset (its fingerprint).")
+    ] = None,
+    text_encoder: Annotated[
+        Placement, typer.Option(help="Where the text encoder runs; auto lets tune choose.")
+    ] = Placement.auto,
+    decode_dtype: Annotated[DecodeDtype, typer.Option(help="The VAE decode's dtype.")] = (
+        DecodeDtype.bf16
+    ),
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure",
+            help="Run the phases on this GPU with synthetic weights (as the planned card when "
+            "this GPU is larger) and save the measured figures in the preset.",
+        ),
+    ] = False,
+    save: Annotated[bool, typer.Option("--save", help="Save the plan as the rig's preset.")] = (
+        False
+    ),
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a saved preset with other settings.")
+    ] = False,
+    json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Will this run fit on the rig, and with which settings? Predicts the peak memory of
+    each phase per GPU, chooses the decode chunk, decode ranks, offloading, text encoder
+    placement, allocator and NCCL settings, and refuses with the nearest runs that fit when
+    nothing does."""
+    options = TuneOptions(
+        gpus=gpus,
+        size=size,
+        frames=frames,
+        rig=rig,
+        preset=preset,
+        text_encoder=None if text_encoder is Placement.auto else text_encoder.value,
+        decode_dtype=decode_dtype.value,
+        measure=measure,
+        save=save,
+        force=force,
+        json=json,
+    )
+    report = run(options)
+    if options.json:
+        print_json(report)
+        render(report, err_console())
+    else:
+        render(report, out_console())
+    if not report.plan.fits:
+        raise no_fit(report)
+    if report.ran_out_of_memory:
+        raise WanctlError(
+            "the measured run ran out of memory although the model predicted it would fit",
+            why="the model's coefficients do not match this rig",
+            fix="nothing was saved; run benchmarks/memory_model.py on this GPU and add its rows "
+            "to wanctl.memory.MEASUREMENTS, or pin --text-encoder cpu",
+        )
+
+
+def resolve_rig(options: TuneOptions) -> tuple[str, presets.Rig, str]:
+    """The rig's fingerprint, its description and the platform the run will be on."""
+    if options.rig and options.preset:
+        raise UsageError("--rig and --preset both name a rig", fix="give one of them")
+    if options.rig:
+        inventory, rig = presets.rig_of(options.rig)
+        return fingerprint(inventory), rig, "linux"
+    if options.preset:
+        found = presets.load(options.preset)
+        if found is None:
+            raise UsageError(f"no preset {options.preset}", fix="see `wanctl presets list`")
+        return found.fingerprint, found.rig, "linux"
+    probe = LocalProbe()
+    inventory = probe.gpus()
+    if not inventory.live_gpus():
+        raise UsageError(
+            "no GPU on this machine to plan for",
+            why=inventory.error or "NVML reported no GPU",
+            fix='plan for a described rig: --rig "2x RTX 5090 32GB"',
+        )
+    system: System = probe.system()
+    rig = presets.rig_from_inventory(inventory, nccl_environment(inventory, system))
+    return fingerprint(inventory), rig, sys.platform
+
+
+def run(options: TuneOptions) -> TuneReport:
+    rig_fingerprint, rig, platform = resolve_rig(options)
+    width, height = parse_size(options.size)
+    gpus = options.gpus or rig.gpus
+    if gpus > rig.gpus:
+        raise UsageError(
+            f"--gpus {gpus} on a rig of {rig.gpus} GPU{'s' if rig.gpus > 1 else ''}",
+            fix=f"use --gpus {rig.gpus} or fewer, or plan for a larger rig with --rig",
+        )
+    workload = Workload(width, height, options.frames, gpus)
+    constraints = Constraints(text_encoder=options.text_encoder, decode_dtype=options.decode_dtype)
+    chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env)
+    existing = presets.load(rig_fingerprint) if not options.preset else None
+    saved = existing.find(workload) if existing else None
+    report = TuneReport(
+        fingerprint=rig_fingerprint,
+        rig=rig,
+        plan=chosen,
+        alternatives=()
+        if chosen.fits
+        else alternatives(workload, rig.card, constraints, platform=platform),
+        saved=saved,
+    )
+    if not chosen.fits:
+        return report
+    entry = presets.entry_of(chosen, created=presets.now())
+    if options.measure:
+        report, entry = _measure(report, entry)
+        if report.ran_out_of_memory:
+            return report
+    if options.save or options.measure:
+        path = presets.save(rig_fingerprint, rig, entry, force=options.force)
+        report = dataclasses.replace(report, written=str(path))
+    return report
+
+
+def _measure(report: TuneReport, entry: presets.Entry) -> tuple[TuneReport, presets.Entry]:
+    from wanctl.measure import measure_plan  # torch and diffusers: only when measuring
+
+    with err_console().status("running the phases on the GPU with synthetic weights"):
+        measured = measure_plan(report.plan)
+    phases = tuple(
+        MeasuredPhase(
+            peak.phase,
+            peak.allocated_gib,
+            peak.reserved_gib,
+            None if peak.reserved_gib is None else peak.reserved_gib + measured.context_gib,
+            peak.out_of_memory,
+        )
+        for peak in measured.peaks
+    )
+    figures = {
+        p.phase: presets.Figures(round(p.allocated_gib, 2), round(p.reserved_gib, 2),
+                                 round(p.total_gib, 2))
+        for p in phases
+        if p.reserved_gib is not None and p.total_gib is not None
+    }  # fmt: skip
+    entry = dataclasses.replace(
+        entry, source="measured", measured=figures, max_chunk_t=measured.max_chunk_t
+    )
+    report = dataclasses.replace(report, measured=phases, measured_max_chunk_t=measured.max_chunk_t)
+    return report, entry
+
+
+def no_fit(report: TuneReport) -> WanctlError:
+    chosen = report.plan
+    nearest = "; ".join(alternative.change for alternative in report.alternatives)
+    return WanctlError(
+        f"{chosen.workload.size}x{chosen.workload.frames} on {chosen.workload.gpus} GPU(s) "
+        f"does not fit on {chosen.card.name} ({chosen.card.gib:.1f} GiB)",
+        why=f"even the leanest settings need {chosen.peak_gib:.1f} GiB in {chosen.peak_phase}, "
+        f"and {chosen.budget_gib:.1f} GiB can be used",
+        fix=f"nearest runs that fit: {nearest}" if nearest else "use a larger GPU",
+    )
+
+
+def render(report: TuneReport, console: Console) -> None:
+    chosen = report.plan
+    workload = chosen.workload
+    console.print(
+        f"[bold]{report.fingerprint}[/]: {workload.size}x{workload.frames} on {workload.gpus} "
+        f"GPU(s), {workload.tokens} tokens, card {chosen.card.name} {chosen.card.gib:.1f} GiB",
+        highlight=False,
+    )
+    table = Table(title="predicted peak per GPU (GiB)", title_justify="left")
+    for column in ("phase", "weights", "activations", "allocated", "reserved", "+context"):
+        table.add_column(column, justify="right")
+    measured = {phase.phase: phase for phase in report.measured}
+    if measured:
+        table.add_column("measured", justify="right")
+    for phase in chosen.phases:
+        row = [
+            phase.name,
+            f"{phase.weights_gib:.2f}",
+            f"{phase.activations_gib:.2f}",
+            f"{phase.allocated_gib:.2f}",
+            f"{phase.reserved_gib:.2f}",
+            f"{phase.total_gib:.2f}",
+        ]
+        if measured:
+            row.append(_measured_cell(measured.get(phase.name)))
+        table.add_row(*row, style="bold" if phase.name == chosen.peak_phase else None)
+    console.print(table)
+    style = "green" if chosen.fits else "bold red"
+    verdict = "fits" if chosen.fits else "does not fit"
+    console.print(
+        f"[{style}]{verdict}[/]: peak {chosen.peak_gib:.2f} GiB in {chosen.peak_phase}, "
+        f"headroom {chosen.headroom_gib:.2f} GiB of {chosen.card.gib:.1f} (kept free: "
+        f"{chosen.card.gib - chosen.budget_gib:.2f}); chunk_t up to {chosen.max_chunk_t} fits",
+        highlight=False,
+    )
+    settings = chosen.settings
+    console.print(
+        f"settings: decode on {settings.decode_ranks} rank(s) in {settings.decode_dtype}, "
+        f"chunk_t {settings.chunk_t}, DiT {settings.dit}"
+        f"{', offloaded before the decode' if settings.offload else ''}, text encoder on "
+        f"{settings.text_encoder.upper()}",
+        highlight=False,
+    )
+    for key, value in chosen.env.items():
+        console.print(f"  export {key}={value}", highlight=False, markup=False)
+    for note in chosen.notes:
+        console.print(f"[dim]note: {note}[/]", highlight=False)
+    if report.measured_max_chunk_t is not None:
+        console.print(f"measured: chunk_t up to {report.measured_max_chunk_t} ran")
+    if report.saved and report.saved.settings != settings:
+        console.print(
+            f"[yellow]the saved preset ({report.saved.source}, {report.saved.created}) holds "
+            f"other settings for this run[/]",
+            highlight=False,
+        )
+    if report.alternatives:
+        nearest = Table(title="nearest runs that fit", title_justify="left")
+        for column in ("change", "peak GiB", "settings"):
+            nearest.add_column(column)
+        for alternative in report.alternatives:
+            s = alternative.plan.settings
+            nearest.add_row(
+                alternative.change,
+                f"{alternative.plan.peak_gib:.2f}",
+                f"decode {s.decode_ranks}x{s.decode_dtype}, text encoder {s.text_encoder}, "
+                f"offload {'on' if s.offload else 'off'}, DiT {s.dit}",
+            )
+        console.print(nearest)
+    if report.written:
+        console.print(f"saved to {report.written}", highlight=False)
+
+
+def _measured_cell(phase: MeasuredPhase | None) -> str:
+    if phase is None:
+        return "-"
+    if phase.out_of_memory:
+        return "OUT OF MEMORY"
+    return f"{phase.total_gib:.2f}" if phase.total_gib is not None else "-"

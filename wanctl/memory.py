@@ -1,0 +1,708 @@
+"""The memory model: per-rank peak GPU memory of each phase of a Wan2.2 TI2V-5B run, and the
+search for settings that fit a card.
+
+A run goes through three phases; in each, the worst rank holds the weights of the models on its
+GPU and the phase's activations:
+
+- `text_encode` (only with the text encoder on the GPU): UMT5-XXL's bf16 weights and its
+  activations at 512 tokens. The encoder is freed once the prompt is encoded (it runs once).
+- `sampling`: the DiT's bf16 weights (replicated, or 1/N plus two unsharded blocks under FSDP)
+  and the activations of one forward over this rank's tokens. Ulysses splits the sequence: the
+  activations are `tokens x (per_local / N + per_global)`, the second part being what every rank
+  computes over the whole sequence (rotary tables, the gathered output).
+- `decode`: the VAE decoder's weights and the activations of one decoder call of `chunk_t`
+  latent frames over this rank's rows (patch-parallel decode: rows split over the decode ranks,
+  one halo row each side at the decoder's top resolution). Decoded frames go to the host.
+
+The VAE decoder stays on the GPU throughout. The DiT is loaded once the prompt is encoded and
+the text encoder freed, and stays for the decode unless `offload` moves it to the CPU first.
+Allocated memory is weights plus activations; the allocator reserves `reserved_ratio` times the
+activations (the caching allocator keeps freed blocks); the CUDA context (and NCCL's buffers
+with several GPUs) comes on top. A plan fits when every phase leaves `SAFETY_MARGIN` of the
+card free.
+
+Every coefficient is fitted from `MEASUREMENTS`, which records what was measured, where, with
+which versions and how ("cuda": torch.cuda peak statistics on a GPU; "trace": live tensor bytes
+of the same run on fake tensors, `wanctl.measure.TraceMeter`; "estimate": not measured, named as
+such). Add rows from `benchmarks/memory_model.py` and the fits follow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+
+from wanctl.errors import UsageError
+from wanctl.probe.base import GpuInventory
+
+GIB = 1024**3
+DTYPE_BYTES = {"bf16": 2, "fp32": 4}
+HEADS = 24  # the DiT's attention heads: the Ulysses degree must divide them
+SPATIAL = 16  # VAE spatial compression
+TEMPORAL = 4  # VAE temporal compression
+PATCH = 2  # the DiT's spatial patch (1, 2, 2)
+TOP_UPSCALE = 8  # the decoder's top resolution is the latent's x8 (then unpatchified x2)
+PHASES = ("text_encode", "sampling", "decode")
+
+# A plan fits when its worst phase leaves this share of the card free (policy, not a
+# measurement): the fits below match their anchors within a few per cent, and a desktop
+# session or another process may hold a few hundred MiB.
+SAFETY_MARGIN = 0.05
+
+# Parameters of each network: `wanctl.models.configs.parameter_counts()` on the meta device
+# (diffusers 0.42.1, transformers of this venv); tests/test_memory.py checks them against it.
+PARAMS = {
+    "dit": 4_999_787_712,
+    "dit_block": 163_656_704,
+    "text_encoder": 5_680_910_336,
+    "vae_decoder": 555_051_580,
+}
+# Of the DiT's parameters, diffusers keeps these in fp32 (`_keep_in_fp32_modules`).
+DIT_FP32_PARAMS = 10_973_184
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured (or traced) peak. `weights_gib` is what the measured process held in
+    weights, subtracted to get the activations. `ranks` is the Ulysses degree for sampling and
+    the decode ranks for decode."""
+
+    phase: str  # "text_encode" | "sampling" | "decode" | "context" | "nccl"
+    width: int
+    height: int
+    frames: int
+    ranks: int
+    chunk_t: int
+    dtype: str
+    expandable: bool
+    allocated_gib: float
+    reserved_gib: float | None
+    weights_gib: float
+    method: str  # "cuda" | "trace" | "estimate"
+    device: str
+    versions: str
+    date: str
+    source: str
+
+
+_H100 = dict(
+    device="1x NVIDIA H100 80GB",
+    versions="driver 580, torch 2.11+cu130, diffusers 0.42.1",
+    date="2026-11-24",
+)
+_FACTS = dict(_H100, source="shared/notes/facts.md")
+_FACTS_VAE = dict(_H100, source="shared/notes/facts.md; the full AutoencoderKLWan held (704.7 M)")
+_TRACE = dict(
+    versions="torch 2.13.0+cpu, diffusers 0.42.1, transformers 5.23.0",
+    date="2026-11-24",
+    source="benchmarks/memory_model.py --trace",
+)
+
+MEASUREMENTS: tuple[Measurement, ...] = (
+    # VAE decode of 1280x704x121, chunk_t latent frames per call, frames moved to the host.
+    *(
+        Measurement("decode", 1280, 704, 121, 1, k, "bf16", False, alloc, res, 1.313, "cuda",
+                    **_FACTS_VAE)
+        for k, alloc, res in ((1, 9.95, 16.9), (2, 15.6, 23.5), (4, 26.8, 42.9), (8, 49.3, 77.1))
+    ),
+    *(
+        Measurement("decode", 1280, 704, 121, 1, k, "fp32", False, alloc, res, 2.625, "cuda",
+                    **_FACTS_VAE)
+        for k, alloc, res in ((1, 19.9, 33.3), (4, 53.6, 78.4))
+    ),
+    # One DiT forward at 1280x704x121 (27,280 tokens), bf16, SDPA.
+    Measurement("sampling", 1280, 704, 121, 1, 0, "bf16", False, 14.4, None, 9.313, "cuda",
+                **_FACTS),
+    # The same forward traced under diffusers' Ulysses 1, 2 and 4 (fake process group): how
+    # the activations split between the rank's share of tokens and the whole sequence.
+    *(
+        Measurement("sampling", 1280, 704, 121, n, 0, "bf16", False, alloc, None, 9.334, "trace",
+                    device="CPU, fake tensors, fake process group", **_TRACE)
+        for n, alloc in ((1, 14.414), (2, 11.969), (4, 10.746))
+    ),
+    # UMT5-XXL encode of 512 tokens, bf16 (the VAE decoder held too).
+    Measurement("text_encode", 0, 0, 0, 1, 0, "bf16", False, 11.733, None, 11.615, "trace",
+                device="CPU, fake tensors", **_TRACE),
+    # CUDA context: torch.cuda.mem_get_info() before and after initialisation.
+    Measurement("context", 0, 0, 0, 1, 0, "bf16", False, 0.49, None, 0.0, "cuda", **dict(
+        _H100, source="the lead's measurement notes: ~500 MiB on an H100")),
+    # NCCL communicators (Ulysses all-to-all): NCCL_BUFFSIZE 4 MiB x protocols x channels x
+    # peers, from NCCL's documentation; not measured here.
+    Measurement("nccl", 0, 0, 0, 2, 0, "bf16", False, 0.5, None, 0.0, "estimate",
+                device="-", versions="NCCL 2.2x", date="2026-11-24",
+                source="estimate from NCCL's buffer sizes; to measure under torchrun"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """What the model computes with, fitted from `MEASUREMENTS` by `fit`."""
+
+    decode_fixed: float  # bytes per rank pixel per dtype byte, per decoder call
+    decode_per_frame: float  # the same, per latent frame in the call
+    dit_local: float  # bf16 activation bytes per token of this rank's share
+    dit_global: float  # bf16 activation bytes per token of the whole sequence, on every rank
+    text_encode_gib: float  # UMT5-XXL activations at 512 tokens
+    # reserved / allocated activations, by (phase, expandable segments)
+    reserved_ratio: dict[tuple[str, bool], float]
+    context_gib: float
+    nccl_gib: float
+    expandable_measured: bool
+    provenance: dict[str, str]
+
+
+def _rows(
+    phase: str, rows: tuple[Measurement, ...], method: str | None = None
+) -> list[Measurement]:
+    return [m for m in rows if m.phase == phase and (method is None or m.method == method)]
+
+
+def _least_squares(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Intercept and slope of y = a + b x."""
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx if sxx else 0.0
+    return mean_y - slope * mean_x, slope
+
+
+def _describe(rows: list[Measurement]) -> str:
+    by = sorted({f"{m.method} on {m.device} ({m.versions}, {m.date}; {m.source})" for m in rows})
+    return "; ".join(by)
+
+
+def fit(rows: tuple[Measurement, ...] = MEASUREMENTS) -> Coefficients:
+    """Fit the coefficients: GPU measurements where there are some, traces for the structure
+    GPUs have not measured yet (how Ulysses splits the DiT's activations, UMT5's activations).
+    """
+    decode = _rows("decode", rows, "cuda") or _rows("decode", rows)
+    per_pixel = [
+        (float(m.chunk_t), (m.allocated_gib - m.weights_gib) * GIB
+         / (decode_pixels(m.width, m.height, m.ranks) * DTYPE_BYTES[m.dtype]))
+        for m in decode
+    ]  # fmt: skip
+    decode_fixed, decode_per_frame = _least_squares(per_pixel)
+
+    sampling = _rows("sampling", rows)
+    gpu = [m for m in sampling if m.method == "cuda"] or sampling
+    single = [m for m in gpu if m.ranks == 1] or gpu
+    per_token = sum((m.allocated_gib - m.weights_gib) * GIB / tokens(m) for m in single) / len(
+        single
+    )
+    traced = [m for m in sampling if m.method == "trace"]
+    degrees = {m.ranks for m in traced}
+    global_share = _global_share(traced) if 1 in degrees and len(degrees) > 1 else 0.0
+
+    text = _rows("text_encode", rows, "cuda") or _rows("text_encode", rows)
+    with_reserved = [m for m in rows if m.reserved_gib is not None]
+    measured_expandable = any(m.expandable for m in with_reserved)
+    context, nccl = _rows("context", rows), _rows("nccl", rows)
+    return Coefficients(
+        decode_fixed=decode_fixed,
+        decode_per_frame=decode_per_frame,
+        dit_local=per_token * (1 - global_share),
+        dit_global=per_token * global_share,
+        text_encode_gib=max(m.allocated_gib - m.weights_gib for m in text),
+        reserved_ratio=_reserved_ratios(with_reserved),
+        context_gib=max(m.allocated_gib for m in context),
+        nccl_gib=max(m.allocated_gib for m in nccl),
+        expandable_measured=measured_expandable,
+        provenance={
+            "decode": _describe(decode),
+            "sampling": _describe(single)
+            + (f"; Ulysses split: {_describe(traced)}" if global_share else ""),
+            "text_encode": _describe(text),
+            "reserved_ratio": _describe(with_reserved)
+            + "; a phase or allocator setting without a measurement of its own takes the "
+            "largest ratio measured with the same setting, else with the default allocator",
+            "context": _describe(context),
+            "nccl": _describe(nccl),
+        },
+    )  # fmt: skip
+
+
+def _reserved_ratios(rows: list[Measurement]) -> dict[tuple[str, bool], float]:
+    """Reserved over allocated activations for each phase and allocator setting: the largest
+    measured for that pair, else for that setting, else for the default allocator (which
+    reserves the most): always an upper bound of what was seen."""
+
+    def largest(selected: list[Measurement]) -> float | None:
+        ratios = [
+            (m.reserved_gib - m.weights_gib) / (m.allocated_gib - m.weights_gib)  # type: ignore[operator]
+            for m in selected
+        ]
+        return max(ratios, default=None)
+
+    result = {}
+    for phase in PHASES:
+        for expandable in (False, True):
+            result[phase, expandable] = next(
+                ratio
+                for ratio in (
+                    largest([m for m in rows if (m.phase, m.expandable) == (phase, expandable)]),
+                    largest([m for m in rows if m.expandable == expandable]),
+                    largest([m for m in rows if not m.expandable]),
+                )
+                if ratio is not None
+            )
+    return result
+
+
+def _global_share(traced: list[Measurement]) -> float:
+    """The share of the DiT's activations every rank computes over the whole sequence, from
+    traces at several Ulysses degrees: act(N) / act(1) = (1 - share) / N + share, with the
+    activations per token of the whole sequence averaged over the traces of each degree."""
+    per_token: dict[int, list[float]] = {}
+    for m in traced:
+        per_token.setdefault(m.ranks, []).append((m.allocated_gib - m.weights_gib) / tokens(m))
+    mean = {n: sum(values) / len(values) for n, values in per_token.items()}
+    # act(N)/act(1) - 1/N = share * (1 - 1/N): least squares through the origin.
+    points = [(1 - 1 / n, act / mean[1] - 1 / n) for n, act in mean.items() if n > 1]
+    return sum(x * y for x, y in points) / sum(x * x for x, _ in points)
+
+
+@cache
+def coefficients() -> Coefficients:
+    return fit()
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is generated: `width*height`, `frames` (4n+1), over `gpus` ranks (Ulysses degree)."""
+
+    width: int
+    height: int
+    frames: int
+    gpus: int
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0 or self.width % 32 or self.height % 32:
+            raise UsageError(
+                f"size {self.width}*{self.height} is not made of multiples of 32",
+                why="the VAE divides each side by 16 and the DiT's patch by 2 more",
+                fix="use a size such as 1280*704 or 704*1280",
+            )
+        if self.frames < 1 or (self.frames - 1) % TEMPORAL:
+            raise UsageError(
+                f"{self.frames} frames is not 4n+1",
+                why="the VAE turns 1 + 4n frames into n + 1 latent frames",
+                fix=f"use {nearest_frames(self.frames)} frames",
+            )
+        if self.gpus < 1 or HEADS % self.gpus:
+            raise UsageError(
+                f"Ulysses over {self.gpus} GPUs is not possible",
+                why=f"the Ulysses degree must divide the DiT's {HEADS} attention heads",
+                fix=f"use one of {', '.join(map(str, ulysses_degrees()))} GPUs",
+            )
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}*{self.height}"
+
+    @property
+    def latent(self) -> tuple[int, int, int]:
+        """(frames, height, width) of the latent."""
+        return (self.frames - 1) // TEMPORAL + 1, self.height // SPATIAL, self.width // SPATIAL
+
+    @property
+    def tokens(self) -> int:
+        frames, height, width = self.latent
+        return frames * (height // PATCH) * (width // PATCH)
+
+
+def ulysses_degrees() -> tuple[int, ...]:
+    return tuple(n for n in range(1, HEADS + 1) if HEADS % n == 0)
+
+
+def nearest_frames(frames: int) -> int:
+    return max(1, round((frames - 1) / TEMPORAL) * TEMPORAL + 1)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1280*704' (or 1280x704) -> (1280, 704)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[*x×]\s*(\d+)\s*", text)
+    if not match:
+        raise UsageError(
+            f"cannot read the size {text!r}",
+            why="a size is WIDTH*HEIGHT in pixels",
+            fix="write it like 1280*704",
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def tokens(m: Measurement) -> int:
+    return Workload(m.width, m.height, m.frames, 1).tokens
+
+
+def decode_rows(height: int, ranks: int) -> int:
+    """Output rows one decode rank produces: its share of latent rows (the first ranks take
+    the remainder), plus a halo row each side at the decoder's top resolution, where the
+    largest activations live."""
+    latent_rows = math.ceil(height / SPATIAL / ranks)
+    halo = 2 * SPATIAL // TOP_UPSCALE if ranks > 1 else 0
+    return latent_rows * SPATIAL + halo
+
+
+def decode_pixels(width: int, height: int, ranks: int) -> int:
+    return width * decode_rows(height, ranks)
+
+
+@dataclass(frozen=True)
+class Card:
+    """The GPU a plan is for: the smallest of the rig."""
+
+    name: str
+    memory_mib: int
+
+    @property
+    def gib(self) -> float:
+        return self.memory_mib / 1024
+
+    @classmethod
+    def smallest(cls, inventory: GpuInventory) -> Card:
+        sized = [gpu for gpu in inventory.live_gpus() if gpu.memory_total_mib]
+        if not sized:
+            raise UsageError(
+                "no GPU with a known memory size on this rig",
+                why=inventory.error or "NVML reported no usable GPU",
+                fix='plan for a described rig: --rig "2x RTX 5090 32GB"',
+            )
+        gpu = min(sized, key=lambda g: g.memory_total_mib or 0)
+        return cls(gpu.name or "GPU", gpu.memory_total_mib or 0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `tune` chooses. `chunk_t` latent frames per decoder call (`WAN_VAE_DECODE_CHUNK_T`),
+    `decode_ranks` ranks decoding in parallel, `dit` "replicated" or "fsdp", `offload` the DiT
+    to the CPU outside sampling, the text encoder on "gpu" (freed after encoding) or "cpu"."""
+
+    chunk_t: int = 1
+    decode_ranks: int = 1
+    decode_dtype: str = "bf16"
+    dit: str = "replicated"
+    offload: bool = False
+    text_encoder: str = "gpu"
+    expandable_segments: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chunk_t < 1 or self.decode_ranks < 1:
+            raise ValueError("chunk_t and decode_ranks start at 1")
+        if self.decode_dtype not in DTYPE_BYTES:
+            raise ValueError(f"decode_dtype {self.decode_dtype!r} is not bf16 or fp32")
+        if self.dit not in ("replicated", "fsdp") or self.text_encoder not in ("gpu", "cpu"):
+            raise ValueError("dit is replicated or fsdp, text_encoder gpu or cpu")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What the user pinned; None leaves it to the search."""
+
+    text_encoder: str | None = None
+    offload: bool | None = None
+    dit: str | None = None
+    decode_dtype: str = "bf16"
+    decode_ranks: int | None = None
+    chunk_t: int | None = None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase's peak on the worst rank, GiB. `parts` names what the weights and the
+    activations are."""
+
+    name: str
+    weights_gib: float
+    activations_gib: float
+    allocated_gib: float
+    reserved_gib: float
+    total_gib: float  # reserved + CUDA context (+ NCCL buffers)
+    parts: dict[str, float]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    workload: Workload
+    card: Card
+    settings: Settings
+    phases: tuple[Phase, ...]
+    peak_phase: str  # the phase with the largest total
+    peak_gib: float
+    budget_gib: float  # the card less the safety margin
+    headroom_gib: float  # the card less the peak
+    fits: bool
+    max_chunk_t: int  # the largest chunk_t that would still fit (0: none)
+    env: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    source: str = "model"
+
+
+@dataclass(frozen=True)
+class Alternative:
+    change: str  # "81 frames instead of 121"
+    plan: MemoryPlan
+
+
+def _gib(n_bytes: float) -> float:
+    return n_bytes / GIB
+
+
+def weights(settings: Settings, gpus: int) -> dict[str, float]:
+    """GiB of each model's weights on one rank's GPU when it is loaded."""
+    dit = _gib((PARAMS["dit"] - DIT_FP32_PARAMS) * 2 + DIT_FP32_PARAMS * 4)
+    return {
+        "text encoder": _gib(PARAMS["text_encoder"] * 2),
+        "DiT": dit / gpus if settings.dit == "fsdp" else dit,
+        "VAE decoder": _gib(PARAMS["vae_decoder"] * DTYPE_BYTES[settings.decode_dtype]),
+    }
+
+
+def activations(workload: Workload, settings: Settings) -> dict[str, float]:
+    """GiB of each phase's activations on the worst rank."""
+    c = coefficients()
+    sampling = workload.tokens * (c.dit_local / workload.gpus + c.dit_global)
+    if settings.dit == "fsdp":  # two blocks unsharded at a time (the forward prefetches one)
+        sampling += 2 * PARAMS["dit_block"] * 2
+    decode = (
+        decode_pixels(workload.width, workload.height, settings.decode_ranks)
+        * DTYPE_BYTES[settings.decode_dtype]
+        * (c.decode_fixed + c.decode_per_frame * settings.chunk_t)
+    )
+    return {
+        "text_encode": c.text_encode_gib,
+        "sampling": _gib(sampling),
+        "decode": _gib(decode),
+    }
+
+
+def phases(workload: Workload, settings: Settings) -> tuple[Phase, ...]:
+    """Each phase's peak on the worst rank: the weights held, the activations, the allocator's
+    reserve and the context."""
+    c = coefficients()
+    held = weights(settings, workload.gpus)
+    acts = activations(workload, settings)
+    residents = {
+        "text_encode": {"text encoder": held["text encoder"]},
+        "sampling": {"DiT": held["DiT"]},
+        "decode": {} if settings.offload else {"DiT": held["DiT"]},
+    }
+    overhead = c.context_gib + (c.nccl_gib if workload.gpus > 1 else 0.0)
+    result = []
+    for name in PHASES:
+        if name == "text_encode" and settings.text_encoder == "cpu":
+            continue
+        on_gpu = {**residents[name], "VAE decoder": held["VAE decoder"]}
+        weights_gib = sum(on_gpu.values())
+        activation = acts[name]
+        reserved = weights_gib + c.reserved_ratio[name, settings.expandable_segments] * activation
+        result.append(
+            Phase(
+                name=name,
+                weights_gib=weights_gib,
+                activations_gib=activation,
+                allocated_gib=weights_gib + activation,
+                reserved_gib=reserved,
+                total_gib=reserved + overhead,
+                parts={**on_gpu, "activations": activation, "context": overhead},
+            )
+        )
+    return tuple(result)
+
+
+def allocator_conf(platform: str) -> str | None:
+    """`PYTORCH_CUDA_ALLOC_CONF`: expandable segments (the fix for fragmentation OOMs) except
+    where they are known to misbehave: on Windows a failed mapping leaves the allocator broken
+    (pytorch#188008). Never with max_split_size_mb: the two together trip an internal assert
+    (pytorch#119452), and max_split_size_mb is a last resort that no measurement here needs."""
+    return None if platform.startswith("win") else "expandable_segments:True"
+
+
+def environment(
+    settings: Settings, platform: str, nccl_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The variables to export for a run with `settings`."""
+    env = {"WAN_VAE_DECODE_CHUNK_T": str(settings.chunk_t)}
+    conf = allocator_conf(platform)
+    if conf:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = conf
+    return {**env, **(nccl_env or {})}
+
+
+def predict(
+    workload: Workload,
+    card: Card,
+    settings: Settings,
+    *,
+    platform: str = "linux",
+    nccl_env: Mapping[str, str] | None = None,
+) -> MemoryPlan:
+    """The plan of `settings` on `card`, fitting or not."""
+    if not 1 <= settings.decode_ranks <= workload.gpus:
+        raise UsageError(
+            f"{settings.decode_ranks} decode ranks for a run on {workload.gpus} GPUs",
+            fix=f"decode on 1 to {workload.gpus} ranks",
+        )
+    budget = card.gib * (1 - SAFETY_MARGIN)
+    result = phases(workload, settings)
+    peak = max(result, key=lambda phase: phase.total_gib)
+    return MemoryPlan(
+        workload=workload,
+        card=card,
+        settings=settings,
+        phases=result,
+        peak_phase=peak.name,
+        peak_gib=peak.total_gib,
+        budget_gib=budget,
+        headroom_gib=card.gib - peak.total_gib,
+        fits=peak.total_gib <= budget,
+        max_chunk_t=_max_chunk_t(workload, settings, budget),
+        env=environment(settings, platform, nccl_env),
+        notes=_notes(workload, settings),
+    )
+
+
+def _max_chunk_t(workload: Workload, settings: Settings, budget: float) -> int:
+    """The largest chunk_t whose plan still fits (decoding everything at once at most)."""
+    best = 0
+    for chunk_t in range(1, max(1, workload.latent[0] - 1) + 1):
+        trial = dataclasses.replace(settings, chunk_t=chunk_t)
+        if max(phase.total_gib for phase in phases(workload, trial)) > budget:
+            break
+        best = chunk_t
+    return best
+
+
+def _notes(workload: Workload, settings: Settings) -> tuple[str, ...]:
+    notes = []
+    if workload.tokens % workload.gpus:
+        notes.append(
+            f"{workload.tokens} tokens do not split in {workload.gpus} equal parts: diffusers' "
+            "Ulysses needs them to (another size or frame count does)"
+        )
+    if settings.chunk_t == 1:
+        notes.append(
+            "chunk_t 1: more latent frames per decoder call bought no speed on an H100 "
+            "(facts.md: 6.4 s at 1 and 4, 7.4 s at 8) and each costs a frame of activations"
+        )
+    if settings.text_encoder == "gpu":
+        notes.append(
+            "the text encoder is freed from the GPU once the prompt is encoded, before the DiT "
+            "is loaded"
+        )
+    if settings.expandable_segments and not coefficients().expandable_measured:
+        notes.append(
+            "reserved memory with expandable segments is not measured yet: predicted with the "
+            "default allocator's ratio (an upper bound)"
+        )
+    return tuple(notes)
+
+
+def candidates(workload: Workload, constraints: Constraints, platform: str) -> Iterator[Settings]:
+    """Settings to try, cheapest compromise first: the DiT replicated before FSDP (FSDP
+    all-gathers every layer at every step), the text encoder on the GPU before the CPU (a CPU
+    encode of 5.7 B parameters takes tens of seconds), no offload before offload (moving the DiT
+    costs a few seconds a run). Decode on every rank and chunk_t 1 unless pinned: fewer ranks or
+    larger chunks only add memory."""
+    dits = [constraints.dit] if constraints.dit else ["replicated", "fsdp"]
+    if workload.gpus == 1:
+        dits = [d for d in dits if d == "replicated"] or dits
+    encoders = [constraints.text_encoder] if constraints.text_encoder else ["gpu", "cpu"]
+    offloads = [constraints.offload] if constraints.offload is not None else [False, True]
+    for dit, encoder, offload in itertools.product(dits, encoders, offloads):
+        yield Settings(
+            chunk_t=constraints.chunk_t or 1,
+            decode_ranks=constraints.decode_ranks or workload.gpus,
+            decode_dtype=constraints.decode_dtype,
+            dit=dit,
+            offload=offload,
+            text_encoder=encoder,
+            expandable_segments=allocator_conf(platform) is not None,
+        )
+
+
+def plan(
+    workload: Workload,
+    card: Card,
+    constraints: Constraints = Constraints(),
+    *,
+    platform: str = "linux",
+    nccl_env: Mapping[str, str] | None = None,
+) -> MemoryPlan:
+    """The first settings that fit, in `candidates` order; when none does, the plan with the
+    lowest peak (`fits` False: see `alternatives`)."""
+    tried = [
+        predict(workload, card, settings, platform=platform, nccl_env=nccl_env)
+        for settings in candidates(workload, constraints, platform)
+    ]
+    return next((p for p in tried if p.fits), min(tried, key=lambda p: p.peak_gib))
+
+
+def alternatives(
+    workload: Workload,
+    card: Card,
+    constraints: Constraints = Constraints(),
+    *,
+    platform: str = "linux",
+) -> tuple[Alternative, ...]:
+    """The nearest runs that would fit: each pin released, fewer frames, a smaller size of
+    the same shape, more GPUs."""
+
+    def fitting(w: Workload, c: Constraints = constraints) -> MemoryPlan | None:
+        found = plan(w, card, c, platform=platform)
+        return found if found.fits else None
+
+    found: list[Alternative] = []
+    released = {
+        "text_encoder": dataclasses.replace(constraints, text_encoder=None),
+        "offload": dataclasses.replace(constraints, offload=None),
+        "dit": dataclasses.replace(constraints, dit=None),
+        "decode_ranks": dataclasses.replace(constraints, decode_ranks=None),
+        "chunk_t": dataclasses.replace(constraints, chunk_t=None),
+    }
+    for name, unpinned in released.items():
+        pinned = getattr(constraints, name)
+        if pinned is not None and (p := fitting(workload, unpinned)):
+            found.append(Alternative(f"{_label(name, p.settings)} (instead of {pinned})", p))
+    if constraints.decode_dtype == "fp32" and (
+        p := fitting(workload, dataclasses.replace(constraints, decode_dtype="bf16"))
+    ):
+        found.append(Alternative("decode in bf16 (instead of fp32)", p))
+    for frames in range(workload.frames - TEMPORAL, 0, -TEMPORAL):
+        if p := fitting(dataclasses.replace(workload, frames=frames)):
+            found.append(Alternative(f"{frames} frames (instead of {workload.frames})", p))
+            break
+    for width, height in _smaller_sizes(workload.width, workload.height):
+        if p := fitting(dataclasses.replace(workload, width=width, height=height)):
+            found.append(Alternative(f"{width}*{height} (instead of {workload.size})", p))
+            break
+    for gpus in (n for n in ulysses_degrees() if n > workload.gpus):
+        pins = dataclasses.replace(constraints, decode_ranks=None)
+        if p := fitting(dataclasses.replace(workload, gpus=gpus), pins):
+            found.append(Alternative(f"{gpus} GPUs (instead of {workload.gpus})", p))
+            break
+    return tuple(found)  # fmt: skip
+
+
+def _label(name: str, settings: Settings) -> str:
+    value = getattr(settings, name)
+    labels = {
+        "text_encoder": f"text encoder on {value.upper()}",
+        "offload": "offload the DiT" if value else "no offload",
+        "dit": f"DiT {value}",
+        "decode_ranks": f"decode on {value} ranks",
+        "chunk_t": f"chunk_t {value}",
+    }
+    return labels[name]
+
+
+def _smaller_sizes(width: int, height: int) -> Iterator[tuple[int, int]]:
+    """Sizes of about the same shape, multiples of 32, largest first."""
+    for new_width in range(width - 32, 31, -32):
+        new_height = max(32, round(new_width * height / width / 32) * 32)
+        if new_height <= height:
+            yield new_width, new_height

@@ -1,0 +1,157 @@
+"""The three networks of a Wan2.2 TI2V-5B run, as constructor arguments, and builders of
+synthetic copies: the real architectures with random weights (memory does not depend on the
+values), on a given device and dtype, or on the meta device (to count parameters, or to set a
+model up before `place` allocates it).
+
+torch, diffusers and transformers are imported inside the builders: `wanctl tune` plans
+from the parameter counts recorded in `wanctl.memory` without importing them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+# diffusers `WanTransformer3DModel` of Wan2.2-TI2V-5B-Diffusers/transformer. The TI2V
+# "expand timesteps" is no constructor argument: the pipeline passes a 2-D timestep per token.
+DIT_TI2V_5B: dict[str, Any] = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 24,
+    "attention_head_dim": 128,
+    "in_channels": 48,
+    "out_channels": 48,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 14336,
+    "num_layers": 30,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "rope_max_seq_len": 1024,
+}
+
+# transformers `UMT5EncoderModel` of google/umt5-xxl, Wan's text encoder (encoder half only).
+UMT5_XXL: dict[str, Any] = {
+    "d_model": 4096,
+    "d_kv": 64,
+    "d_ff": 10240,
+    "num_layers": 24,
+    "num_heads": 64,
+    "vocab_size": 256384,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu",
+    "tie_word_embeddings": False,
+}
+
+# diffusers `AutoencoderKLWan` of Wan2.2-TI2V-5B-Diffusers/vae (normalisation statistics left
+# out: memory does not depend on them).
+VAE_TI2V_5B: dict[str, Any] = {
+    "base_dim": 160,
+    "decoder_base_dim": 256,
+    "z_dim": 48,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_scales": [],
+    "temperal_downsample": [False, True, True],
+    "is_residual": True,
+    "in_channels": 12,
+    "out_channels": 12,
+    "patch_size": 2,
+    "scale_factor_spatial": 16,
+    "scale_factor_temporal": 4,
+}
+
+TEXT_TOKENS = 512  # Wan pads every prompt to 512 tokens
+
+
+def build_dit(
+    device: torch.device | str, dtype: torch.dtype, *, num_layers: int | None = None
+) -> WanTransformer3DModel:
+    """The TI2V-5B DiT with random weights (`num_layers` fewer for a quick trace)."""
+    from diffusers import WanTransformer3DModel
+
+    config = {**DIT_TI2V_5B, **({"num_layers": num_layers} if num_layers else {})}
+    return _materialise(lambda: WanTransformer3DModel(**config), device, dtype, keep_fp32=True)
+
+
+def build_text_encoder(
+    device: torch.device | str, dtype: torch.dtype, *, num_layers: int | None = None
+) -> UMT5EncoderModel:
+    """UMT5-XXL's encoder with random weights."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(**{**UMT5_XXL, **({"num_layers": num_layers} if num_layers else {})})
+    return _materialise(lambda: UMT5EncoderModel(config), device, dtype)
+
+
+def build_vae_decoder(device: torch.device | str, dtype: torch.dtype) -> AutoencoderKLWan:
+    """The TI2V-5B VAE without its encoder (decoding never uses it), random weights."""
+    from diffusers import AutoencoderKLWan
+
+    def decoder_only() -> AutoencoderKLWan:
+        vae: Any = AutoencoderKLWan(**VAE_TI2V_5B)
+        vae.encoder = None
+        vae.quant_conv = None
+        return vae
+
+    return _materialise(decoder_only, device, dtype)
+
+
+def _materialise(
+    make: Any, device: torch.device | str, dtype: torch.dtype, *, keep_fp32: bool = False
+) -> Any:
+    """Build on the meta device and cast there (free), then `place` it on `device`. With
+    `keep_fp32`, the modules a diffusers model names in `_keep_in_fp32_modules` stay in fp32,
+    as its `from_pretrained` leaves them (transformers does so only for fp16)."""
+    import torch
+
+    with torch.device("meta"):
+        model = make()
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ()) if keep_fp32 else ()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():
+            kept = any(part in keep for part in name.split("."))
+            tensor.data = tensor.data.to(torch.float32 if kept else dtype)
+    return model.eval() if torch.device(device).type == "meta" else place(model, device)
+
+
+def place(model: Any, device: torch.device | str) -> Any:
+    """Allocate a meta-device model straight on `device` and fill it there: no fp32 CPU copy
+    of billions of parameters. Small uniform values keep activations finite; norm scales are
+    one. Tied weights (UMT5's embedding) are tied again: `to_empty` unties them."""
+    import torch
+
+    model = model.to_empty(device=device)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if tensor.dim() <= 1 and ("norm" in name or name.endswith("gamma")):
+                tensor.fill_(1.0)
+            elif tensor.is_floating_point():
+                tensor.uniform_(-0.02, 0.02)
+            else:
+                tensor.zero_()
+    return model.eval()
+
+
+def parameter_counts() -> dict[str, int]:
+    """Parameters of each network, counted on the meta device (no memory, about a second)."""
+    import torch
+
+    dit: Any = build_dit("meta", torch.bfloat16)
+    return {
+        "dit": _count(dit),
+        "dit_block": _count(dit.blocks[0]),
+        "text_encoder": _count(build_text_encoder("meta", torch.bfloat16)),
+        "vae_decoder": _count(build_vae_decoder("meta", torch.bfloat16)),
+    }
+
+
+def _count(module: Any) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,420 @@
+"""Presets: tune's answers for a rig, remembered. One TOML file per rig fingerprint
+(`wanctl.probe.base.fingerprint`, e.g. `2x-rtx-5090-32gb-pcie.toml`) holds the rig, and for
+each workload (size, frames, GPUs) the settings, the environment to export, the figures behind
+them (predicted by the model, or measured) and when; plus the wanctl version that wrote it.
+
+User presets live in `<user config dir>/wanctl/presets/` (platformdirs; `WANCTL_CONFIG_DIR`
+replaces `<user config dir>/wanctl`). Presets for common rigs ship inside the package
+(`wanctl/presets_data/`, which the repository's `presets/` points to), generated from the model
+by `python -m wanctl.presets --regenerate-shipped`. A user preset wins over a shipped one.
+
+A file that is not a wanctl preset, was written for another rig or by a newer schema is refused
+with a UsageError and never overwritten unless `force`; nor is a saved workload whose settings
+differ from the new ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import tomli_w
+
+from wanctl import __version__
+from wanctl.errors import UsageError
+from wanctl.memory import MEASUREMENTS, Card, MemoryPlan, Settings, Workload, plan, predict
+from wanctl.probe.base import GpuInventory, fingerprint
+from wanctl.probe.catalog import parse_rig
+from wanctl.probe.fake import describe_rig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SCHEMA = 1
+KIND = "wanctl-preset"
+CONFIG_DIR_ENV = "WANCTL_CONFIG_DIR"
+SHIPPED_RIGS = ("1x RTX 4090 24GB", "2x RTX 4090 24GB", "2x RTX 5090 32GB", "1x H100 80GB",
+                "8x H100 80GB")  # fmt: skip
+SHIPPED_SIZES = ((1280, 704), (704, 1280))  # ti2v-5B's sizes, 121 frames, Ulysses over all GPUs
+SHIPPED_FRAMES = 121
+
+
+@dataclass(frozen=True)
+class Rig:
+    """The rig a preset is for: what planning needs, and NCCL settings from doctor's
+    findings when it was saved."""
+
+    description: str  # "2x RTX 5090 32GB"
+    gpu_name: str
+    gpus: int
+    memory_mib: int
+    nccl_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def card(self) -> Card:
+        return Card(self.gpu_name, self.memory_mib)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One phase's peak, GiB: allocated, reserved, and with the context (total)."""
+
+    allocated: float
+    reserved: float
+    total: float
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One workload's answer."""
+
+    size: str
+    frames: int
+    gpus: int
+    settings: Settings
+    env: dict[str, str]
+    source: str  # "model" or "measured"
+    created: str  # ISO date (time for user presets)
+    predicted: dict[str, Figures]
+    measured: dict[str, Figures] = field(default_factory=dict)
+    max_chunk_t: int = 0
+
+    def matches(self, workload: Workload) -> bool:
+        return (self.size, self.frames, self.gpus) == (
+            workload.size,
+            workload.frames,
+            workload.gpus,
+        )
+
+
+@dataclass(frozen=True)
+class Preset:
+    fingerprint: str
+    rig: Rig
+    wanctl_version: str
+    entries: tuple[Entry, ...]
+    origin: str = "user"  # "user" or "shipped": where it was read from (not stored)
+    path: Path | None = None  # (not stored)
+
+    def find(self, workload: Workload) -> Entry | None:
+        return next((entry for entry in self.entries if entry.matches(workload)), None)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A preset file as `presets list` shows it: the preset, or why it cannot be read."""
+
+    fingerprint: str
+    origin: str
+    path: Path
+    preset: Preset | None
+    error: str | None = None
+
+
+def config_dir() -> Path:
+    override = os.environ.get(CONFIG_DIR_ENV)
+    return Path(override) if override else Path(platformdirs.user_config_dir("wanctl"))
+
+
+def user_dir() -> Path:
+    return config_dir() / "presets"
+
+
+def shipped_dir() -> Path:
+    return Path(str(resources.files("wanctl") / "presets_data"))
+
+
+def rig_of(description: str) -> tuple[GpuInventory, Rig]:
+    """The inventory NVML would report for a described rig ("2x RTX 5090 32GB"), and the
+    preset's view of it."""
+    count, model, memory_gb = parse_rig(description)
+    default_gb = round(model.memory_total_mib / 1024)
+    memory_mib = model.memory_total_mib if memory_gb in (None, default_gb) else memory_gb * 1024
+    inventory = describe_rig(count, model, memory_mib=memory_mib)
+    return inventory, Rig(description, model.name, count, memory_mib)
+
+
+def rig_from_inventory(inventory: GpuInventory, nccl_env: dict[str, str]) -> Rig:
+    card = Card.smallest(inventory)
+    count = len(inventory.live_gpus())
+    memory_gb = round(card.memory_mib / 1024)
+    return Rig(f"{count}x {card.name} {memory_gb}GB", card.name, count, card.memory_mib, nccl_env)
+
+
+def entry_of(memory_plan: MemoryPlan, *, created: str, source: str = "model") -> Entry:
+    workload = memory_plan.workload
+    return Entry(
+        size=workload.size,
+        frames=workload.frames,
+        gpus=workload.gpus,
+        settings=memory_plan.settings,
+        env=dict(memory_plan.env),
+        source=source,
+        created=created,
+        predicted={
+            phase.name: Figures(
+                round(phase.allocated_gib, 2),
+                round(phase.reserved_gib, 2),
+                round(phase.total_gib, 2),
+            )
+            for phase in memory_plan.phases
+        },
+        max_chunk_t=memory_plan.max_chunk_t,
+    )
+
+
+# TOML <-> dataclasses
+
+
+def to_toml(preset: Preset) -> str:
+    document: dict[str, Any] = {
+        "kind": KIND,
+        "schema": SCHEMA,
+        "fingerprint": preset.fingerprint,
+        "wanctl_version": preset.wanctl_version,
+        "rig": dataclasses.asdict(preset.rig),
+        "entries": [_entry_table(entry) for entry in preset.entries],
+    }
+    return tomli_w.dumps(document)
+
+
+def _entry_table(entry: Entry) -> dict[str, Any]:
+    table = dataclasses.asdict(entry)
+    if not entry.measured:
+        del table["measured"]
+    return table
+
+
+def from_toml(text: str, *, path: Path, expected: str | None = None) -> Preset:
+    """Read a preset; `expected` is the fingerprint it must be for (the file name's)."""
+    fix = f"remove it (wanctl presets rm {path.stem}) or save over it with --force"
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"preset {path} is not valid TOML", why=str(error), fix=fix) from None
+    if document.get("kind") != KIND:
+        raise UsageError(f"{path} is not a wanctl preset", why="it has no kind = \"wanctl-preset\"",
+                         fix=fix)  # fmt: skip
+    if not isinstance(document.get("schema"), int) or document["schema"] > SCHEMA:
+        raise UsageError(
+            f"preset {path} has schema {document.get('schema')!r}; this wanctl reads {SCHEMA}",
+            why="it was written by another (newer) wanctl",
+            fix="upgrade wanctl, or " + fix,
+        )
+    found = document.get("fingerprint")
+    if expected is not None and found != expected:
+        raise UsageError(
+            f"preset {path} is for the rig {found!r}, not {expected!r}",
+            why="a preset is keyed by the fingerprint of the rig it was tuned on",
+            fix=fix,
+        )
+    try:
+        rig = document["rig"]
+        return Preset(
+            fingerprint=str(found),
+            rig=Rig(
+                description=str(rig["description"]),
+                gpu_name=str(rig["gpu_name"]),
+                gpus=int(rig["gpus"]),
+                memory_mib=int(rig["memory_mib"]),
+                nccl_env={str(k): str(v) for k, v in rig.get("nccl_env", {}).items()},
+            ),
+            wanctl_version=str(document["wanctl_version"]),
+            entries=tuple(_entry(table) for table in document["entries"]),
+            path=path,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise UsageError(
+            f"preset {path} is damaged", why=f"missing or malformed field: {error}", fix=fix
+        ) from None
+
+
+def _entry(table: dict[str, Any]) -> Entry:
+    def figures(phases: dict[str, Any]) -> dict[str, Figures]:
+        return {name: Figures(**{k: float(v) for k, v in f.items()}) for name, f in phases.items()}
+
+    settings = Settings(**table["settings"])
+    for setting in dataclasses.fields(Settings):
+        if type(getattr(settings, setting.name)) is not type(setting.default):
+            raise ValueError(f"settings.{setting.name}")
+    return Entry(
+        size=str(table["size"]),
+        frames=int(table["frames"]),
+        gpus=int(table["gpus"]),
+        settings=settings,
+        env={str(k): str(v) for k, v in table["env"].items()},
+        source=str(table["source"]),
+        created=str(table["created"]),
+        predicted=figures(table["predicted"]),
+        measured=figures(table.get("measured", {})),
+        max_chunk_t=int(table.get("max_chunk_t", 0)),
+    )
+
+
+# Files
+
+
+def read(path: Path, *, origin: str) -> Preset:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read preset {path}", why=str(error)) from None
+    return dataclasses.replace(from_toml(text, path=path, expected=path.stem), origin=origin)
+
+
+def load(rig_fingerprint: str) -> Preset | None:
+    """The user's preset for the rig, else the shipped one, else None."""
+    for origin, folder in (("user", user_dir()), ("shipped", shipped_dir())):
+        path = folder / f"{rig_fingerprint}.toml"
+        if path.is_file():
+            return read(path, origin=origin)
+    return None
+
+
+def listing() -> list[Listing]:
+    """Every preset file, user ones first; unreadable files are listed with their error."""
+    found = []
+    for origin, folder in (("user", user_dir()), ("shipped", shipped_dir())):
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+            try:
+                found.append(Listing(path.stem, origin, path, read(path, origin=origin)))
+            except UsageError as error:
+                found.append(Listing(path.stem, origin, path, None, error.message))
+    return found
+
+
+def save(
+    rig_fingerprint: str, rig: Rig, entry: Entry, *, force: bool = False, folder: Path | None = None
+) -> Path:
+    """Add or update the workload's entry in the rig's user preset (or `folder`). Refuses to
+    replace a file it cannot read, or an entry whose settings differ, unless `force`."""
+    folder = folder or user_dir()
+    path = folder / f"{rig_fingerprint}.toml"
+    entries: tuple[Entry, ...] = ()
+    if path.exists():
+        try:
+            entries = read(path, origin="user").entries
+        except UsageError as error:
+            if not force:
+                raise UsageError(
+                    f"will not overwrite {path}", why=error.message,
+                    fix="look at it, then remove it or add --force",
+                ) from None  # fmt: skip
+    previous = next((e for e in entries if (e.size, e.frames, e.gpus) == _key(entry)), None)
+    if previous and previous.settings != entry.settings and not force:
+        raise UsageError(
+            f"{path} already holds other settings for {entry.size}x{entry.frames} on "
+            f"{entry.gpus} GPUs",
+            why=f"saved: {_describe(previous.settings)}; new: {_describe(entry.settings)}",
+            fix="add --force to replace them",
+        )
+    kept = tuple(e for e in entries if (e.size, e.frames, e.gpus) != _key(entry))
+    preset = Preset(rig_fingerprint, rig, __version__, (*kept, entry))
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".toml.partial")
+    partial.write_text(to_toml(preset), encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def _key(entry: Entry) -> tuple[str, int, int]:
+    return entry.size, entry.frames, entry.gpus
+
+
+def _describe(settings: Settings) -> str:
+    return ", ".join(f"{f.name}={getattr(settings, f.name)}" for f in dataclasses.fields(settings))
+
+
+def remove(rig_fingerprint: str) -> Path:
+    path = user_dir() / f"{rig_fingerprint}.toml"
+    if path.is_file():
+        path.unlink()
+        return path
+    if (shipped_dir() / f"{rig_fingerprint}.toml").is_file():
+        raise UsageError(
+            f"{rig_fingerprint} is a shipped preset",
+            why="shipped presets come with wanctl and are not removed",
+            fix="a user preset saved with `wanctl tune --save` takes precedence over it",
+        )
+    raise UsageError(f"no preset {rig_fingerprint}", fix="see `wanctl presets list`")
+
+
+# What generate calls
+
+
+def resolve(
+    inventory: GpuInventory,
+    workload: Workload,
+    *,
+    nccl_env: dict[str, str],
+    platform: str = sys.platform,
+) -> MemoryPlan:
+    """The plan for `workload` on this rig: a preset's settings when one holds this workload
+    (user before shipped; figures re-predicted by the current model, its env as saved), else
+    the model's own choice. `source` says which."""
+    card = Card.smallest(inventory)
+    preset = load(fingerprint(inventory))
+    entry = preset.find(workload) if preset else None
+    if preset is None or entry is None:
+        return plan(workload, card, platform=platform, nccl_env=nccl_env)
+    predicted = predict(workload, card, entry.settings, platform=platform, nccl_env=nccl_env)
+    return dataclasses.replace(
+        predicted, env=entry.env, source=f"{preset.origin} preset ({entry.source}, {entry.created})"
+    )
+
+
+# Shipped presets
+
+
+def shipped_presets() -> list[Preset]:
+    """The presets for `SHIPPED_RIGS`, from the model alone (no NCCL findings: those need the
+    rig), dated by the model's latest measurement so that regenerating is reproducible."""
+    model_date = max(m.date for m in MEASUREMENTS)
+    presets = []
+    for description in SHIPPED_RIGS:
+        inventory, rig = rig_of(description)
+        entries = tuple(
+            entry_of(plan(Workload(width, height, SHIPPED_FRAMES, rig.gpus), rig.card),
+                     created=model_date)
+            for width, height in SHIPPED_SIZES
+        )  # fmt: skip
+        presets.append(Preset(fingerprint(inventory), rig, __version__, entries, "shipped"))
+    return presets
+
+
+def regenerate_shipped(folder: Path | None = None) -> list[Path]:
+    folder = folder or shipped_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for preset in shipped_presets():
+        path = folder / f"{preset.fingerprint}.toml"
+        path.write_text(_SHIPPED_HEADER + to_toml(preset), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+_SHIPPED_HEADER = (
+    '# Shipped with wanctl, derived from the memory model (source = "model"), not measured on\n'
+    "# this rig. Regenerate with: python -m wanctl.presets --regenerate-shipped\n"
+)
+
+
+def now() -> str:
+    """The `created` stamp of a user preset entry."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--regenerate-shipped"]:
+        sys.exit("usage: python -m wanctl.presets --regenerate-shipped")
+    for written_path in regenerate_shipped():
+        print(written_path)
