@@ -56,18 +56,23 @@ def framed(
     x: torch.Tensor, space: int, past: torch.Tensor | None = None, zeros: int = 0
 ) -> torch.Tensor:
     """[zeros, past, x] along time (5-D), inside a zero border of `space`: one allocation,
-    where cat and pad would make two copies of the largest tensors of the decode."""
-    parts = [x] if past is None else [past, x]
+    written once, where cat then pad would make two copies of the decode's largest tensors."""
     if not space and not zeros and past is None:
         return x
+    parts = [x] if past is None else [past, x]
     *lead, height, width = x.shape
     if x.dim() == 5:
         lead[2] = zeros + sum(part.shape[2] for part in parts)
-    out = x.new_zeros(*lead, height + 2 * space, width + 2 * space)
+    out = x.new_empty(*lead, height + 2 * space, width + 2 * space)
+    if space:
+        for axis in (-2, -1):
+            out.narrow(axis, 0, space).zero_()
+            out.narrow(axis, out.shape[axis] - space, space).zero_()
     inside = out[..., space : space + height, space : space + width]
     if x.dim() != 5:
         inside.copy_(x)
         return out
+    inside[:, :, :zeros].zero_()
     start = zeros
     for part in parts:
         inside[:, :, start : start + part.shape[2]].copy_(part)

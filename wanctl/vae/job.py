@@ -118,8 +118,9 @@ def first_plan(
     dtype = options.dtype or ("bf16" if device == "cuda" else "fp32")
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}", fix=f"use one of {', '.join(DTYPES)}")
-    ranks = options.gpus or (gpus if device == "cuda" else 1)
-    _check_ranks(ranks, device, gpus, _split_length(latents))
+    rows = _split_length(latents)
+    ranks = options.gpus or (min(gpus, rows) if device == "cuda" else 1)
+    _check_ranks(ranks, device, gpus, rows)
     return DecodePlan(ranks, chunk_t(options.chunk_t, env), device, dtype)
 
 
