@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from wanctl.models.configs import build_vae_decoder  # noqa: E402
 from wanctl.probe.catalog import parse_rig  # noqa: E402
 
 SIZES = "832*480x81,1280*704x121,704*1280x49"
+DECODERS = ("wanctl", "diffusers")
 console = Console()
 
 
@@ -74,8 +76,8 @@ def run_cases(
     meter: Meter, workloads: list[Workload], phases: list[str], chunk_ts: list[int]
 ) -> list[tuple[Workload, Settings, Peak]]:
     """Each phase alone, each size: the text encoder with the VAE decoder, the decode with the
-    VAE decoder only (at each chunk_t), the DiT forward with both; with the default allocator,
-    then (on a GPU) with expandable segments."""
+    VAE decoder only (wanctl's engine and diffusers' loop, at each chunk_t), the DiT forward
+    with both; with the default allocator, then (on a GPU) with expandable segments."""
     results = []
     for expandable in [False, True] if meter.device == "cuda" else [False]:
         if meter.device == "cuda":
@@ -87,14 +89,21 @@ def run_cases(
             if "text_encode" in phases:
                 results.append((workloads[0], base, text_encode_peak(meter, models)))
             for workload in workloads if "decode" in phases else []:
-                for chunk_t in chunk_ts:
-                    settings = dataclasses.replace(base, chunk_t=chunk_t)
+                for decoder, chunk_t in itertools.product(DECODERS, chunk_ts):
+                    settings = dataclasses.replace(base, chunk_t=chunk_t, decoder=decoder)
                     peak = decode_peak(meter, models, workload, settings)
                     results.append((workload, settings, peak))
             for workload in workloads if "sampling" in phases else []:
                 results.append((workload, base, sampling_peak(meter, models, workload)))
             del models
     return results
+
+
+def predict_phase(workload: Workload, settings: Settings, name: str) -> memory.Phase | None:
+    """The model's figures for the phase; None for a decoder no measurement has fitted yet."""
+    if settings.decoder not in memory.coefficients().decode:
+        return None
+    return next(p for p in memory.phases(workload, settings) if p.name == name)
 
 
 def compare(results: list[tuple[Workload, Settings, Peak]], method: str) -> list[Measurement]:
@@ -108,23 +117,24 @@ def compare(results: list[tuple[Workload, Settings, Peak]], method: str) -> list
     today = datetime.date.today().isoformat()
     device = torch.cuda.get_device_name() if method == "cuda" else "CPU, fake tensors"
     for workload, settings, peak in results:
-        (predicted,) = [p for p in memory.phases(workload, settings) if p.name == peak.phase]
-        setting = f"chunk_t {settings.chunk_t}" if peak.phase == "decode" else ""
+        predicted = predict_phase(workload, settings, peak.phase)
+        decoding = peak.phase == "decode"
+        setting = f"{settings.decoder} chunk_t {settings.chunk_t}" if decoding else ""
         setting += " expandable" if settings.expandable_segments else ""
         cells = [peak.phase, f"{workload.size}x{workload.frames}", setting]
         if peak.out_of_memory:
             table.add_row(*cells, "out of memory")
             continue
         cells += [
-            f"{predicted.allocated_gib:.2f}",
+            f"{predicted.allocated_gib:.2f}" if predicted else "no fit yet",
             f"{peak.allocated_gib:.2f}",
-            error(predicted.allocated_gib, peak.allocated_gib),
+            error(predicted.allocated_gib, peak.allocated_gib) if predicted else "-",
         ]
         if peak.reserved_gib is not None:
             cells += [
-                f"{predicted.reserved_gib:.2f}",
+                f"{predicted.reserved_gib:.2f}" if predicted else "-",
                 f"{peak.reserved_gib:.2f}",
-                error(predicted.reserved_gib, peak.reserved_gib),
+                error(predicted.reserved_gib, peak.reserved_gib) if predicted else "-",
             ]
         table.add_row(*cells)
         rows.append(
@@ -134,8 +144,8 @@ def compare(results: list[tuple[Workload, Settings, Peak]], method: str) -> list
                 height=workload.height if peak.phase != "text_encode" else 0,
                 frames=workload.frames if peak.phase != "text_encode" else 0,
                 ranks=1,
-                chunk_t=settings.chunk_t if peak.phase == "decode" else 0,
-                dtype=settings.decode_dtype if peak.phase == "decode" else "bf16",
+                chunk_t=settings.chunk_t if decoding else 0,
+                dtype=settings.decode_dtype if decoding else "bf16",
                 expandable=settings.expandable_segments,
                 allocated_gib=round(peak.allocated_gib, 3),
                 reserved_gib=None if peak.reserved_gib is None else round(peak.reserved_gib, 3),
@@ -145,6 +155,7 @@ def compare(results: list[tuple[Workload, Settings, Peak]], method: str) -> list
                 versions=versions(),
                 date=today,
                 source="benchmarks/memory_model.py" + (" --trace" if method == "trace" else ""),
+                decoder=settings.decoder if decoding else "diffusers",
             )
         )
     console.print(table)

@@ -9,9 +9,9 @@ the CPU (no memory used, seconds for a 5 B model) and counts the bytes of live t
 allocated peak without the caching allocator, cuDNN workspaces or the context.
 
 One GPU stands for one rank: sampling runs this rank's share of the tokens (the latent cut to
-its share of rows) and decode this rank's rows, so the Ulysses all-to-all and the halo exchange
-are not in the figures (the model adds them). Each phase runner is a small function, so the
-decode one can become wanctl's own engine.
+its share of rows) and decode this rank's slab of the frame, so the Ulysses all-to-all and the
+halo exchange are not in the figures (the model adds them). Each phase runner is a small
+function; the decode runs wanctl's engine (`wanctl.vae.engine`) or diffusers' frame loop.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from wanctl.models.configs import (
     build_vae_decoder,
     place,
 )
+from wanctl.vae.engine import decode_chunks
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -204,16 +205,22 @@ def dit_run(
 
 
 def decode_run(vae: Any, workload: Workload, settings: Settings, device: str) -> Callable[[], None]:
-    """Chunked causal decode of this rank's rows: frame 0 alone, then `chunk_t` latent frames
-    per decoder call with the causal cache kept, each decoded chunk copied to the host. The
-    peak repeats from the second chunk on, so three chunks are decoded."""
+    """Chunked causal decode of this rank's slab (the frame cut along its longer side): frame 0
+    alone, then `chunk_t` latent frames per decoder call with the causal cache kept, each
+    decoded chunk copied to the host. The peak repeats from the second chunk on, so three
+    chunks are decoded. `settings.decoder` picks wanctl's engine or diffusers' frame loop."""
     frames, height, width = workload.latent
     frames = min(frames, 1 + 3 * settings.chunk_t)
-    height = share_rows(height, settings.decode_ranks)
+    if width > height:
+        width = share_rows(width, settings.decode_ranks)
+    else:
+        height = share_rows(height, settings.decode_ranks)
     dtype = TORCH_DTYPES[settings.decode_dtype]
     latent = torch.randn(1, 48, frames, height, width, dtype=dtype, device=device)
+    if settings.decoder == "wanctl":
+        return lambda: _drain(decode_chunks(vae, latent, chunk_t=settings.chunk_t))
 
-    def run() -> None:
+    def diffusers_loop() -> None:
         with torch.no_grad():
             vae.clear_cache()
             x = vae.post_quant_conv(latent)
@@ -231,7 +238,14 @@ def decode_run(vae: Any, workload: Workload, settings: Settings, device: str) ->
                 del out
             vae.clear_cache()
 
-    return run
+    return diffusers_loop
+
+
+def _drain(chunks: Iterator[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for pixels in chunks:
+            pixels.cpu()
+            del pixels
 
 
 def _timed(meter: Meter, phase: str, held: list[Any], run: Callable[[], None], detail: str) -> Peak:
@@ -297,7 +311,7 @@ def sampling_peak(meter: Meter, models: Models, workload: Workload) -> Peak:
 
 def decode_peak(meter: Meter, models: Models, workload: Workload, settings: Settings) -> Peak:
     run = decode_run(models.vae, workload, settings, meter.device)
-    detail = f"chunk_t {settings.chunk_t}, rows of 1/{settings.decode_ranks}"
+    detail = f"{settings.decoder}, chunk_t {settings.chunk_t}, 1/{settings.decode_ranks} frame"
     return _timed(meter, "decode", models.held(), run, detail)
 
 

@@ -88,6 +88,7 @@ class Measurement:
     versions: str
     date: str
     source: str
+    decoder: str = "diffusers"  # decode rows: "diffusers" (AutoencoderKLWan) or "wanctl"
 
 
 _H100 = dict(
@@ -114,6 +115,15 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         Measurement("decode", 1280, 704, 121, 1, k, "fp32", False, alloc, res, 2.625, "cuda",
                     **_FACTS_VAE)
         for k, alloc, res in ((1, 19.9, 33.3), (4, 53.6, 78.4))
+    ),
+    # wanctl's decode engine (wanctl.vae.engine, decoder only) traced at two sizes, bf16.
+    *(
+        Measurement("decode", w, h, f, 1, k, "bf16", False, alloc, None, 1.034, "trace",
+                    device="CPU, fake tensors", **_TRACE, decoder="wanctl")
+        for w, h, f, k, alloc in (
+            (1280, 704, 121, 1, 8.338), (1280, 704, 121, 2, 11.784), (1280, 704, 121, 4, 18.676),
+            (832, 480, 81, 1, 4.274), (832, 480, 81, 2, 5.802), (832, 480, 81, 4, 8.86),
+        )
     ),
     # One DiT forward at 1280x704x121 (27,280 tokens), bf16, SDPA.
     Measurement("sampling", 1280, 704, 121, 1, 0, "bf16", False, 14.4, None, 9.313, "cuda",
@@ -143,8 +153,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
 class Coefficients:
     """What the model computes with, fitted from `MEASUREMENTS` by `fit`."""
 
-    decode_fixed: float  # bytes per rank pixel per dtype byte, per decoder call
-    decode_per_frame: float  # the same, per latent frame in the call
+    # by decoder: bytes per rank pixel per dtype byte, per call and per latent frame in it
+    decode: dict[str, tuple[float, float]]
     dit_local: float  # bf16 activation bytes per token of this rank's share
     dit_global: float  # bf16 activation bytes per token of the whole sequence, on every rank
     text_encode_gib: float  # UMT5-XXL activations at 512 tokens
@@ -180,13 +190,12 @@ def fit(rows: tuple[Measurement, ...] = MEASUREMENTS) -> Coefficients:
     """Fit the coefficients: GPU measurements where there are some, traces for the structure
     GPUs have not measured yet (how Ulysses splits the DiT's activations, UMT5's activations).
     """
-    decode = _rows("decode", rows, "cuda") or _rows("decode", rows)
-    per_pixel = [
-        (float(m.chunk_t), (m.allocated_gib - m.weights_gib) * GIB
-         / (decode_pixels(m.width, m.height, m.ranks) * DTYPE_BYTES[m.dtype]))
-        for m in decode
-    ]  # fmt: skip
-    decode_fixed, decode_per_frame = _least_squares(per_pixel)
+    decode_rows = {
+        decoder: [m for m in _rows("decode", rows, "cuda") if m.decoder == decoder]
+        or [m for m in _rows("decode", rows) if m.decoder == decoder]
+        for decoder in sorted({m.decoder for m in _rows("decode", rows)})
+    }
+    decode = {decoder: _decode_fit(chosen) for decoder, chosen in decode_rows.items()}
 
     sampling = _rows("sampling", rows)
     gpu = [m for m in sampling if m.method == "cuda"] or sampling
@@ -203,8 +212,7 @@ def fit(rows: tuple[Measurement, ...] = MEASUREMENTS) -> Coefficients:
     measured_expandable = any(m.expandable for m in with_reserved)
     context, nccl = _rows("context", rows), _rows("nccl", rows)
     return Coefficients(
-        decode_fixed=decode_fixed,
-        decode_per_frame=decode_per_frame,
+        decode=decode,
         dit_local=per_token * (1 - global_share),
         dit_global=per_token * global_share,
         text_encode_gib=max(m.allocated_gib - m.weights_gib for m in text),
@@ -213,7 +221,7 @@ def fit(rows: tuple[Measurement, ...] = MEASUREMENTS) -> Coefficients:
         nccl_gib=max(m.allocated_gib for m in nccl),
         expandable_measured=measured_expandable,
         provenance={
-            "decode": _describe(decode),
+            **{f"decode ({d})": _describe(chosen) for d, chosen in decode_rows.items()},
             "sampling": _describe(single)
             + (f"; Ulysses split: {_describe(traced)}" if global_share else ""),
             "text_encode": _describe(text),
@@ -224,6 +232,15 @@ def fit(rows: tuple[Measurement, ...] = MEASUREMENTS) -> Coefficients:
             "nccl": _describe(nccl),
         },
     )  # fmt: skip
+
+
+def _decode_fit(rows: list[Measurement]) -> tuple[float, float]:
+    """Activation bytes per rank pixel per dtype byte = fixed + per_frame x chunk_t."""
+    return _least_squares([
+        (float(m.chunk_t), (m.allocated_gib - m.weights_gib) * GIB
+         / (decode_pixels(m.width, m.height, m.ranks) * DTYPE_BYTES[m.dtype]))
+        for m in rows
+    ])  # fmt: skip
 
 
 def _reserved_ratios(rows: list[Measurement]) -> dict[tuple[str, bool], float]:
@@ -339,17 +356,14 @@ def tokens(m: Measurement) -> int:
     return Workload(m.width, m.height, m.frames, 1).tokens
 
 
-def decode_rows(height: int, ranks: int) -> int:
-    """Output rows one decode rank produces: its share of latent rows (the first ranks take
-    the remainder), plus a halo row each side at the decoder's top resolution, where the
-    largest activations live."""
-    latent_rows = math.ceil(height / SPATIAL / ranks)
-    halo = 2 * SPATIAL // TOP_UPSCALE if ranks > 1 else 0
-    return latent_rows * SPATIAL + halo
-
-
 def decode_pixels(width: int, height: int, ranks: int) -> int:
-    return width * decode_rows(height, ranks)
+    """Output pixels one decode rank produces: each frame is split along its longer side
+    (`wanctl.vae.parallel`), the first ranks taking the remainder; a split rank also holds a
+    halo row each side at the decoder's top resolution, where the largest activations live."""
+    long, short = max(width, height), min(width, height)
+    latent_rows = math.ceil(long / SPATIAL / ranks)
+    halo = 2 * SPATIAL // TOP_UPSCALE if ranks > 1 else 0
+    return (latent_rows * SPATIAL + halo) * short
 
 
 @dataclass(frozen=True)
@@ -380,7 +394,9 @@ class Card:
 class Settings:
     """What `tune` chooses. `chunk_t` latent frames per decoder call (`WAN_VAE_DECODE_CHUNK_T`),
     `decode_ranks` ranks decoding in parallel, `dit` "replicated" or "fsdp", `offload` the DiT
-    to the CPU outside sampling, the text encoder on "gpu" (freed after encoding) or "cpu"."""
+    to the CPU before the decode, the text encoder on "gpu" (freed after encoding) or "cpu".
+    `decoder` is wanctl's engine (`wanctl.vae`), or diffusers' `AutoencoderKLWan` frame loop
+    (the official code's, to predict what it does)."""
 
     chunk_t: int = 1
     decode_ranks: int = 1
@@ -389,6 +405,7 @@ class Settings:
     offload: bool = False
     text_encoder: str = "gpu"
     expandable_segments: bool = True
+    decoder: str = "wanctl"
 
     def __post_init__(self) -> None:
         if self.chunk_t < 1 or self.decode_ranks < 1:
@@ -397,6 +414,8 @@ class Settings:
             raise ValueError(f"decode_dtype {self.decode_dtype!r} is not bf16 or fp32")
         if self.dit not in ("replicated", "fsdp") or self.text_encoder not in ("gpu", "cpu"):
             raise ValueError("dit is replicated or fsdp, text_encoder gpu or cpu")
+        if self.decoder not in ("wanctl", "diffusers"):
+            raise ValueError("decoder is wanctl or diffusers")
 
 
 @dataclass(frozen=True)
@@ -466,12 +485,13 @@ def activations(workload: Workload, settings: Settings) -> dict[str, float]:
     """GiB of each phase's activations on the worst rank."""
     c = coefficients()
     sampling = workload.tokens * (c.dit_local / workload.gpus + c.dit_global)
+    fixed, per_frame = c.decode[settings.decoder]
     if settings.dit == "fsdp":  # two blocks unsharded at a time (the forward prefetches one)
         sampling += 2 * PARAMS["dit_block"] * 2
     decode = (
         decode_pixels(workload.width, workload.height, settings.decode_ranks)
         * DTYPE_BYTES[settings.decode_dtype]
-        * (c.decode_fixed + c.decode_per_frame * settings.chunk_t)
+        * (fixed + per_frame * settings.chunk_t)
     )
     return {
         "text_encode": c.text_encode_gib,
@@ -690,14 +710,13 @@ def alternatives(
 
 def _label(name: str, settings: Settings) -> str:
     value = getattr(settings, name)
-    labels = {
-        "text_encoder": f"text encoder on {value.upper()}",
-        "offload": "offload the DiT" if value else "no offload",
-        "dit": f"DiT {value}",
-        "decode_ranks": f"decode on {value} ranks",
-        "chunk_t": f"chunk_t {value}",
-    }
-    return labels[name]
+    if name == "text_encoder":
+        return f"text encoder on {value.upper()}"
+    if name == "offload":
+        return "offload the DiT" if value else "no offload"
+    if name == "decode_ranks":
+        return f"decode on {value} ranks"
+    return f"DiT {value}" if name == "dit" else f"chunk_t {value}"
 
 
 def _smaller_sizes(width: int, height: int) -> Iterator[tuple[int, int]]:

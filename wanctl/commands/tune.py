@@ -72,6 +72,7 @@ class TuneReport:
     plan: MemoryPlan
     alternatives: tuple[Alternative, ...]
     saved: presets.Entry | None  # what the rig's preset already holds for this workload
+    preset_error: str | None = None  # why the rig's preset could not be read
     measured: tuple[MeasuredPhase, ...] = ()
     measured_max_chunk_t: int | None = None
     written: str | None = None  # the preset file written by --save / --measure
@@ -188,8 +189,7 @@ def run(options: TuneOptions) -> TuneReport:
     workload = Workload(width, height, options.frames, gpus)
     constraints = Constraints(text_encoder=options.text_encoder, decode_dtype=options.decode_dtype)
     chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env)
-    existing = presets.load(rig_fingerprint) if not options.preset else None
-    saved = existing.find(workload) if existing else None
+    saved, preset_error = _saved_entry(rig_fingerprint, workload)
     report = TuneReport(
         fingerprint=rig_fingerprint,
         rig=rig,
@@ -198,6 +198,7 @@ def run(options: TuneOptions) -> TuneReport:
         if chosen.fits
         else alternatives(workload, rig.card, constraints, platform=platform),
         saved=saved,
+        preset_error=preset_error,
     )
     if not chosen.fits:
         return report
@@ -210,6 +211,18 @@ def run(options: TuneOptions) -> TuneReport:
         path = presets.save(rig_fingerprint, rig, entry, force=options.force)
         report = dataclasses.replace(report, written=str(path))
     return report
+
+
+def _saved_entry(
+    rig_fingerprint: str, workload: Workload
+) -> tuple[presets.Entry | None, str | None]:
+    """What the rig's preset holds for this run; an unreadable preset does not stop planning
+    (saving over it is refused)."""
+    try:
+        existing = presets.load(rig_fingerprint)
+    except UsageError as error:
+        return None, error.message
+    return (existing.find(workload) if existing else None), None
 
 
 def _measure(report: TuneReport, entry: presets.Entry) -> tuple[TuneReport, presets.Entry]:
@@ -279,11 +292,18 @@ def render(report: TuneReport, console: Console) -> None:
             row.append(_measured_cell(measured.get(phase.name)))
         table.add_row(*row, style="bold" if phase.name == chosen.peak_phase else None)
     console.print(table)
-    style = "green" if chosen.fits else "bold red"
-    verdict = "fits" if chosen.fits else "does not fit"
+    if not chosen.fits:
+        console.print(
+            f"[bold red]does not fit[/]: the leanest settings peak at {chosen.peak_gib:.2f} GiB "
+            f"in {chosen.peak_phase}; {chosen.budget_gib:.2f} of {chosen.card.gib:.1f} GiB "
+            "can be used",
+            highlight=False,
+        )
+        _render_alternatives(report.alternatives, console)
+        return
     console.print(
-        f"[{style}]{verdict}[/]: peak {chosen.peak_gib:.2f} GiB in {chosen.peak_phase}, "
-        f"headroom {chosen.headroom_gib:.2f} GiB of {chosen.card.gib:.1f} (kept free: "
+        f"[green]fits[/]: peak {chosen.peak_gib:.2f} GiB in {chosen.peak_phase}, headroom "
+        f"{chosen.headroom_gib:.2f} GiB of {chosen.card.gib:.1f} (kept free: "
         f"{chosen.card.gib - chosen.budget_gib:.2f}); chunk_t up to {chosen.max_chunk_t} fits",
         highlight=False,
     )
@@ -301,27 +321,31 @@ def render(report: TuneReport, console: Console) -> None:
         console.print(f"[dim]note: {note}[/]", highlight=False)
     if report.measured_max_chunk_t is not None:
         console.print(f"measured: chunk_t up to {report.measured_max_chunk_t} ran")
+    if report.preset_error:
+        console.print(f"[yellow]warning: {report.preset_error}[/]", highlight=False)
     if report.saved and report.saved.settings != settings:
         console.print(
             f"[yellow]the saved preset ({report.saved.source}, {report.saved.created}) holds "
             f"other settings for this run[/]",
             highlight=False,
         )
-    if report.alternatives:
-        nearest = Table(title="nearest runs that fit", title_justify="left")
-        for column in ("change", "peak GiB", "settings"):
-            nearest.add_column(column)
-        for alternative in report.alternatives:
-            s = alternative.plan.settings
-            nearest.add_row(
-                alternative.change,
-                f"{alternative.plan.peak_gib:.2f}",
-                f"decode {s.decode_ranks}x{s.decode_dtype}, text encoder {s.text_encoder}, "
-                f"offload {'on' if s.offload else 'off'}, DiT {s.dit}",
-            )
-        console.print(nearest)
     if report.written:
         console.print(f"saved to {report.written}", highlight=False)
+
+
+def _render_alternatives(found: tuple[Alternative, ...], console: Console) -> None:
+    nearest = Table(title="nearest runs that fit", title_justify="left")
+    for column in ("change", "peak GiB", "settings"):
+        nearest.add_column(column)
+    for alternative in found:
+        s = alternative.plan.settings
+        nearest.add_row(
+            alternative.change,
+            f"{alternative.plan.peak_gib:.2f}",
+            f"decode on {s.decode_ranks} in {s.decode_dtype}, text encoder {s.text_encoder}, "
+            f"offload {'on' if s.offload else 'off'}, DiT {s.dit}",
+        )
+    console.print(nearest)
 
 
 def _measured_cell(phase: MeasuredPhase | None) -> str:

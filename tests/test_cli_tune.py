@@ -1,0 +1,135 @@
+"""`wanctl tune` and `wanctl presets` through the CLI: JSON, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import wanctl.commands.tune as tune_command
+from wanctl import presets
+from wanctl.cli import app
+from wanctl.probe.fake import scenario
+
+USER_CASE = ["tune", "--rig", "2x RTX 5090 32GB", "--gpus", "2", "--size", "1280*704",
+             "--frames", "121"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(presets.CONFIG_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "250")
+    return tmp_path
+
+
+def test_the_users_case_as_json(cli: CliRunner) -> None:
+    result = cli.invoke(app, [*USER_CASE, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["fingerprint"] == "2x-rtx-5090-32gb-pcie"
+    chosen = report["plan"]
+    assert chosen["fits"] and chosen["settings"]["decode_ranks"] == 2
+    assert chosen["settings"]["chunk_t"] == 1 and chosen["settings"]["decode_dtype"] == "bf16"
+    assert chosen["env"] == {
+        "WAN_VAE_DECODE_CHUNK_T": "1",
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    }
+    assert [phase["name"] for phase in chosen["phases"]] == ["text_encode", "sampling", "decode"]
+    assert report["alternatives"] == [] and report["written"] is None
+
+
+def test_the_table_names_the_settings_and_exports(cli: CliRunner) -> None:
+    result = cli.invoke(app, USER_CASE)
+    assert result.exit_code == 0
+    assert "decode on 2 rank(s) in bf16, chunk_t 1" in result.stdout
+    assert "export WAN_VAE_DECODE_CHUNK_T=1" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "1280x70"], "not made of multiples of 32"),
+        (["--size", "big"], "cannot read the size"),
+        (["--frames", "120"], "120 frames is not 4n+1"),
+        (["--gpus", "4"], "--gpus 4 on a rig of 2 GPUs"),
+        (["--gpus", "5"], "--gpus 5 on a rig of 2 GPUs"),
+    ],
+)
+def test_bad_requests_exit_2_with_a_message(cli: CliRunner, args: list[str], message: str) -> None:
+    result = cli.invoke(app, ["tune", "--rig", "2x RTX 5090 32GB", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_a_run_too_big_is_refused_with_the_nearest_that_fit(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["tune", "--rig", "1x RTX 4090 24GB", "--frames", "241", "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert not report["plan"]["fits"] and report["alternatives"]
+    assert "does not fit" in result.stderr and "nearest runs that fit" in result.stderr
+    assert "2 GPUs (instead of 1)" in result.stderr
+
+
+def test_no_gpu_here_asks_for_a_rig(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tune_command, "LocalProbe", lambda: scenario("no_driver"))
+    result = cli.invoke(app, ["tune"])
+    assert result.exit_code == 2 and "--rig" in result.stderr
+
+
+def test_this_rig_from_the_probe(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tune_command, "LocalProbe", lambda: scenario("h100x8_nvlink"))
+    report = json.loads(cli.invoke(app, ["tune", "--json"]).stdout)
+    assert report["fingerprint"] == "8x-h100-80gb-nvlink"
+    assert (
+        report["plan"]["workload"]["gpus"] == 8 and report["plan"]["settings"]["decode_ranks"] == 8
+    )
+
+
+def test_save_then_presets_list_show_rm(cli: CliRunner, config_dir: Path) -> None:
+    saved = cli.invoke(app, [*USER_CASE, "--save"])
+    assert saved.exit_code == 0, saved.output
+    path = config_dir / "presets" / "2x-rtx-5090-32gb-pcie.toml"
+    assert path.is_file() and str(path) in saved.stdout.replace("\n", "")
+
+    listed = json.loads(cli.invoke(app, ["presets", "list", "--json"]).stdout)
+    origins = [(item["fingerprint"], item["origin"]) for item in listed]
+    assert ("2x-rtx-5090-32gb-pcie", "user") in origins
+    assert ("8x-h100-80gb-nvlink", "shipped") in origins
+    assert "2x RTX 5090 32GB" in cli.invoke(app, ["presets", "list"]).stdout
+
+    shown = cli.invoke(app, ["presets", "show", "2x-rtx-5090-32gb-pcie"])
+    assert shown.exit_code == 0 and "export WAN_VAE_DECODE_CHUNK_T=1" in shown.stdout
+    document = json.loads(
+        cli.invoke(app, ["presets", "show", "2x-rtx-5090-32gb-pcie", "--json"]).stdout
+    )
+    assert document["origin"] == "user" and document["entries"][0]["settings"]["decode_ranks"] == 2
+
+    other = cli.invoke(app, [*USER_CASE, "--text-encoder", "cpu", "--save"])
+    assert other.exit_code == 2 and "--force" in other.stderr
+    assert (
+        cli.invoke(app, [*USER_CASE, "--text-encoder", "cpu", "--save", "--force"]).exit_code == 0
+    )
+
+    removed = cli.invoke(app, ["presets", "rm", "2x-rtx-5090-32gb-pcie"])
+    assert removed.exit_code == 0 and not path.exists()
+    assert cli.invoke(app, ["presets", "rm", "2x-rtx-5090-32gb-pcie"]).exit_code == 2
+
+
+def test_a_corrupt_preset_is_a_clear_error(cli: CliRunner, config_dir: Path) -> None:
+    folder = config_dir / "presets"
+    folder.mkdir()
+    (folder / "2x-rtx-5090-32gb-pcie.toml").write_text("][")
+    result = cli.invoke(app, ["presets", "show", "2x-rtx-5090-32gb-pcie"])
+    assert result.exit_code == 2 and "is not valid TOML" in result.stderr
+    assert "Traceback" not in result.output
+    saved = cli.invoke(app, [*USER_CASE, "--save"])
+    assert saved.exit_code == 2 and "will not overwrite" in saved.stderr
+
+
+def test_plan_for_the_rig_of_a_preset(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["tune", "--preset", "1x-h100-80gb-single", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["plan"]["card"]["memory_mib"] == 81559
+    assert cli.invoke(app, ["tune", "--preset", "nothing-here"]).exit_code == 2

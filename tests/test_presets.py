@@ -1,0 +1,148 @@
+"""Presets: TOML round trip in a private config dir, refusals, no silent overwrite, shipped
+presets up to date with the model."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from wanctl import presets
+from wanctl.errors import UsageError
+from wanctl.memory import Card, Settings, Workload, plan
+from wanctl.probe.base import fingerprint
+
+USER = Workload(1280, 704, 121, 2)
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(presets.CONFIG_DIR_ENV, str(tmp_path))
+    return tmp_path
+
+
+def user_rig() -> tuple[str, presets.Rig, presets.Entry]:
+    inventory, rig = presets.rig_of("2x RTX 5090 32GB")
+    entry = presets.entry_of(plan(USER, rig.card), created="2026-11-24T00:00:00+00:00")
+    return fingerprint(inventory), rig, entry
+
+
+def test_save_load_list_remove_round_trip(config_dir: Path) -> None:
+    key, rig, entry = user_rig()
+    path = presets.save(key, rig, entry)
+    assert path == config_dir / "presets" / "2x-rtx-5090-32gb-pcie.toml"
+    loaded = presets.load(key)
+    assert loaded is not None and loaded.origin == "user"
+    assert loaded.rig == rig and loaded.find(USER) == entry
+    listed = [item for item in presets.listing() if item.fingerprint == key]
+    assert [item.origin for item in listed] == ["user", "shipped"]
+    assert presets.remove(key) == path and not path.exists()
+    shipped = presets.load(key)
+    assert shipped is not None and shipped.origin == "shipped"
+
+
+def test_a_second_workload_is_added_to_the_same_file() -> None:
+    key, rig, entry = user_rig()
+    presets.save(key, rig, entry)
+    other = presets.entry_of(plan(dataclasses.replace(USER, frames=81), rig.card), created="x")
+    presets.save(key, rig, other)
+    loaded = presets.load(key)
+    assert loaded is not None and len(loaded.entries) == 2
+
+
+def test_other_settings_are_never_overwritten_silently() -> None:
+    key, rig, entry = user_rig()
+    presets.save(key, rig, entry)
+    changed = dataclasses.replace(entry, settings=Settings(decode_ranks=2, offload=True))
+    with pytest.raises(UsageError) as refused:
+        presets.save(key, rig, changed)
+    assert refused.value.exit_code == 2 and "--force" in refused.value.fix
+    presets.save(key, rig, dataclasses.replace(entry, created="later"))  # same settings: fine
+    presets.save(key, rig, changed, force=True)
+    loaded = presets.load(key)
+    assert loaded is not None and loaded.find(USER).settings.offload  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("this is [not toml", "not valid TOML"),
+        ('kind = "something-else"\n', "not a wanctl preset"),
+        ('kind = "wanctl-preset"\nschema = 99\n', "schema 99"),
+        ('kind = "wanctl-preset"\nschema = 1\nfingerprint = "2x-rtx-5090-32gb-pcie"\n', "damaged"),
+    ],
+)
+def test_corrupt_files_are_refused_clearly(config_dir: Path, text: str, message: str) -> None:
+    folder = config_dir / "presets"
+    folder.mkdir()
+    (folder / "2x-rtx-5090-32gb-pcie.toml").write_text(text)
+    with pytest.raises(UsageError) as refused:
+        presets.load("2x-rtx-5090-32gb-pcie")
+    assert refused.value.exit_code == 2 and message in refused.value.message
+    key, rig, entry = user_rig()
+    with pytest.raises(UsageError, match="will not overwrite"):
+        presets.save(key, rig, entry)
+    presets.save(key, rig, entry, force=True)
+    assert presets.load(key) is not None
+
+
+def test_a_foreign_preset_is_refused(config_dir: Path) -> None:
+    key, rig, entry = user_rig()
+    path = presets.save(key, rig, entry)
+    foreign = config_dir / "presets" / "1x-h100-80gb-single.toml"
+    path.rename(foreign)
+    with pytest.raises(UsageError) as refused:
+        presets.load("1x-h100-80gb-single")
+    assert "is for the rig '2x-rtx-5090-32gb-pcie'" in refused.value.message
+    listed = {item.fingerprint: item for item in presets.listing() if item.origin == "user"}
+    assert listed["1x-h100-80gb-single"].error is not None
+
+
+def test_settings_of_the_wrong_type_are_damage(config_dir: Path) -> None:
+    key, rig, entry = user_rig()
+    path = presets.save(key, rig, entry)
+    path.write_text(path.read_text().replace("chunk_t = 1", 'chunk_t = "one"'))
+    with pytest.raises(UsageError, match="damaged"):
+        presets.load(key)
+
+
+def test_shipped_presets_can_not_be_removed() -> None:
+    with pytest.raises(UsageError, match="shipped"):
+        presets.remove("8x-h100-80gb-nvlink")
+    with pytest.raises(UsageError, match="no preset"):
+        presets.remove("3x-nothing")
+
+
+def test_shipped_presets_are_the_models_current_output(tmp_path: Path) -> None:
+    """`python -m wanctl.presets --regenerate-shipped` must leave them unchanged."""
+    written = presets.regenerate_shipped(tmp_path / "fresh")
+    shipped = presets.shipped_dir()
+    assert sorted(p.name for p in written) == sorted(p.name for p in shipped.glob("*.toml"))
+    for path in written:
+        assert path.read_text() == (shipped / path.name).read_text(), path.name
+    for listed in (item for item in presets.listing() if item.origin == "shipped"):
+        assert listed.preset is not None
+        assert all(entry.source == "model" for entry in listed.preset.entries)
+
+
+def test_resolve_prefers_a_saved_preset_over_the_model() -> None:
+    inventory, rig = presets.rig_of("2x RTX 5090 32GB")
+    from_shipped = presets.resolve(inventory, USER, nccl_env={})
+    assert from_shipped.source.startswith("shipped preset")
+    assert from_shipped.settings.decode_ranks == 2
+    key, _, entry = user_rig()
+    pinned = dataclasses.replace(
+        entry, settings=Settings(decode_ranks=2, offload=True), env={"WAN_VAE_DECODE_CHUNK_T": "1"}
+    )
+    presets.save(key, rig, pinned)
+    resolved = presets.resolve(inventory, USER, nccl_env={})
+    assert resolved.source.startswith("user preset") and resolved.settings.offload
+    assert resolved.env == {"WAN_VAE_DECODE_CHUNK_T": "1"}
+    model_only = presets.resolve(inventory, dataclasses.replace(USER, frames=81), nccl_env={})
+    assert model_only.source == "model" and model_only.fits
+
+
+def test_a_rig_described_with_another_memory_size() -> None:
+    _, rig = presets.rig_of("1x H100 94GB")
+    assert rig.memory_mib == 94 * 1024 and rig.card == Card(rig.gpu_name, 94 * 1024)
