@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from wanctl.errors import WanctlError
-from wanctl.memory import GIB, MemoryPlan, Settings, Workload
+from wanctl.memory import GIB, SAFETY_MARGIN, MemoryPlan, Settings, Workload, coefficients
 from wanctl.models.configs import (
     TEXT_TOKENS,
     build_dit,
@@ -358,11 +358,11 @@ def cuda_context_gib() -> float:
     return (total - free - torch.cuda.memory_reserved()) / GIB
 
 
-def simulate_card(card_gib: float, context_gib: float) -> float:
-    """Cap the caching allocator at what a `card_gib` card leaves after the context, and return
-    the fraction set."""
+def simulate_card(card_gib: float, outside_gib: float) -> float:
+    """Cap the caching allocator at what a `card_gib` card leaves it (`outside_gib` going to
+    the CUDA context and NCCL), and return the fraction set."""
     total = torch.cuda.get_device_properties(0).total_memory / GIB
-    fraction = (card_gib - context_gib) / total
+    fraction = (card_gib - outside_gib) / total
     torch.cuda.set_per_process_memory_fraction(fraction)
     return fraction
 
@@ -391,14 +391,15 @@ def measure_plan(plan: MemoryPlan) -> MeasuredPlan:
         )
     context = cuda_context_gib()
     total = torch.cuda.get_device_properties(0).total_memory / GIB
-    if total + 0.5 < plan.card.gib:
+    if total < plan.card.gib * (1 - SAFETY_MARGIN):
         raise WanctlError(
             f"this GPU ({total:.1f} GiB) is smaller than the card ({plan.card.gib:.1f} GiB)",
             fix="measure on the rig itself or on a larger GPU",
         )
-    simulated = total > plan.card.gib + 0.5
-    if simulated:
-        simulate_card(plan.card.gib, context)
+    simulated = total > plan.card.gib
+    if simulated:  # NCCL's buffers would take their share on a rig of several GPUs
+        nccl = coefficients().nccl_gib if plan.workload.gpus > 1 else 0.0
+        simulate_card(plan.card.gib, context + nccl)
     meter = CudaMeter()
     peaks, models = measure_phases(meter, plan.workload, plan.settings)
     return MeasuredPlan(

@@ -39,6 +39,7 @@ from functools import cache
 
 from wanctl.errors import UsageError
 from wanctl.probe.base import GpuInventory
+from wanctl.probe.catalog import parse_rig
 
 GIB = 1024**3
 DTYPE_BYTES = {"bf16": 2, "fp32": 4}
@@ -376,6 +377,14 @@ class Card:
     @property
     def gib(self) -> float:
         return self.memory_mib / 1024
+
+    @classmethod
+    def described(cls, description: str) -> tuple[int, Card]:
+        """'2x RTX 5090 32GB' -> (2, the card): NVML's size for the model when the memory is
+        its own or not given, else the size given."""
+        count, model, memory_gb = parse_rig(description)
+        own = memory_gb in (None, round(model.memory_total_mib / 1024))
+        return count, cls(model.name, model.memory_total_mib if own else (memory_gb or 0) * 1024)
 
     @classmethod
     def smallest(cls, inventory: GpuInventory) -> Card:

@@ -136,11 +136,10 @@ def shipped_dir() -> Path:
 def rig_of(description: str) -> tuple[GpuInventory, Rig]:
     """The inventory NVML would report for a described rig ("2x RTX 5090 32GB"), and the
     preset's view of it."""
-    count, model, memory_gb = parse_rig(description)
-    default_gb = round(model.memory_total_mib / 1024)
-    memory_mib = model.memory_total_mib if memory_gb in (None, default_gb) else memory_gb * 1024
-    inventory = describe_rig(count, model, memory_mib=memory_mib)
-    return inventory, Rig(description, model.name, count, memory_mib)
+    count, card = Card.described(description)
+    _, model, _ = parse_rig(description)
+    inventory = describe_rig(count, model, memory_mib=card.memory_mib)
+    return inventory, Rig(description, card.name, count, card.memory_mib)
 
 
 def rig_from_inventory(inventory: GpuInventory, nccl_env: dict[str, str]) -> Rig:
