@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from wanctl import __version__
-from wanctl.commands import decode, doctor, presets, tune
+from wanctl.commands import decode, doctor, generate, presets, tune
 from wanctl.errors import WanctlError
 from wanctl.render import err_console
 
@@ -70,6 +70,7 @@ def handle_errors(command: F) -> F:
 
 app.command("doctor")(handle_errors(doctor.doctor))
 app.command("decode")(handle_errors(decode.decode))
+app.command("generate")(handle_errors(generate.generate))
 app.command("tune")(handle_errors(tune.tune))
 app.add_typer(presets.build(handle_errors), name="presets")
 

@@ -1,0 +1,412 @@
+"""`wanctl generate` before launch: the exact torchrun command and environment of each backend,
+multi-node flags, the dry run, overrides over the preset, every refusal (exit code, message,
+nothing written), and how a failed run names the rank, phase and cause. No process is started
+here: rigs come from `wanctl.probe.fake`, and a recorder stands in for the runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import wanctl.commands.generate as generate_command
+from wanctl import presets
+from wanctl.cli import app
+from wanctl.errors import UsageError, WanctlError
+from wanctl.generate import (
+    CHUNK_ENV,
+    HOOK_DIR,
+    LATENTS_ENV,
+    SOURCE_ENV,
+    DecodeFailed,
+    GenerateOptions,
+    GeneratePlan,
+    RunPaths,
+    classify,
+    failure,
+    prepare,
+    visible_gpus,
+)
+from wanctl.launch import RunResult
+from wanctl.memory import Settings, Workload, plan
+from wanctl.probe.base import fingerprint
+from wanctl.probe.catalog import MODELS
+from wanctl.probe.fake import FakeProbe, describe_rig, scenario
+
+PYTHON = sys.executable
+TORCHRUN = (PYTHON, "-m", "torch.distributed.run")
+# The settings of the user preset these tests write for 2x RTX 5090: not the model's choice,
+# so that they can only come from the preset.
+PRESET = Settings(chunk_t=2, decode_ranks=2, decode_dtype="bf16", dit="replicated",
+                  offload=True, text_encoder="gpu")  # fmt: skip
+PRESET_ENV = {CHUNK_ENV: "2", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+              "NCCL_P2P_DISABLE": "1"}  # fmt: skip
+RTX5090X2 = FakeProbe(describe_rig(2, MODELS["rtx-5090"]))
+H100X8 = FakeProbe(describe_rig(8, MODELS["h100"]))
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private preset folder holding a user preset for 2x RTX 5090 at 1280*704 x 121."""
+    folder = tmp_path / "config"
+    monkeypatch.setenv(presets.CONFIG_DIR_ENV, str(folder))
+    inventory, rig = presets.rig_of("2x RTX 5090 32GB")
+    modelled = presets.entry_of(plan(Workload(1280, 704, 121, 2), rig.card), created="x")
+    entry = dataclasses.replace(modelled, settings=PRESET, env=PRESET_ENV, created="2026-11-24")
+    presets.save(fingerprint(inventory), rig, entry)
+    return folder
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    """A diffusers-format checkpoint as far as the launcher reads it (JSON and folders)."""
+    folder = tmp_path / "Wan2.2-TI2V-5B-Diffusers"
+    index = {"_class_name": "WanPipeline", "transformer_2": [None, None]}
+    configs = {
+        "model_index.json": index,
+        "transformer/config.json": {"num_attention_heads": 24},
+        "vae/config.json": {},
+        "text_encoder/config.json": {},
+        "scheduler/scheduler_config.json": {"_class_name": "UniPCMultistepScheduler"},
+    }
+    for name, content in configs.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content))
+    (folder / "tokenizer").mkdir()
+    return folder
+
+
+@pytest.fixture
+def wan(tmp_path: Path) -> tuple[Path, Path]:
+    """A Wan2.2 checkout and the official checkpoint, as far as the launcher reads them."""
+    repo, ckpt = tmp_path / "Wan2.2", tmp_path / "Wan2.2-TI2V-5B"
+    for path in (repo / "generate.py", repo / "wan/modules/vae2_2.py", ckpt / "config.json",
+                 ckpt / "models_t5_umt5-xxl-enc-bf16.pth", ckpt / "Wan2.2_VAE.pth"):  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    return repo, ckpt
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+def options(out: Path, **changes: object) -> GenerateOptions:
+    base = GenerateOptions(prompt="two cats box", output=out / "cats.mp4", gpus=2)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def prepared(opts: GenerateOptions, probe: FakeProbe = RTX5090X2, **env: str) -> GeneratePlan:
+    return prepare(opts, probe=probe, env=env, disk_free=lambda _: 2**40)
+
+
+def test_diffusers_backend_launches_the_worker_with_the_presets_settings(
+    ckpt: Path, out: Path
+) -> None:
+    launched = prepared(options(out, ckpt_dir=ckpt))
+    assert launched.spec.argv == (
+        *TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "wanctl.workers.generate",
+        "--ckpt-dir", str(ckpt), "--prompt", "two cats box", "--size", "1280*704",
+        "--frames", "121", "--steps", "50", "--seed", "42", "--device", "cuda",
+        "--text-encoder", "gpu", "--latents", str(out / "cats.latents.safetensors"),
+        "--output", str(out / "cats.mp4"), "--vae", str(ckpt / "vae"), "--decode-dtype", "bf16",
+        "--chunk-t", "2", "--decode-ranks", "2", "--run-dir", str(out / ".cats.mp4.wanctl"),
+    )  # fmt: skip
+    assert launched.spec.env == PRESET_ENV
+    assert launched.settings == PRESET and launched.overridden == ()
+    assert launched.source.startswith("user preset")
+    assert launched.spec.capture_output is False and launched.spec.timeout_s is None
+    assert launched.decode_command == (
+        f"wanctl decode {out}/cats.latents.safetensors -o {out}/cats.mp4 --vae {ckpt}/vae "
+        "--gpus 2 --chunk-t 2 --dtype bf16"
+    )
+    assert list(out.iterdir()) == []
+
+
+def test_wan_repo_backend_runs_the_official_script_with_the_users_flags(
+    wan: tuple[Path, Path], out: Path
+) -> None:
+    repo, ckpt = wan
+    launched = prepared(options(out, backend="wan-repo", wan_repo=repo, ckpt_dir=ckpt, seed=7,
+                                text_encoder="cpu", image=ckpt / "config.json"))  # fmt: skip
+    placeholder = out / ".cats.mp4.wanctl" / "official-placeholder.mp4"
+    assert launched.spec.argv == (
+        *TORCHRUN, "--standalone", "--nproc-per-node=2", str(repo / "generate.py"),
+        "--task", "ti2v-5B", "--size", "1280*704", "--ckpt_dir", str(ckpt),
+        "--ulysses_size", "2", "--offload_model", "True", "--convert_model_dtype", "--t5_cpu",
+        "--frame_num", "121", "--sample_steps", "50", "--base_seed", "7",
+        "--image", str(ckpt / "config.json"), "--save_file", str(placeholder),
+        "--prompt", "two cats box",
+    )  # fmt: skip
+    env = dict(launched.spec.env)
+    assert env.pop("PYTHONPATH") == str(HOOK_DIR)
+    assert env.pop(LATENTS_ENV) == str(out / "cats.latents.safetensors")
+    source = json.loads(env.pop(SOURCE_ENV))
+    assert source == {"model": f"Wan2.2-ti2v-5B ({ckpt})", "prompt": "two cats box",
+                      "seed": "7", "steps": "50", "size": "1280*704", "fps": "24.0"}  # fmt: skip
+    assert env == PRESET_ENV
+    assert launched.vae == str(ckpt / "Wan2.2_VAE.pth")
+    assert launched.overridden == ("text_encoder",)
+
+
+def test_the_hook_goes_before_the_users_pythonpath(wan: tuple[Path, Path], out: Path) -> None:
+    repo, ckpt = wan
+    launched = prepared(options(out, backend="wan-repo", wan_repo=repo, ckpt_dir=ckpt),
+                        PYTHONPATH="/opt/mine")  # fmt: skip
+    assert launched.spec.env["PYTHONPATH"] == f"{HOOK_DIR}:/opt/mine"
+
+
+def test_multi_node_flags_pass_through_and_the_ulysses_degree_spans_the_nodes(
+    wan: tuple[Path, Path], ckpt: Path, out: Path
+) -> None:
+    multi = {"nnodes": 2, "rdzv_endpoint": "10.0.0.1:29500"}
+    launcher = (*TORCHRUN, "--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29500",
+                "--nproc-per-node=2")  # fmt: skip
+    diffusers = prepared(options(out, ckpt_dir=ckpt, **multi))
+    assert diffusers.spec.argv[: len(launcher)] == launcher and diffusers.world == 4
+    repo, official = wan
+    wan_repo = prepared(options(out, backend="wan-repo", wan_repo=repo, ckpt_dir=official, **multi))
+    assert wan_repo.spec.argv[: len(launcher)] == launcher
+    degree = wan_repo.spec.argv.index("--ulysses_size")
+    assert wan_repo.spec.argv[degree + 1] == "4"
+
+
+def test_flags_override_the_preset_and_leave_its_file_alone(
+    ckpt: Path, out: Path, config_dir: Path
+) -> None:
+    preset_file = config_dir / "presets" / "2x-rtx-5090-32gb-pcie.toml"
+    before = preset_file.read_bytes()
+    launched = prepared(options(out, ckpt_dir=ckpt, chunk_t=3, decode_ranks=1,
+                                decode_dtype="fp32", text_encoder="cpu",
+                                env=(("NCCL_DEBUG", "INFO"),)))  # fmt: skip
+    assert launched.settings == dataclasses.replace(
+        PRESET, chunk_t=3, decode_ranks=1, decode_dtype="fp32", text_encoder="cpu"
+    )
+    assert launched.overridden == ("chunk_t", "decode_dtype", "decode_ranks", "text_encoder")
+    args = launched.spec.argv
+    for flag, value in (("--chunk-t", "3"), ("--decode-ranks", "1"), ("--decode-dtype", "fp32"),
+                        ("--text-encoder", "cpu")):  # fmt: skip
+        assert args[args.index(flag) + 1] == value
+    assert launched.spec.env == {**PRESET_ENV, CHUNK_ENV: "3", "NCCL_DEBUG": "INFO"}
+    assert preset_file.read_bytes() == before
+
+
+def test_the_users_exported_variables_win_over_the_preset_and_env_flags_over_both(
+    ckpt: Path, out: Path
+) -> None:
+    launched = prepared(
+        options(out, ckpt_dir=ckpt, env=(("NCCL_P2P_DISABLE", "0"),)),
+        PYTORCH_ALLOC_CONF="max_split_size_mb:512", NCCL_P2P_DISABLE="1", **{CHUNK_ENV: "4"},
+    )  # fmt: skip
+    assert launched.settings.chunk_t == 4 and launched.overridden == ("chunk_t",)
+    assert launched.spec.env == {"NCCL_P2P_DISABLE": "0"}  # the children inherit the rest
+    assert launched.kept_env == {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
+    assert "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512 kept from your environment" in (
+        launched.notes
+    )
+
+
+def test_no_preset_for_the_rig_plans_with_the_memory_model(ckpt: Path, out: Path) -> None:
+    launched = prepared(options(out, ckpt_dir=ckpt), H100X8)
+    assert launched.source.startswith("memory model (no preset for 8x-h100-80gb-nvlink")
+    assert launched.predicted is not None and launched.predicted.fits
+    assert launched.spec.env[CHUNK_ENV] == str(launched.settings.chunk_t)
+
+
+def test_the_cpu_runs_the_tiny_model_in_n_processes_without_a_preset(out: Path) -> None:
+    launched = prepared(options(out, model="tiny", size="64*64", frames=17),
+                        scenario("no_driver"))  # fmt: skip
+    assert launched.device == "cpu" and launched.source == "CPU defaults"
+    assert launched.spec.argv[3:9] == ("--standalone", "--nproc-per-node=2", "-m",
+                                       "wanctl.workers.generate", "--model", "tiny")  # fmt: skip
+    assert launched.settings.decode_dtype == "fp32" and launched.settings.decode_ranks == 2
+    assert set(launched.spec.env) == {CHUNK_ENV, "OMP_NUM_THREADS"}
+    assert launched.decode_command.endswith("--vae tiny --gpus 2 --chunk-t 1 --dtype fp32 "
+                                            "--device cpu")  # fmt: skip
+
+
+def test_gpus_default_to_every_visible_one(ckpt: Path, out: Path) -> None:
+    launched = prepared(options(out, ckpt_dir=ckpt, gpus=None))
+    assert launched.ranks == 2 and "--nproc-per-node=2" in launched.spec.argv
+    assert visible_gpus(H100X8.inventory, {"CUDA_VISIBLE_DEVICES": "0,3,5"}) == 3
+    assert visible_gpus(H100X8.inventory, {"CUDA_VISIBLE_DEVICES": ""}) == 0
+
+
+def _cli(cli: CliRunner, monkeypatch: pytest.MonkeyPatch, probe: FakeProbe, *args: object):
+    monkeypatch.setattr(generate_command, "LocalProbe", lambda: probe)
+    return cli.invoke(app, ["generate", *map(str, args)], env={"COLUMNS": "200"})
+
+
+def test_dry_run_prints_the_command_and_runs_nothing(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, ckpt: Path, out: Path
+) -> None:
+    args = ("--prompt", "two cats box", "-o", out / "cats.mp4", "--ckpt-dir", ckpt, "--gpus", "2")
+    result = _cli(cli, monkeypatch, RTX5090X2, *args, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    launched = prepared(options(out, ckpt_dir=ckpt))
+    assert document["argv"] == list(launched.spec.argv)
+    assert document["command"] == launched.spec.command_line()
+    assert document["command"].startswith(
+        "NCCL_P2P_DISABLE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+        f"WAN_VAE_DECODE_CHUNK_T=2 {PYTHON} -m torch.distributed.run"
+    )
+    assert document["env"] == PRESET_ENV and document["settings"]["chunk_t"] == 2
+    assert set(document["predicted_peak_gib"]) == {"text_encode", "sampling", "decode"}
+    assert document["decode_command"] == launched.decode_command
+    assert list(out.iterdir()) == []
+    text = _cli(cli, monkeypatch, RTX5090X2, "--prompt", "x", "-o", out / "cats.mp4",
+                "--ckpt-dir", ckpt, "--dry-run")  # fmt: skip
+    assert text.exit_code == 0 and "-m wanctl.workers.generate" in text.stdout
+    assert list(out.iterdir()) == []
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    args: tuple[str, ...]  # {ckpt}, {repo}, {official} and {tmp} are filled in
+    message: str
+    rig: str = "rtx5090x2"
+    drop: str = ""  # a file of the fixtures to delete first
+
+
+DIFFUSERS = ("--ckpt-dir", "{ckpt}")
+WAN_REPO = ("--backend", "wan-repo", "--wan-repo", "{repo}", "--ckpt-dir", "{official}")
+RIGS = {"rtx5090x2": RTX5090X2, "h100x8": H100X8, "no_driver": scenario("no_driver")}
+REFUSALS = {
+    "more GPUs than visible": Refusal((*DIFFUSERS, "--gpus", "4"), "--gpus 4 asked, 2 visible"),
+    "Ulysses degree": Refusal((*DIFFUSERS, "--gpus", "5"), "Ulysses over 5 GPUs", "h100x8"),
+    "size not a multiple of 32": Refusal((*DIFFUSERS, "--size", "1280*720"),
+                                         "not made of multiples of 32"),
+    "tokens that do not split": Refusal((*DIFFUSERS, "--gpus", "3"), "do not split over 3",
+                                        "h100x8"),
+    "size the official code rejects": Refusal((*WAN_REPO, "--size", "1024*1024"),
+                                              "does not run ti2v-5B at 1024*1024"),
+    "frames not 4n+1": Refusal((*DIFFUSERS, "--frames", "120"), "120 frames is not 4n+1"),
+    "missing checkpoint": Refusal(("--ckpt-dir", "{tmp}/nowhere"), "nowhere is not a folder"),
+    "checkpoint file missing": Refusal(DIFFUSERS, "lacks vae/config.json",
+                                       drop="Wan2.2-TI2V-5B-Diffusers/vae/config.json"),
+    "official checkpoint file missing": Refusal(WAN_REPO, "no Wan2.2_VAE.pth",
+                                                drop="Wan2.2-TI2V-5B/Wan2.2_VAE.pth"),
+    "official script missing": Refusal(WAN_REPO, "not a Wan2.2 checkout: no generate.py",
+                                       drop="Wan2.2/generate.py"),
+    "output folder missing": Refusal((*DIFFUSERS, "-o", "{tmp}/nowhere/v.mp4"),
+                                     "is not a writable folder"),
+    "output is a folder": Refusal((*DIFFUSERS, "-o", "{tmp}/out"), "it is a folder"),
+    "output type": Refusal((*DIFFUSERS, "-o", "{tmp}/out/v.avi"), "unknown video type '.avi'"),
+    "missing image": Refusal((*DIFFUSERS, "--image", "{tmp}/cat.png"), "image not found"),
+    "synthetic-5b on the CPU": Refusal(("--model", "synthetic-5b", "--device", "cpu"),
+                                       "synthetic-5b is for timing and memory on a GPU"),
+    "no GPU for a checkpoint": Refusal(DIFFUSERS, "no GPU is visible", "no_driver"),
+    "FSDP with diffusers": Refusal((*DIFFUSERS, "--dit", "fsdp"), "these settings shard it (dit = fsdp)"),
+    "too many decode ranks": Refusal((*DIFFUSERS, "--decode-ranks", "3"),
+                                     "decode on 3 ranks is not possible"),
+    "model and checkpoint": Refusal((*DIFFUSERS, "--model", "tiny"),
+                                    "both --model and --ckpt-dir"),
+    "no model": Refusal((), "no model: pass a checkpoint or a built-in model"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals_exit_2_with_a_message_and_write_nothing(
+    case: str,
+    cli: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    ckpt: Path,
+    wan: tuple[Path, Path],
+    out: Path,
+    tmp_path: Path,
+) -> None:
+    refusal = REFUSALS[case]
+    if refusal.drop:
+        (tmp_path / refusal.drop).unlink()
+    places = {"ckpt": ckpt, "repo": wan[0], "official": wan[1], "tmp": tmp_path}
+    args = [arg.format(**places) for arg in refusal.args]
+    output = [] if "-o" in args else ["-o", str(out / "v.mp4")]
+    before = sorted(tmp_path.rglob("*"))
+    result = _cli(cli, monkeypatch, RIGS[refusal.rig], "--prompt", "x", "--gpus", "2",
+                  *output, *args)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert refusal.message in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.output
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_too_little_disk_is_refused(ckpt: Path, out: Path) -> None:
+    with pytest.raises(UsageError) as refused:
+        prepare(options(out, ckpt_dir=ckpt), probe=RTX5090X2, env={},
+                disk_free=lambda _: 50 * 2**20)  # fmt: skip
+    assert refused.value.exit_code == 2 and "MiB needed" in refused.value.message
+
+
+def test_a_failed_preflight_check_stops_the_launch(ckpt: Path, out: Path) -> None:
+    with pytest.raises(WanctlError) as refused:
+        prepared(options(out, ckpt_dir=ckpt), scenario("rtx5090x2_old_nccl"))
+    assert "NCCL 2.25.1 is older than 2.26.2" in refused.value.why
+    assert "--skip-preflight" in refused.value.fix
+    skipped = prepared(options(out, ckpt_dir=ckpt, preflight=False),
+                       scenario("rtx5090x2_old_nccl"))  # fmt: skip
+    assert skipped.device == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("type_name", "message", "cause"),
+    [
+        ("OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB", "out of GPU memory"),
+        ("MemoryError", "", "out of host memory"),
+        ("DistBackendError", "[Rank 1] Watchdog caught collective operation timeout: "
+         "WorkNCCL(SeqNum=9, OpType=ALLTOALL_BASE) ran for 600000 milliseconds", "NCCL timeout"),
+        ("RuntimeError", "[pair.cc:553] Connection closed by peer [127.0.0.1]:5849",
+         "lost contact with another rank"),
+        ("DistBackendError", "NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error",
+         "NCCL error"),
+        ("UsageError", "4 ranks cannot split a frame of 3 latent rows", "error"),
+        ("KeyError", "'latents'", "KeyError"),
+    ],
+)  # fmt: skip
+def test_causes_are_named(type_name: str, message: str, cause: str) -> None:
+    assert classify(type_name, message) == cause
+
+
+def _status(rank: int, phase: str, state: str, cause: str = "", message: str = "") -> dict:
+    return {"rank": rank, "phase": phase, "state": state, "cause": cause,
+            "type": "OutOfMemoryError", "message": message}  # fmt: skip
+
+
+def test_the_rank_that_failed_first_is_named_not_the_ones_that_lost_it(
+    ckpt: Path, out: Path
+) -> None:
+    launched = prepared(options(out, ckpt_dir=ckpt))
+    statuses = [
+        _status(0, "sampling", "failed", "lost contact with another rank"),
+        _status(1, "sampling", "failed", "out of GPU memory", "CUDA out of memory."),
+    ]
+    error = failure(launched, statuses, RunResult(1, False, 3.0))
+    assert error.message == "rank 1 failed during sampling: out of GPU memory"
+    assert "CUDA out of memory" in error.why and "wanctl tune" in error.fix
+    killed = failure(launched, [_status(0, "sampling", "running")], RunResult(-9, False, 3.0))
+    assert "rank 0 in sampling with no Python error" in killed.why
+
+
+def test_a_decode_failure_after_the_latents_are_saved_gives_the_decode_command(
+    ckpt: Path, out: Path
+) -> None:
+    launched = prepared(options(out, ckpt_dir=ckpt))
+    statuses = [_status(0, "decode", "failed", "out of GPU memory", "CUDA out of memory.")]
+    launched.paths.latents.write_bytes(b"saved")
+    error = failure(launched, statuses, RunResult(1, False, 3.0))
+    assert isinstance(error, DecodeFailed)
+    assert str(launched.paths.latents) in error.message
+    assert error.fix == f"finish the job with: {launched.decode_command}"
+
+
+def test_run_paths_sit_beside_the_output() -> None:
+    paths = RunPaths.for_output(Path("out/demo.mp4"))
+    assert paths.latents == Path("out/demo.latents.safetensors")
+    assert paths.run_dir == Path("out/.demo.mp4.wanctl")

@@ -1,0 +1,250 @@
+"""`wanctl generate`: options in, a launch plan (`--dry-run`) or a `GenerateSummary` out,
+rendered as tables or JSON. torch is imported by the workers, never here."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wanctl.errors import UsageError
+from wanctl.generate import (
+    GenerateOptions,
+    GeneratePlan,
+    GenerateSummary,
+    prepare,
+    run_generate,
+)
+from wanctl.probe.local import LocalProbe
+from wanctl.render import err_console, out_console, print_json
+
+
+class Backend(str, Enum):
+    diffusers = "diffusers"
+    wan_repo = "wan-repo"
+
+
+class Model(str, Enum):
+    tiny = "tiny"
+    synthetic_5b = "synthetic-5b"
+
+
+class Device(str, Enum):
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class DecodeDtype(str, Enum):
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+class Placement(str, Enum):
+    gpu = "gpu"
+    cpu = "cpu"
+
+
+class Dit(str, Enum):
+    replicated = "replicated"
+    fsdp = "fsdp"
+
+
+def generate(
+    prompt: Annotated[str, typer.Option(help="What the video shows.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Video to write: .mp4 (H.264) or .npy.")
+    ],
+    size: Annotated[str, typer.Option(help="WIDTH*HEIGHT, multiples of 32.")] = "1280*704",
+    frames: Annotated[int, typer.Option(help="Frames, 4n+1.")] = 121,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same video.")] = 42,
+    gpus: Annotated[
+        int | None,
+        typer.Option(min=1, help="Ranks on this node (the Ulysses degree); default: all GPUs."),
+    ] = None,
+    model: Annotated[
+        Model | None,
+        typer.Option(help="A built-in model: tiny (runs anywhere) or synthetic-5b (GPU timing)."),
+    ] = None,
+    ckpt_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint: Wan2.2-TI2V-5B-Diffusers (diffusers), Wan2.2-TI2V-5B (wan-repo)."
+        ),  # fmt: skip
+    ] = None,
+    backend: Annotated[Backend, typer.Option(help="Who samples.")] = Backend.diffusers,
+    wan_repo: Annotated[
+        Path | None, typer.Option(help="A clone of Wan-Video/Wan2.2 (--backend wan-repo).")
+    ] = None,
+    image: Annotated[
+        Path | None, typer.Option(help="An image for the first frame (image to video).")
+    ] = None,
+    negative_prompt: Annotated[
+        str | None, typer.Option(help="What to avoid; default: Wan's own negative prompt.")
+    ] = None,
+    guidance: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance scale; default 5.")
+    ] = None,
+    device: Annotated[
+        Device | None, typer.Option(help="cuda or cpu; default: cuda when a GPU is visible.")
+    ] = None,
+    nnodes: Annotated[int | None, typer.Option(min=1, help="Nodes (torchrun --nnodes).")] = None,
+    rdzv_endpoint: Annotated[
+        str | None, typer.Option(help="HOST:PORT of the rendezvous (torchrun).")
+    ] = None,
+    chunk_t: Annotated[
+        int | None, typer.Option(min=1, help="Override: latent frames per decoder call.")
+    ] = None,
+    decode_ranks: Annotated[
+        int | None, typer.Option(min=1, help="Override: ranks that decode.")
+    ] = None,
+    decode_dtype: Annotated[
+        DecodeDtype | None, typer.Option(help="Override: the decode's dtype.")
+    ] = None,
+    text_encoder: Annotated[
+        Placement | None, typer.Option(help="Override: where the text encoder runs.")
+    ] = None,
+    offload: Annotated[
+        bool | None,
+        typer.Option(
+            "--offload/--no-offload",
+            help="Override: the DiT to the CPU before the decode (wan-repo: --offload_model).",
+        ),  # fmt: skip
+    ] = None,
+    dit: Annotated[
+        Dit | None, typer.Option(help="Override: the DiT whole on each GPU, or sharded (FSDP).")
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE for the workers, over the preset's (repeatable)."),
+    ] = None,
+    skip_preflight: Annotated[
+        bool, typer.Option("--skip-preflight", help="Launch even when doctor's checks fail.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="Stop the run after this many seconds.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the command and environment; run nothing.")
+    ] = False,
+    json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Generate a video from a prompt on N GPUs: the rig's preset (or tune's plan), a doctor
+    preflight, torchrun with Ulysses sampling, the latents saved before the decode, the decode
+    split over every GPU. If the decode fails, the latents stay and the error gives the
+    `wanctl decode` command that finishes the job."""
+    options = GenerateOptions(
+        prompt=prompt, output=output, size=size, frames=frames, steps=steps, seed=seed,
+        gpus=gpus, backend=backend.value, model=model.value if model else None,
+        ckpt_dir=ckpt_dir, wan_repo=wan_repo, image=image, negative_prompt=negative_prompt,
+        guidance=guidance, device=device.value if device else None, nnodes=nnodes,
+        rdzv_endpoint=rdzv_endpoint, chunk_t=chunk_t, decode_ranks=decode_ranks,
+        decode_dtype=decode_dtype.value if decode_dtype else None,
+        text_encoder=text_encoder.value if text_encoder else None, offload=offload,
+        dit=dit.value if dit else None, env=parse_env(env or []),
+        preflight=not skip_preflight, timeout_s=timeout, quiet_children=json,
+    )  # fmt: skip
+    plan = prepare(options, probe=LocalProbe())
+    if dry_run:
+        if json:
+            print_json(dry_run_document(plan))
+        else:
+            render_plan(plan, out_console())
+        return
+    render_plan(plan, err_console())
+    summary = run_generate(plan, notify=lambda line: err_console().print(f"[yellow]{line}[/]"))
+    if json:
+        print_json(summary)
+    else:
+        render_summary(summary, out_console())
+
+
+def parse_env(pairs: list[str]) -> tuple[tuple[str, str], ...]:
+    """`KEY=VALUE` strings -> pairs."""
+    parsed = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(
+                f"--env {pair!r} is not KEY=VALUE", fix="e.g. --env NCCL_P2P_DISABLE=1"
+            )
+        parsed.append((key.strip(), value))
+    return tuple(parsed)
+
+
+def dry_run_document(plan: GeneratePlan) -> dict[str, object]:
+    predicted = plan.predicted
+    return {
+        "command": plan.spec.command_line(),
+        "argv": list(plan.spec.argv),
+        "env": plan.env,
+        "kept_env": plan.kept_env,
+        "device": plan.device,
+        "ranks": plan.world,
+        "settings": plan.settings,
+        "source": plan.source,
+        "overridden": list(plan.overridden),
+        "output": plan.paths.output,
+        "latents": plan.paths.latents,
+        "decode_command": plan.decode_command,
+        "predicted_peak_gib": {p.name: round(p.total_gib, 2) for p in predicted.phases}
+        if predicted
+        else None,
+        "notes": list(plan.notes),
+    }
+
+
+def render_plan(plan: GeneratePlan, console: Console) -> None:
+    settings = plan.settings
+    table = Table(title="generate", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    overridden = f" (set here: {', '.join(plan.overridden)})" if plan.overridden else ""
+    table.add_row("run", f"{plan.world} rank(s) on {plan.device}, {plan.options.backend}")
+    table.add_row("settings", f"{plan.source}{overridden}")
+    table.add_row(
+        "decode",
+        f"{settings.decode_ranks} rank(s), chunk_t {settings.chunk_t}, {settings.decode_dtype}",
+    )
+    table.add_row("text encoder / DiT", f"{settings.text_encoder} / {settings.dit}")
+    if plan.predicted:
+        peaks = ", ".join(f"{p.name} {p.total_gib:.1f}" for p in plan.predicted.phases)
+        table.add_row("predicted peak GiB", peaks)
+    table.add_row("latents", str(plan.paths.latents))
+    for note in plan.notes:
+        table.add_row("note", note)
+    console.print(table)
+    console.print(plan.spec.command_line(), markup=False, highlight=False, soft_wrap=True)
+
+
+def render_summary(summary: GenerateSummary, console: Console) -> None:
+    table = Table(title=f"generated {summary.output}", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("video", f"{summary.frames} frames, {summary.width}x{summary.height}, "
+                  f"{summary.fps:g} fps; latents {summary.latents}")  # fmt: skip
+    table.add_row("run", f"{summary.ranks} rank(s) on {summary.device}, {summary.backend}, "
+                  f"{summary.model}; settings: {summary.source}")  # fmt: skip
+    if summary.seconds_per_step is not None:
+        table.add_row(
+            "s/step", f"{summary.seconds_per_step:.2f} (first {summary.first_step_s:.2f})"
+        )
+    phases = (("text encode", summary.text_encode_s), ("load", summary.load_s),
+              ("sampling", summary.sampling_s), ("decode", summary.decode_s))  # fmt: skip
+    shown = ", ".join(f"{name} {s:.1f}" for name, s in phases if s is not None)
+    table.add_row("seconds", f"{shown}; total {summary.total_s:.1f}")
+    for figures in summary.per_rank:
+        peaks = [
+            f"{phase} {allocated:.2f}/{figures.peak_reserved_gib.get(phase) or 0:.2f}"
+            for phase, allocated in figures.peak_allocated_gib.items()
+            if allocated is not None
+        ]
+        if peaks:
+            table.add_row(f"rank {figures.rank} peak GiB (alloc/res)", ", ".join(peaks))
+    for note in summary.notes:
+        table.add_row("note", note)
+    console.print(table)

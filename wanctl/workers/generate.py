@@ -1,0 +1,332 @@
+"""torchrun worker of `wanctl generate` (diffusers backend): one rank of the Ulysses sampling,
+then of the patch-parallel decode.
+
+    python -m torch.distributed.run --standalone --nproc-per-node=N -m wanctl.workers.generate \
+        --model tiny --prompt "..." --size 1280*704 --frames 121 --steps 50 --seed 42 \
+        --device cuda --text-encoder gpu --latents out.latents.safetensors --output out.mp4 \
+        --vae tiny --decode-dtype bf16 --chunk-t 1 --decode-ranks N --run-dir DIR
+
+NCCL on GPUs (rank r on cuda:LOCAL_RANK), gloo on CPUs. The phases, each recorded in
+DIR/rank<r>.json as it starts (`wanctl.generate.RankStatus`):
+- text_encode: the prompt and the negative prompt are encoded, then the encoder is dropped;
+- sampling: the DiT, Ulysses-parallel over all ranks, from the same seed (the same noise) on
+  every rank; every rank ends with the whole latents;
+- save: rank 0 writes the latents file while the others wait at a barrier, so that no decode
+  starts (nor can fail) before the latents are safe;
+- decode: each of the first `--decode-ranks` ranks decodes a slab of rows of every frame
+  (`wanctl.vae`), rank 0 writes the video.
+A rank that fails records the phase and cause there, and exits non-zero: torchrun stops the
+others. Rank 0 ends by writing DIR/summary.json with every rank's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from wanctl.errors import WanctlError
+from wanctl.generate import PEER_LOST, RankStatus, classify
+from wanctl.latents import Latents, save_latents
+from wanctl.models.pipelines import FPS, NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
+from wanctl.render import err_console
+from wanctl.vae.fallback import DecodePlan
+from wanctl.vae.job import DTYPES, DecodeOptions, decode_here
+from wanctl.vae.parallel import RowSplit
+
+GIB = 2**30
+# Failures with a cause to name (out of memory, NCCL or gloo errors and timeouts, a user error);
+# anything else is a bug and keeps its traceback.
+EXPECTED_FAILURES = (torch.OutOfMemoryError, MemoryError, dist.DistError, WanctlError)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m wanctl.workers.generate")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", choices=("tiny", "synthetic-5b"))
+    source.add_argument("--ckpt-dir", type=Path)
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative-prompt")
+    parser.add_argument("--image", type=Path)
+    parser.add_argument("--size", required=True)
+    parser.add_argument("--frames", type=int, required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--device", choices=("cuda", "cpu"), required=True)
+    parser.add_argument("--text-encoder", choices=("gpu", "cpu"), required=True)
+    parser.add_argument("--latents", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--vae", required=True)
+    parser.add_argument("--decode-dtype", choices=tuple(DTYPES), required=True)
+    parser.add_argument("--chunk-t", type=int, required=True)
+    parser.add_argument("--decode-ranks", type=int, required=True)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    return parser.parse_args(argv)
+
+
+@dataclass
+class RankResult:
+    """One rank's figures: seconds and peak device memory (GiB, None on CPU) per phase."""
+
+    rank: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_allocated_gib: dict[str, float | None] = field(default_factory=dict)
+    peak_reserved_gib: dict[str, float | None] = field(default_factory=dict)
+    step_seconds: list[float] = field(default_factory=list)
+
+
+@record
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    _quiet_libraries()
+    device = _device(args.device)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        device_id=device if device.type == "cuda" else None,
+    )
+    rank = dist.get_rank()
+    status = RankStatus(args.run_dir, rank)
+    try:
+        result = run(args, device, status)
+    except BaseException as error:
+        status.failed(error)
+        if not expected(error):
+            raise  # a bug: the traceback (and torchrun's error file) say where
+        # Reported, not raised: the parent names the rank and the cause, no traceback. The
+        # process group is left as is: the others may be blocked in an exchange with this rank,
+        # and torchrun stops them when it exits.
+        print(f"rank {rank}: {classify(type(error).__name__, str(error))}", file=sys.stderr)
+        return 1
+    results: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(results, asdict(result))
+    if rank == 0:
+        (args.run_dir / "summary.json").write_text(json.dumps({"ranks": results}))
+    status.done()
+    dist.destroy_process_group()
+    return 0
+
+
+def expected(error: BaseException) -> bool:
+    """A failure with a cause to name, not a bug: out of memory, a user error, an error of the
+    collectives (gloo reports a peer that died as a RuntimeError)."""
+    cause = classify(type(error).__name__, str(error))
+    return isinstance(error, EXPECTED_FAILURES) or cause in (PEER_LOST, "collective timeout")
+
+
+def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> RankResult:
+    result = RankResult(dist.get_rank())
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = model_for(args.model, args.ckpt_dir, dtype)
+    with phase("text_encode", status, result, device):
+        encode_on = device if args.text_encoder == "gpu" else torch.device("cpu")
+        negative = NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
+        embeds = [e.to(device) for e in model.encode_prompts(args.prompt, negative, encode_on)]
+        _release(device)  # the text encoder
+    with phase("sampling", status, result, device):
+        latents = latents_of(sample(model, args, device, embeds, result), args, model)
+    del embeds
+    with phase("save", status, result, device):
+        if dist.get_rank() == 0:
+            save_latents(args.latents, latents)
+        dist.barrier()
+    with phase("decode", status, result, device):
+        decode(args, latents, device)
+    return result
+
+
+def sample(
+    model: WanModel,
+    args: argparse.Namespace,
+    device: torch.device,
+    embeds: list[torch.Tensor],
+    result: RankResult,
+) -> torch.Tensor:
+    """Latents (1, 48, T, h, w), float32, in the model's normalised space."""
+    start = time.perf_counter()
+    transformer = model.transformer(device)
+    if dist.get_world_size() > 1:
+        enable_ulysses(transformer, dist.get_world_size())
+    pipe = build_pipeline(
+        transformer,
+        model.vae(device, encoder=args.image is not None),
+        model.scheduler(),
+        image=args.image is not None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    result.seconds["load"] = time.perf_counter() - start
+    width, height = (int(side) for side in args.size.split("*"))
+    extra: dict[str, Any] = {}
+    if args.image is not None:
+        from PIL import Image
+
+        extra["image"] = Image.open(args.image).convert("RGB")
+    with step_progress(args.steps, dist.get_rank() == 0) as on_step:
+        output = pipe(
+            prompt_embeds=embeds[0],
+            negative_prompt_embeds=embeds[1],
+            height=height,
+            width=width,
+            num_frames=args.frames,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=torch.Generator("cpu").manual_seed(args.seed),
+            output_type="latent",
+            callback_on_step_end=_step_timer(device, result.step_seconds, on_step),
+            **extra,
+        )
+    latents: torch.Tensor = output.frames.float()
+    del pipe, transformer, output
+    _release(device)
+    return latents
+
+
+def latents_of(tensor: torch.Tensor, args: argparse.Namespace, model: WanModel) -> Latents:
+    source = {
+        "model": model.name,
+        "prompt": args.prompt,
+        "seed": str(args.seed),
+        "steps": str(args.steps),
+        "size": args.size,
+    }
+    return Latents(tensor.cpu(), normalized=True, fps=FPS, source=source)
+
+
+def decode(args: argparse.Namespace, latents: Latents, device: torch.device) -> None:
+    """The first `--decode-ranks` ranks decode, split by rows; the others only wait."""
+    ranks = args.decode_ranks
+    group = dist.new_group(list(range(ranks))) if ranks < dist.get_world_size() else None
+    if dist.get_rank() >= ranks:
+        return
+    options = DecodeOptions(
+        args.latents, args.output, args.vae, device.type, args.decode_dtype, args.chunk_t, ranks
+    )
+    plan = DecodePlan(ranks, args.chunk_t, device.type, args.decode_dtype)
+    split = RowSplit.for_latents(latents.tensor.shape, group) if ranks > 1 else None
+    decode_here(options, latents, plan, split, device)
+
+
+def enable_ulysses(transformer: Any, degree: int) -> None:
+    """Ulysses context parallelism over all ranks: `enable_parallelism` with
+    `ContextParallelConfig(ulysses_degree=degree)`.
+
+    With no accelerator (gloo on the CPU), diffusers 0.42.1's `ModelMixin.
+    _resolve_parallel_config` fails with ZeroDivisionError: it names a device as
+    `rank % torch.accelerator.device_count()`, which is 0 there, although context parallelism
+    never uses that device (the mesh and the all-to-alls run on the process group). So, on
+    such machines only, the count reads 1 for the duration of the call.
+    """
+    from diffusers import ContextParallelConfig
+
+    config = ContextParallelConfig(ulysses_degree=degree)
+    if torch.accelerator.device_count() > 0:
+        transformer.enable_parallelism(config=config)
+        return
+    count = torch.accelerator.device_count
+    torch.accelerator.device_count = lambda: 1
+    try:
+        transformer.enable_parallelism(config=config)
+    finally:
+        torch.accelerator.device_count = count
+
+
+@contextmanager
+def phase(
+    name: str, status: RankStatus, result: RankResult, device: torch.device
+) -> Iterator[None]:
+    """Record the phase as started, then its seconds and peak memory on this rank."""
+    status.phase(name)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        result.peak_allocated_gib[name] = torch.cuda.max_memory_allocated(device) / GIB
+        result.peak_reserved_gib[name] = torch.cuda.max_memory_reserved(device) / GIB
+    else:
+        result.peak_allocated_gib[name] = result.peak_reserved_gib[name] = None
+    result.seconds[name] = time.perf_counter() - start
+
+
+@contextmanager
+def step_progress(steps: int, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A progress bar of denoising steps on stderr; yields the callback that advances it."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=err_console(), disable=not enabled) as progress:
+        task = progress.add_task("sampling", total=steps)
+        yield lambda: progress.advance(task)
+
+
+def _step_timer(
+    device: torch.device, seconds: list[float], on_step: Callable[[], None]
+) -> Callable[..., dict[str, Any]]:
+    """The pipeline's end-of-step callback: the step's wall time (the GPU synchronised, so
+    that it is the step's and not its launch's) and the progress bar."""
+    last = [time.perf_counter()]
+
+    def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        seconds.append(now - last[0])
+        last[0] = now
+        on_step()
+        return {}
+
+    return callback
+
+
+def _device(kind: str) -> torch.device:
+    if kind == "cpu":
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    return device
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _quiet_libraries() -> None:
+    """diffusers' 'experimental feature' notice, the deprecation of a collective it calls and
+    transformers' note on an image processor Wan2.2 does not use would print once per rank on
+    every run."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers.hooks")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,94 @@
+"""The decode hook `wanctl generate --backend wan-repo` puts into the official Wan2.2 code,
+without editing the checkout.
+
+The official `generate.py` decodes on rank 0 alone, the whole video on one GPU (the OOM this
+project is about). wanctl puts this folder first on the children's PYTHONPATH, so that Python
+runs its `sitecustomize.py` at start-up in every process; when `WANCTL_LATENTS` is set, that
+installs an import hook which, once `wan.modules.vae2_2` is imported, replaces
+`Wan2_2_VAE.decode` with `save_instead_of_decode`: the sampled latents (a list of one
+normalised (48, T, h, w) tensor) go to the latents file, and the official code gets a
+one-frame black placeholder, which it writes to its --save_file (a scratch path). wanctl then
+decodes the latents on every GPU and writes the video to the user's path.
+
+Nothing here imports torch until the hooked decode runs.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HOOK_DIR = Path(__file__).resolve().parent
+LATENTS_ENV = "WANCTL_LATENTS"  # where to save the latents
+SOURCE_ENV = "WANCTL_LATENTS_SOURCE"  # JSON: the latents file's source metadata, and fps
+TARGET = "wan.modules.vae2_2"
+PLACEHOLDER_SIZE = 16  # pixels of the placeholder frame
+
+
+def install() -> None:
+    """Hook the import of `wan.modules.vae2_2` when wanctl asked for it (WANCTL_LATENTS)."""
+    if os.environ.get(LATENTS_ENV) and not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+
+
+def save_instead_of_decode(self: Any, zs: Sequence[Any]) -> list[Any]:
+    """`Wan2_2_VAE.decode(zs)` as wanctl runs it: save the latents, return a placeholder."""
+    import torch
+
+    from wanctl.latents import Latents, save_latents
+
+    if len(zs) != 1:
+        raise ValueError(f"wanctl's decode hook expects one video's latents, got {len(zs)}")
+    source = json.loads(os.environ.get(SOURCE_ENV, "{}"))
+    fps = float(source.pop("fps", 24))
+    path = Path(os.environ[LATENTS_ENV])
+    partial = path.with_name(f".{path.name}.partial")
+    tensor = zs[0].detach().float().cpu().unsqueeze(0)
+    save_latents(partial, Latents(tensor, normalized=True, fps=fps, source=source))
+    partial.replace(path)
+    return [torch.zeros(3, 1, PLACEHOLDER_SIZE, PLACEHOLDER_SIZE)]
+
+
+def run_shadowed_sitecustomize() -> None:
+    """Python runs the first `sitecustomize` on sys.path, and this folder comes first: run
+    the one it shadows (a distribution's or a virtual environment's), as without wanctl."""
+    rest = [p for p in sys.path if Path(p or ".").resolve() != HOOK_DIR]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is not None and spec.loader is not None:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Finds `wan.modules.vae2_2` as the other finders would, with a loader that patches the
+    module once it has run."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != TARGET:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _PatchingLoader(spec.loader)
+        return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader):
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        module.Wan2_2_VAE.decode = save_instead_of_decode
