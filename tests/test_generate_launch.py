@@ -21,6 +21,7 @@ from wanctl.generate import (
     CHUNK_ENV,
     HOOK_DIR,
     LATENTS_ENV,
+    RUN_DIR_ENV,
     SOURCE_ENV,
     DecodeFailed,
     GenerateOptions,
@@ -148,6 +149,7 @@ def test_wan_repo_backend_runs_the_official_script_with_the_users_flags(
     env = dict(launched.spec.env)
     assert env.pop("PYTHONPATH") == str(HOOK_DIR)
     assert env.pop(LATENTS_ENV) == str(out / "cats.latents.safetensors")
+    assert env.pop(RUN_DIR_ENV) == str(placeholder.parent)
     source = json.loads(env.pop(SOURCE_ENV))
     assert source == {"model": f"Wan2.2-ti2v-5B ({ckpt})", "prompt": "two cats box",
                       "seed": "7", "steps": "50", "size": "1280*704", "fps": "24.0"}  # fmt: skip
@@ -304,7 +306,8 @@ REFUSALS = {
     "synthetic-5b on the CPU": Refusal(("--model", "synthetic-5b", "--device", "cpu"),
                                        "synthetic-5b is for timing and memory on a GPU"),
     "no GPU for a checkpoint": Refusal(DIFFUSERS, "no GPU is visible", "no_driver"),
-    "FSDP with diffusers": Refusal((*DIFFUSERS, "--dit", "fsdp"), "these settings shard it (dit = fsdp)"),
+    "FSDP with diffusers": Refusal((*DIFFUSERS, "--dit", "fsdp"),
+                                   "these settings shard it (dit = fsdp)"),
     "too many decode ranks": Refusal((*DIFFUSERS, "--decode-ranks", "3"),
                                      "decode on 3 ranks is not possible"),
     "model and checkpoint": Refusal((*DIFFUSERS, "--model", "tiny"),

@@ -45,7 +45,7 @@ from wanctl.launch import (
 from wanctl.memory import TEMPORAL, MemoryPlan, Settings, Workload, parse_size
 from wanctl.models.pipelines import FPS, NOTES, checkpoint_heads, checkpoint_problem, vae_spec
 from wanctl.probe.base import GpuInventory, Probe
-from wanctl.workers.wan_hook import HOOK_DIR, LATENTS_ENV, SOURCE_ENV
+from wanctl.workers.wan_hook import HOOK_DIR, LATENTS_ENV, RUN_DIR_ENV, SOURCE_ENV
 
 WORKER = "wanctl.workers.generate"
 BACKENDS = ("diffusers", "wan-repo")
@@ -218,10 +218,10 @@ class RankStatus:
     """What one rank is doing, in `<run dir>/rank<r>.json`: the phase it started last, and
     when it fails, why. The parent reads these to name the rank, the phase and the cause."""
 
-    def __init__(self, run_dir: Path, rank: int):
+    def __init__(self, run_dir: Path, rank: int, phase: str = "start"):
         self.path = run_dir / f"rank{rank}.json"
         self.rank = rank
-        self.current = "start"
+        self.current = phase
 
     def phase(self, name: str) -> None:
         self.current = name
@@ -552,6 +552,7 @@ def hook_env(paths: RunPaths, options: GenerateOptions, base: Mapping[str, str])
         "PYTHONPATH": python_path,
         LATENTS_ENV: str(paths.latents),
         SOURCE_ENV: json.dumps(source, ensure_ascii=False),
+        RUN_DIR_ENV: str(paths.run_dir),
     }
 
 
@@ -761,15 +762,13 @@ def _finish_wan_repo(
 ) -> GenerateSummary:
     """The official sampler ran; if it saved the latents, decode them here on every GPU."""
     if not plan.paths.latents.is_file():
-        detail = worker_error(result.output) if result.output else ""
-        cause = classify(*detail.split(": ", 1)) if ": " in detail else "error"
-        raise WanctlError(
-            f"the official generate.py failed before its latents were saved ({cause})"
-            if not result.ok
-            else "the official generate.py finished without calling Wan2_2_VAE.decode",
-            why=detail or f"torchrun exit code {result.returncode}; its output above says why",
-            fix=_FIXES.get(cause, "read generate.py's output above; --debug shows more"),
-        )
+        if result.ok:
+            raise WanctlError(
+                "the official generate.py finished without calling Wan2_2_VAE.decode",
+                why="wanctl's hook saves the latents when it is called; it never was",
+                fix="check that --wan-repo is an unmodified Wan2.2 checkout",
+            )
+        raise failure(plan, read_statuses(plan.paths.run_dir), result)
     if not result.ok:
         notify(f"generate.py exited with {result.returncode} after saving the latents; "
                "decoding them anyway")  # fmt: skip

@@ -8,7 +8,9 @@ installs an import hook which, once `wan.modules.vae2_2` is imported, replaces
 `Wan2_2_VAE.decode` with `save_instead_of_decode`: the sampled latents (a list of one
 normalised (48, T, h, w) tensor) go to the latents file, and the official code gets a
 one-frame black placeholder, which it writes to its --save_file (a scratch path). wanctl then
-decodes the latents on every GPU and writes the video to the user's path.
+decodes the latents on every GPU and writes the video to the user's path. A rank of the official
+code that dies of an exception records it in `WANCTL_RUN_DIR` as wanctl's own workers do, so
+that wanctl names the rank and the cause.
 
 Nothing here imports torch until the hooked decode runs.
 """
@@ -23,20 +25,37 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, TracebackType
 from typing import Any
 
 HOOK_DIR = Path(__file__).resolve().parent
 LATENTS_ENV = "WANCTL_LATENTS"  # where to save the latents
 SOURCE_ENV = "WANCTL_LATENTS_SOURCE"  # JSON: the latents file's source metadata, and fps
+RUN_DIR_ENV = "WANCTL_RUN_DIR"  # where each rank records why it died
 TARGET = "wan.modules.vae2_2"
 PLACEHOLDER_SIZE = 16  # pixels of the placeholder frame
 
 
 def install() -> None:
-    """Hook the import of `wan.modules.vae2_2` when wanctl asked for it (WANCTL_LATENTS)."""
+    """Hook the import of `wan.modules.vae2_2`, and record a rank's fatal exception, when
+    wanctl asked for it (WANCTL_LATENTS)."""
     if os.environ.get(LATENTS_ENV) and not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
+        sys.excepthook = _recording(sys.excepthook)
+
+
+def _recording(previous: Any) -> Any:
+    """An excepthook that records the exception a torchrun rank dies of, then shows it."""
+
+    def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+        run_dir, rank = os.environ.get(RUN_DIR_ENV), os.environ.get("RANK")
+        if run_dir and rank is not None:
+            from wanctl.generate import RankStatus
+
+            RankStatus(Path(run_dir), int(rank), phase="the official generate.py").failed(error)
+        previous(kind, error, tb)
+
+    return hook
 
 
 def save_instead_of_decode(self: Any, zs: Sequence[Any]) -> list[Any]:

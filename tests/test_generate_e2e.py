@@ -1,0 +1,130 @@
+"""`wanctl generate` end to end on the CPU, real processes: the tiny model on two ranks over gloo
+(torchrun, Ulysses sampling, the latents saved, the decode split over both ranks), the same
+latents from one rank, a rank that dies named with its cause, and a failed decode that keeps
+the latents and gives the command that finishes the job."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from wanctl.cli import app
+from wanctl.errors import WanctlError
+from wanctl.generate import WORKER, DecodeFailed, GenerateOptions, prepare, run_generate
+from wanctl.latents import load_latents
+from wanctl.launch import LaunchSpec, RunResult, SubprocessRunner
+from wanctl.probe.local import LocalProbe
+
+FRAMES = 17
+TINY = ("--model", "tiny", "--device", "cpu", "--prompt", "a red fox", "--size", "64*64",
+        "--frames", str(FRAMES), "--steps", "3")  # fmt: skip
+# Runs the real worker, with one of its functions failing on rank 1 as a GPU out of memory would.
+FAILING_WORKER = """
+import os, sys
+import torch
+from wanctl.workers import generate as worker
+
+def out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+if os.environ["RANK"] == "1":
+    setattr(worker, os.environ["FAIL_FUNCTION"], out_of_memory)
+sys.exit(worker.main(sys.argv[1:]))
+"""
+
+
+@dataclasses.dataclass
+class FailingRank:
+    """Runs the launch with `wanctl.workers.generate` swapped for FAILING_WORKER."""
+
+    folder: Path
+    function: str
+
+    def run(self, spec: LaunchSpec) -> RunResult:
+        (self.folder / "failing_worker.py").write_text(FAILING_WORKER)
+        argv = tuple("failing_worker" if arg == WORKER else arg for arg in spec.argv)
+        env = {**spec.env, "PYTHONPATH": str(self.folder), "FAIL_FUNCTION": self.function}
+        return SubprocessRunner().run(dataclasses.replace(spec, argv=argv, env=env))
+
+
+def generate(cli: CliRunner, output: Path, *args: str):
+    return cli.invoke(app, ["generate", *TINY, "-o", str(output), *args, "--json"])
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("two-ranks") / "fox.mp4"
+    result = generate(CliRunner(), output, "--gpus", "2")
+    assert result.exit_code == 0, result.output
+    return output, json.loads(result.stdout)
+
+
+def test_two_ranks_write_every_frame_and_keep_the_latents(two_ranks: tuple[Path, dict]) -> None:
+    output, summary = two_ranks
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(output))
+    assert frames == FRAMES
+    reader = imageio_ffmpeg.read_frames(str(output))
+    assert next(reader)["size"] == (64, 64)
+    reader.close()
+    latents = load_latents(output.with_name("fox.latents.safetensors"))
+    assert latents.tensor.shape == (1, 48, 5, 4, 4) and latents.normalized
+    assert latents.frames == FRAMES and latents.fps == 24
+    assert dict(latents.source) == {"model": "tiny", "prompt": "a red fox", "seed": "42",
+                                    "steps": "3", "size": "64*64"}  # fmt: skip
+    assert summary["ranks"] == 2 and summary["frames"] == FRAMES and summary["device"] == "cpu"
+    assert summary["seconds_per_step"] > 0 and summary["decode_s"] > 0
+    assert [rank["rank"] for rank in summary["per_rank"]] == [0, 1]
+    assert sorted(p.name for p in output.parent.iterdir()) == ["fox.latents.safetensors",
+                                                               "fox.mp4"]  # fmt: skip
+
+
+def test_one_rank_samples_the_same_latents_as_two(
+    two_ranks: tuple[Path, dict], cli: CliRunner, tmp_path: Path
+) -> None:
+    result = generate(cli, tmp_path / "fox.mp4", "--gpus", "1")
+    assert result.exit_code == 0, result.output
+    one = load_latents(tmp_path / "fox.latents.safetensors").tensor
+    two = load_latents(two_ranks[0].with_name("fox.latents.safetensors")).tensor
+    torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
+
+
+def _plan(output: Path):
+    options = GenerateOptions(prompt="a red fox", output=output, size="64*64", frames=FRAMES,
+                              steps=2, gpus=2, model="tiny", device="cpu")  # fmt: skip
+    return prepare(options, probe=LocalProbe())
+
+
+def test_a_rank_that_dies_is_named_with_its_cause(tmp_path: Path) -> None:
+    plan = _plan(tmp_path / "fox.mp4")
+    with pytest.raises(WanctlError) as failed:
+        run_generate(plan, runner=FailingRank(tmp_path, "sample"))
+    error = failed.value
+    assert not isinstance(error, DecodeFailed)
+    assert error.message == "rank 1 failed during sampling: out of GPU memory"
+    assert "OutOfMemoryError: CUDA out of memory" in error.why and "wanctl tune" in error.fix
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["failing_worker.py"]
+
+
+def test_a_failed_decode_keeps_the_latents_and_gives_the_command_that_finishes(
+    tmp_path: Path, cli: CliRunner
+) -> None:
+    plan = _plan(tmp_path / "fox.mp4")
+    with pytest.raises(DecodeFailed) as failed:
+        run_generate(plan, runner=FailingRank(tmp_path, "decode_here"))
+    latents = tmp_path / "fox.latents.safetensors"
+    assert load_latents(latents).frames == FRAMES and not plan.paths.output.exists()
+    assert f"the sampled latents are kept in {latents}" in failed.value.message
+    command = failed.value.fix.removeprefix("finish the job with: ")
+    assert command == plan.decode_command
+    words = shlex.split(command)
+    assert words[:2] == ["wanctl", "decode"]
+    finished = cli.invoke(app, words[1:])
+    assert finished.exit_code == 0, finished.output
+    assert imageio_ffmpeg.count_frames_and_secs(str(plan.paths.output))[0] == FRAMES

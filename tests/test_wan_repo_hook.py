@@ -1,0 +1,157 @@
+"""`wanctl generate --backend wan-repo` against a fake Wan2.2 checkout written here: a
+`generate.py` that parses the official flags, records its arguments and environment, samples
+latents and calls `Wan2_2_VAE.decode` on rank 0 as the official one does, and a `wan` package
+whose own decode must never run. wanctl's hook saves the latents instead; wanctl then decodes
+them on every rank into the user's path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio_ffmpeg
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from wanctl.cli import app
+from wanctl.generate import HOOK_DIR, LATENTS_ENV, SOURCE_ENV
+from wanctl.latents import load_latents
+from wanctl.vae.load import TINY_CONFIG, random_vae
+
+FAKE_GENERATE = """
+import argparse, json, os
+import torch
+import torch.distributed as dist
+from wan.modules.vae2_2 import Wan2_2_VAE
+
+parser = argparse.ArgumentParser()
+for flag in ("--task", "--size", "--ckpt_dir", "--offload_model", "--prompt", "--image",
+             "--save_file"):
+    parser.add_argument(flag)
+for flag in ("--ulysses_size", "--frame_num", "--sample_steps", "--base_seed"):
+    parser.add_argument(flag, type=int)
+parser.add_argument("--sample_guide_scale", type=float)
+for flag in ("--convert_model_dtype", "--t5_cpu", "--dit_fsdp"):
+    parser.add_argument(flag, action="store_true")
+args = parser.parse_args()
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+if world > 1:
+    dist.init_process_group("gloo")
+if os.environ.get("FAKE_FAIL") and rank == 1:
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+if world > 1:
+    dist.barrier()  # as sampling's all-to-alls: rank 0 waits for rank 1 here
+keys = ("PYTHONPATH", "WANCTL_LATENTS", "WANCTL_LATENTS_SOURCE", "WANCTL_RUN_DIR",
+        "WAN_VAE_DECODE_CHUNK_T", "OMP_NUM_THREADS")
+record = {"argv": vars(args), "env": {k: os.environ.get(k) for k in keys}}
+width, height = (int(side) for side in args.size.split("*"))
+latent = torch.randn(48, (args.frame_num - 1) // 4 + 1, height // 16, width // 16,
+                     generator=torch.Generator().manual_seed(args.base_seed))
+if rank == 0:
+    video = Wan2_2_VAE().decode([latent])[0]
+    record["placeholder"] = list(video.shape)
+    torch.save(latent, os.environ["FAKE_RECORD"] + ".latent.pt")
+    with open(args.save_file, "wb") as placeholder:
+        placeholder.write(b"placeholder")
+    with open(os.environ["FAKE_RECORD"], "w") as out:
+        json.dump(record, out)
+if world > 1:
+    dist.barrier()
+"""
+FAKE_VAE = """
+class Wan2_2_VAE:
+    def decode(self, zs):
+        raise RuntimeError("the official decode ran: wanctl's hook did not take")
+"""
+FRAMES = 5
+
+
+@pytest.fixture
+def official(tmp_path: Path) -> tuple[Path, Path]:
+    """The fake checkout, and a checkpoint folder whose Wan2.2_VAE.pth holds the tiny decoder."""
+    repo, ckpt = tmp_path / "Wan2.2", tmp_path / "Wan2.2-TI2V-5B"
+    files = {repo / "generate.py": FAKE_GENERATE, repo / "wan/__init__.py": "",
+             repo / "wan/modules/__init__.py": "", repo / "wan/modules/vae2_2.py": FAKE_VAE,
+             ckpt / "config.json": "{}", ckpt / "models_t5_umt5-xxl-enc-bf16.pth": ""}  # fmt: skip
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    torch.save(random_vae(TINY_CONFIG).state_dict(), ckpt / "Wan2.2_VAE.pth")
+    return repo, ckpt
+
+
+def run(cli: CliRunner, official: tuple[Path, Path], output: Path, *args: str):
+    repo, ckpt = official
+    return cli.invoke(app, [
+        "generate", "--backend", "wan-repo", "--wan-repo", str(repo), "--ckpt-dir", str(ckpt),
+        "--device", "cpu", "--gpus", "2", "--size", "1280*704", "--frames", str(FRAMES),
+        "--steps", "2", "--seed", "3", "--prompt", "two cats box", "-o", str(output), *args,
+    ])  # fmt: skip
+
+
+def test_the_hooked_decode_saves_the_latents_and_wanctl_decodes_them_on_every_rank(
+    cli: CliRunner, official: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_RECORD", str(tmp_path / "record.json"))
+    output = tmp_path / "cats.mp4"
+    result = run(cli, official, output, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "record.json").read_text())
+    repo, ckpt = official
+    placeholder = tmp_path / ".cats.mp4.wanctl" / "official-placeholder.mp4"
+    assert record["argv"] == {
+        "task": "ti2v-5B", "size": "1280*704", "ckpt_dir": str(ckpt), "offload_model": "False",
+        "prompt": "two cats box", "image": None, "save_file": str(placeholder),
+        "ulysses_size": 2, "frame_num": FRAMES, "sample_steps": 2, "base_seed": 3,
+        "sample_guide_scale": None, "convert_model_dtype": True, "t5_cpu": True,
+        "dit_fsdp": False,
+    }  # fmt: skip
+    env = record["env"]
+    assert env["PYTHONPATH"].split(":")[0] == str(HOOK_DIR)
+    assert env[LATENTS_ENV] == str(tmp_path / "cats.latents.safetensors")
+    assert json.loads(env[SOURCE_ENV])["prompt"] == "two cats box"
+    assert env["WANCTL_RUN_DIR"] == str(placeholder.parent)
+    assert env["WAN_VAE_DECODE_CHUNK_T"] == "1" and env["OMP_NUM_THREADS"]
+    assert record["placeholder"] == [3, 1, 16, 16]
+
+    latents = load_latents(tmp_path / "cats.latents.safetensors")
+    sampled = torch.load(tmp_path / "record.json.latent.pt")
+    assert torch.equal(latents.tensor, sampled.unsqueeze(0)) and latents.normalized
+    assert dict(latents.source) == {"model": f"Wan2.2-ti2v-5B ({ckpt})", "prompt": "two cats box",
+                                    "seed": "3", "steps": "2", "size": "1280*704"}  # fmt: skip
+    assert imageio_ffmpeg.count_frames_and_secs(str(output))[0] == FRAMES
+    summary = json.loads(result.stdout)
+    assert summary["backend"] == "wan-repo" and len(summary["per_rank"]) == 2
+    assert not placeholder.parent.exists()
+
+
+def test_a_rank_of_the_official_code_that_dies_is_named_with_its_cause(
+    cli: CliRunner, official: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    result = run(cli, official, tmp_path / "cats.mp4", "--json")
+    assert result.exit_code == 1
+    assert "error: rank 1 failed during the official generate.py: out of GPU memory" in (
+        result.stderr
+    )
+    assert "why: rank 1: OutOfMemoryError: CUDA out of memory" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Wan2.2", "Wan2.2-TI2V-5B"]
+
+
+def test_the_sitecustomize_it_shadows_still_runs(tmp_path: Path) -> None:
+    """The hook's folder comes first on PYTHONPATH; a distribution's sitecustomize behind it
+    must still run, and without WANCTL_LATENTS nothing is hooked."""
+    (tmp_path / "sitecustomize.py").write_text("import builtins; builtins.SHADOWED_RAN = True\n")
+    code = (
+        "import builtins, sys; print(getattr(builtins, 'SHADOWED_RAN', False), "
+        "[type(f).__name__ for f in sys.meta_path if type(f).__name__ == '_Finder'])"
+    )
+    env = {"PYTHONPATH": f"{HOOK_DIR}:{tmp_path}", "PATH": ""}
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert shown.stdout.split() == ["True", "[]"], shown.stderr
+    hooked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**env, LATENTS_ENV: str(tmp_path / "l.safetensors")})  # fmt: skip
+    assert hooked.stdout.split() == ["True", "['_Finder']"], hooked.stderr
