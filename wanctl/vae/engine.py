@@ -52,6 +52,20 @@ class Halo(Protocol):
         ...
 
 
+def channels_last(ndim: int) -> torch.memory_format:
+    """The decode keeps every activation channels-last (NDHWC/NHWC in memory): cuDNN's fast
+    convolutions want it (contiguous inputs cost a transpose before and after each conv),
+    and the RMS norm over channels becomes a reduction over the innermost dimension."""
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
+def use_channels_last(module: nn.Module) -> None:
+    """Lay out `module`'s conv weights channels-last, in place (values unchanged)."""
+    for parameter in module.parameters():
+        if parameter.dim() in (4, 5):
+            parameter.data = parameter.data.contiguous(memory_format=channels_last(parameter.dim()))
+
+
 def framed(
     x: torch.Tensor, space: int, past: torch.Tensor | None = None, zeros: int = 0
 ) -> torch.Tensor:
@@ -63,7 +77,8 @@ def framed(
     *lead, height, width = x.shape
     if x.dim() == 5:
         lead[2] = zeros + sum(part.shape[2] for part in parts)
-    out = x.new_empty(*lead, height + 2 * space, width + 2 * space)
+    shape = (*lead, height + 2 * space, width + 2 * space)
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=channels_last(x.dim()))
     if space:
         for axis in (-2, -1):
             out.narrow(axis, 0, space).zero_()
@@ -119,6 +134,8 @@ class ChunkDecoder:
     def __init__(self, vae: AutoencoderKLWan, halo: Halo | None = None):
         self.vae = vae
         self.halo: Halo = halo or WholeFrame()
+        use_channels_last(vae.decoder)
+        use_channels_last(vae.post_quant_conv)
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -128,6 +145,7 @@ class ChunkDecoder:
         if first and z.shape[2] != 1:
             raise ValueError("the first chunk of a decode must be the first latent frame alone")
         decoder = self.vae.decoder
+        z = z.contiguous(memory_format=torch.channels_last_3d)
         x = self._causal_conv(self.vae.post_quant_conv, z, cache)
         x = self._causal_conv(decoder.conv_in, x, cache)
         mid = decoder.mid_block
@@ -195,8 +213,10 @@ class ChunkDecoder:
         if resample.mode == "upsample3d" and not first:
             x = self._causal_conv(resample.time_conv, x, cache)
             b, c2, t, h, w = x.shape
-            x = x.view(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5)
-            x = x.reshape(b, c2 // 2, 2 * t, h, w)
+            # channel k*c + i of input frame j is channel i of output frame 2j + k
+            pixels = x.permute(0, 2, 3, 4, 1).reshape(b, t, h, w, 2, c2 // 2)
+            pixels = pixels.permute(0, 1, 4, 2, 3, 5).reshape(b, 2 * t, h, w, c2 // 2)
+            x = pixels.permute(0, 4, 1, 2, 3)
         b, c, t, h, w = x.shape
         upsample, conv = cast(tuple[nn.Upsample, nn.Conv2d], tuple(resample.resample))
         # Nearest neighbour copies values: running it in x's dtype gives what WanUpsample's
@@ -207,13 +227,18 @@ class ChunkDecoder:
 
 
 def _norm_silu(norm: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
-    """SiLU(norm(x)) computed frame by frame into one output. The values are those of the
-    modules (both work pixel by pixel); the float32 copies WanRMS_norm makes of bf16 input are
-    then one frame big, not the whole chunk: they were the decode's peak."""
-    out = torch.empty_like(x)
-    for t in range(x.shape[2]):
-        out[:, :, t : t + 1] = F.silu(norm(x[:, :, t : t + 1]))
-    return out
+    """SiLU(norm(x)) for channels-last `x`: one fused RMS norm over the innermost dimension,
+    then SiLU in place. WanRMS_norm's `normalize(x) * sqrt(C) * gamma` is the RMS norm
+    `x / sqrt(mean(x**2)) * gamma`; its clamp of the L2 norm at 1e-12 becomes the epsilon
+    1e-24 / C on the mean. It reduces in float32 like WanRMS_norm, without its float32 copy
+    of the whole tensor."""
+    channels = x.shape[1]
+    pixels = x.permute(0, *range(2, x.dim()), 1)  # a view: x is channels-last
+    weight = norm.gamma.reshape(channels).to(x.dtype)
+    out = F.rms_norm(pixels, (channels,), weight, eps=1e-24 / channels)
+    if not isinstance(norm.bias, float):
+        out = out + norm.bias.reshape(channels)
+    return F.silu(out, inplace=True).permute(0, x.dim() - 1, *range(1, x.dim() - 1))
 
 
 def decode_chunks(
