@@ -2,9 +2,14 @@
 
 On a GPU (default): measures the text encoder, the DiT forward and the VAE decode at three sizes
 with torch's peak statistics (default allocator and expandable segments) and prints predicted
-against measured with the error; then prints the rows to add to `wanctl.memory.MEASUREMENTS`.
+against measured with the error; then prints the rows as a `measured_run(...)` block to paste
+into `wanctl.memory.MEASUREMENTS` (below the previous run's: a later row of the same
+configuration replaces an earlier one).
 
     python benchmarks/memory_model.py [--sizes 1280*704x121,...] [--phases sampling,decode]
+
+`--recorded` (no GPU): the model against the GPU rows in `MEASUREMENTS`, as a Markdown table
+with the largest error per phase; exits 1 beyond 10%.
 
 `--simulate "1x RTX 4090 24GB" "2x RTX 5090 32GB"`: caps this GPU at each card
 (`set_per_process_memory_fraction`) and runs the phases of 1280*704x121 (`--simulate-size`)
@@ -48,6 +53,7 @@ from wanctl.measure import (  # noqa: E402
     measure_plan,
     sampling_peak,
     text_encode_peak,
+    use_allocator,
 )
 from wanctl.memory import Card, Measurement, Settings, Workload  # noqa: E402
 from wanctl.models.configs import build_vae_decoder  # noqa: E402
@@ -83,8 +89,7 @@ def run_cases(
     results = []
     for expandable in [False, True] if meter.device == "cuda" else [False]:
         if meter.device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.memory._set_allocator_settings(f"expandable_segments:{expandable}")
+            use_allocator(expandable)
         base = Settings(offload=True, expandable_segments=expandable)
         with meter.session():
             models = Models(vae=meter.build(lambda: build_vae_decoder("meta", torch.bfloat16)))
@@ -109,16 +114,15 @@ def predict_phase(workload: Workload, settings: Settings, name: str) -> memory.P
     return next(p for p in memory.phases(workload, settings) if p.name == name)
 
 
-def compare(results: list[tuple[Workload, Settings, Peak]], method: str) -> list[Measurement]:
+def compare(results: list[tuple[Workload, Settings, Peak]], method: str) -> list[memory.Row]:
+    """Print predicted against measured; return the rows to record."""
     table = Table(title=f"memory model vs {method} (GiB, one GPU)")
     for column in ("phase", "size", "setting", "alloc pred", "alloc meas", "err"):
         table.add_column(column, justify="right")
     if method == "cuda":
         for column in ("reserved pred", "reserved meas", "err"):
             table.add_column(column, justify="right")
-    rows = []
-    today = datetime.date.today().isoformat()
-    device = torch.cuda.get_device_name() if method == "cuda" else "CPU, fake tensors"
+    rows: list[memory.Row] = []
     for workload, settings, peak in results:
         predicted = predict_phase(workload, settings, peak.phase)
         decoding = peak.phase == "decode"
@@ -140,40 +144,101 @@ def compare(results: list[tuple[Workload, Settings, Peak]], method: str) -> list
                 error(predicted.reserved_gib, peak.reserved_gib) if predicted else "-",
             ]
         table.add_row(*cells)
-        rows.append(
-            Measurement(
-                phase=peak.phase,
-                width=workload.width if peak.phase != "text_encode" else 0,
-                height=workload.height if peak.phase != "text_encode" else 0,
-                frames=workload.frames if peak.phase != "text_encode" else 0,
-                ranks=1,
-                chunk_t=settings.chunk_t if decoding else 0,
-                dtype=settings.decode_dtype if decoding else "bf16",
-                expandable=settings.expandable_segments,
-                allocated_gib=round(peak.allocated_gib, 3),
-                reserved_gib=None if peak.reserved_gib is None else round(peak.reserved_gib, 3),
-                weights_gib=round(peak.weights_gib, 3),
-                method=method,
-                device=device,
-                versions=versions(),
-                date=today,
-                source="benchmarks/memory_model.py" + (" --trace" if method == "trace" else ""),
-                decoder=settings.decoder if decoding else "diffusers",
-            )
-        )
+        sized = peak.phase != "text_encode"
+        rows.append((
+            peak.phase,
+            workload.width if sized else 0,
+            workload.height if sized else 0,
+            workload.frames if sized else 0,
+            1,
+            settings.chunk_t if decoding else 0,
+            settings.decode_dtype if decoding else "bf16",
+            settings.expandable_segments,
+            settings.decoder if decoding else "diffusers",
+            round(peak.allocated_gib, 3),
+            None if peak.reserved_gib is None else round(peak.reserved_gib, 3),
+            round(peak.weights_gib, 3),
+        ))  # fmt: skip
     console.print(table)
     return rows
 
 
-def context_row(context_gib: float) -> Measurement:
-    return Measurement(
-        "context", 0, 0, 0, 1, 0, "bf16", False, round(context_gib, 3), None, 0.0, "cuda",
-        torch.cuda.get_device_name(), versions(), datetime.date.today().isoformat(),
-        "benchmarks/memory_model.py: torch.cuda.mem_get_info() after initialisation",
-    )  # fmt: skip
+def print_block(
+    rows: list[memory.Row],
+    device: str,
+    method: str,
+    context: tuple[float, float] | None = None,
+) -> None:
+    """The rows as a `measured_run(...)` block for `wanctl.memory.MEASUREMENTS`: paste it
+    below the previous run's block (a later row of the same configuration replaces an earlier
+    one) or in its place."""
+    print("    # rows for wanctl.memory.MEASUREMENTS")
+    print("    *measured_run(")
+    for value in (device, versions(), datetime.date.today().isoformat()):
+        print(f"        {value!r},".replace("'", '"'))
+    if method != "cuda":
+        print(f'        method="{method}",')
+        print('        source="benchmarks/memory_model.py --trace",')
+    if context:
+        print(f"        context_gib={context[0]:.3f},")
+        print(f"        context_after_gib={context[1]:.3f},")
+    print("        rows=(")
+    print("            # phase, width, height, frames, ranks, chunk_t, dtype, expandable, decoder,")
+    print("            # allocated, reserved, weights (GiB)")
+    for row in rows:
+        print("            (" + ", ".join(repr(v).replace("'", '"') for v in row) + "),")
+    print("        ),")
+    print("    ),")
 
 
-def trace_ulysses(degrees: tuple[int, ...] = (1, 2, 4)) -> list[Measurement]:
+def recorded() -> int:
+    """No GPU: the model against the GPU rows recorded in `MEASUREMENTS` (the rows in effect),
+    as a Markdown table (allocated is the same under both allocators: the default one's is
+    shown), and the largest error per phase and decode setting. Exit 1 beyond 10%."""
+    rows = [
+        m
+        for m in memory.in_effect(memory.MEASUREMENTS)
+        if m.method == "cuda" and m.phase in memory.PHASES
+    ]
+    setups: dict[tuple[object, ...], dict[bool, Measurement]] = {}
+    for m in rows:
+        setups.setdefault((m.phase, m.width, m.height, m.frames, m.decoder, m.chunk_t), {})[
+            m.expandable
+        ] = m
+    print(
+        "| phase | size | decoder, chunk_t | allocated | reserved, default allocator "
+        "| reserved, expandable segments |"
+    )
+    print("|---|---|---|---|---|---|")
+    worst: dict[str, float] = {}
+    for (phase, width, height, frames, decoder, chunk_t), modes in setups.items():
+        name = f"{phase} ({decoder}, chunk_t {chunk_t})" if phase == "decode" else str(phase)
+        cells = {}
+        for expandable, m in modes.items():
+            workload, settings = memory.setup_of(m)
+            predicted = next(p for p in memory.phases(workload, settings) if p.name == phase)
+            for figure, value, measured in (
+                ("allocated", predicted.allocated_gib, m.allocated_gib),
+                ("reserved", predicted.reserved_gib, m.reserved_gib),
+            ):
+                if measured is None:
+                    continue
+                worst[name] = max(worst.get(name, 0.0), abs(value / measured - 1))
+                cell = f"{value:.2f} / {measured:.2f} ({error(value, measured)})"
+                cells.setdefault((figure, expandable), cell)
+        size = f"{width}*{height}x{frames}" if phase != "text_encode" else "512 tokens"
+        setting = f"{decoder}, {chunk_t}" if phase == "decode" else ""
+        allocated = cells.get(("allocated", False)) or cells.get(("allocated", True), "-")
+        reserved = [cells.get(("reserved", mode), "-") for mode in (False, True)]
+        print(f"| {phase} | {size} | {setting} | {allocated} | " + " | ".join(reserved) + " |")
+    print()
+    print("GPU rows: " + "; ".join(sorted({f"{m.device} ({m.versions}, {m.date})" for m in rows})))
+    for name, err in worst.items():
+        print(f"largest error, {name}: {100 * err:.1f}%")
+    return 0 if max(worst.values()) <= 0.10 else 1
+
+
+def trace_ulysses(degrees: tuple[int, ...] = (1, 2, 4)) -> list[memory.Row]:
     """The DiT forward at 1280*704x121 (27,280 tokens, which every degree divides: diffusers
     shards the sequence only in equal parts) traced under diffusers' Ulysses over a fake
     process group, one rank's view. diffusers 0.42.1 divides by
@@ -190,7 +255,7 @@ def trace_ulysses(degrees: tuple[int, ...] = (1, 2, 4)) -> list[Measurement]:
     torch.accelerator.device_count = lambda: 1
     workload = Workload(1280, 704, 121, 1)
     meter = TraceMeter()
-    rows = []
+    rows: list[memory.Row] = []
     for degree in degrees:
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=degree)
         dit: Any = build_dit("meta", torch.bfloat16)
@@ -203,14 +268,10 @@ def trace_ulysses(degrees: tuple[int, ...] = (1, 2, 4)) -> list[Measurement]:
             run, _ = dit_run(placed, workload, "cpu")  # the whole latent: diffusers splits it
             weights, allocated, _ = meter.peak([placed], run)
         dist.destroy_process_group()
-        rows.append(
-            Measurement(
-                "sampling", workload.width, workload.height, workload.frames, degree, 0, "bf16",
-                False, round(allocated, 3), None, round(weights, 3), "trace",
-                "CPU, fake tensors, fake process group", versions(),
-                datetime.date.today().isoformat(), "benchmarks/memory_model.py --trace",
-            )
-        )  # fmt: skip
+        rows.append((
+            "sampling", workload.width, workload.height, workload.frames, degree, 0, "bf16",
+            False, "diffusers", round(allocated, 3), None, round(weights, 3),
+        ))  # fmt: skip
         console.print(f"Ulysses {degree}: activations {allocated - weights:.3f} GiB per rank")
     return rows
 
@@ -262,6 +323,9 @@ def main() -> int:
     parser.add_argument("--trace", action="store_true", help="fake tensors on the CPU")
     parser.add_argument("--simulate", nargs="*", metavar="RIG", help='e.g. "2x RTX 5090 32GB"')
     parser.add_argument("--simulate-size", default="1280*704x121", help="the run to simulate")
+    parser.add_argument(
+        "--recorded", action="store_true", help="no GPU: the model against MEASUREMENTS' GPU rows"
+    )
     args = parser.parse_args()
     workloads = [parse_workload(text) for text in args.sizes.split(",")]
     phases = args.phases.split(",")
@@ -270,18 +334,20 @@ def main() -> int:
     if args.simulate:
         target = parse_workload(args.simulate_size)
         return 0 if all([simulate(rig, target) for rig in args.simulate]) else 1
+    if args.recorded:
+        return recorded()
     if args.trace:
-        rows = compare(run_cases(TraceMeter(), workloads, phases, chunk_ts), "trace")
+        print_block(compare(run_cases(TraceMeter(), workloads, phases, chunk_ts), "trace"),
+                    "CPU, fake tensors", "trace")  # fmt: skip
         if "sampling" in phases:
-            rows += trace_ulysses()
-    else:
-        context = cuda_context_gib()
-        console.print(f"{torch.cuda.get_device_name()}: CUDA context {context:.2f} GiB")
-        rows = [context_row(context)]
-        rows += compare(run_cases(CudaMeter(), workloads, phases, chunk_ts), "cuda")
-    console.print("# rows for wanctl.memory.MEASUREMENTS")
-    for row in rows:
-        print(f"    {row!r},")
+            print_block(trace_ulysses(), "CPU, fake tensors, fake process group", "trace")
+        return 0
+    context = cuda_context_gib()
+    console.print(f"{torch.cuda.get_device_name()}: CUDA context {context:.2f} GiB")
+    rows = compare(run_cases(CudaMeter(), workloads, phases, chunk_ts), "cuda")
+    after = cuda_context_gib()  # once the phases' kernels are loaded
+    console.print(f"CUDA context after the phases {after:.2f} GiB")
+    print_block(rows, torch.cuda.get_device_name(), "cuda", (context, after))
     return 0
 
 

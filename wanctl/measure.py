@@ -296,6 +296,8 @@ def text_encode_peak(meter: Meter, models: Models) -> Peak:
     peak = _timed(meter, "text_encode", [encoder, *models.held()], run, f"{TEXT_TOKENS} tokens")
     del encoder, run
     gc.collect()
+    if meter.device == "cuda":  # as a run does (workers/generate.py) before loading the DiT,
+        torch.cuda.empty_cache()  # whose weights would otherwise fill the encoder's segments
     return peak
 
 
@@ -358,6 +360,13 @@ def cuda_context_gib() -> float:
     return (total - free - torch.cuda.memory_reserved()) / GIB
 
 
+def use_allocator(expandable: bool) -> None:
+    """Measure under the allocator setting a plan exports (`PYTORCH_CUDA_ALLOC_CONF`), not the
+    one this process started with: expandable segments on or off from here on."""
+    torch.cuda.empty_cache()
+    torch.cuda.memory._set_allocator_settings(f"expandable_segments:{expandable}")
+
+
 def simulate_card(card_gib: float, outside_gib: float) -> float:
     """Cap the caching allocator at what a `card_gib` card leaves it (`outside_gib` going to
     the CUDA context and NCCL), and return the fraction set."""
@@ -381,8 +390,8 @@ class MeasuredPlan:
 
 
 def measure_plan(plan: MemoryPlan) -> MeasuredPlan:
-    """Run the plan's phases on this GPU (as the plan's card when this GPU is larger) and
-    search the largest chunk_t that still runs."""
+    """Run the plan's phases on this GPU (as the plan's card when this GPU is larger), under
+    the plan's allocator setting, and search the largest chunk_t that still runs."""
     if not torch.cuda.is_available():
         raise WanctlError(
             "--measure needs a CUDA GPU",
@@ -400,6 +409,7 @@ def measure_plan(plan: MemoryPlan) -> MeasuredPlan:
     if simulated:  # NCCL's buffers would take their share on a rig of several GPUs
         nccl = coefficients().nccl_gib if plan.workload.gpus > 1 else 0.0
         simulate_card(plan.card.gib, context + nccl)
+    use_allocator(plan.settings.expandable_segments)
     meter = CudaMeter()
     peaks, models = measure_phases(meter, plan.workload, plan.settings)
     return MeasuredPlan(
