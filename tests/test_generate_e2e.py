@@ -13,6 +13,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from wanctl.cli import app
@@ -128,3 +129,19 @@ def test_a_failed_decode_keeps_the_latents_and_gives_the_command_that_finishes(
     finished = cli.invoke(app, words[1:])
     assert finished.exit_code == 0, finished.output
     assert imageio_ffmpeg.count_frames_and_secs(str(plan.paths.output))[0] == FRAMES
+
+
+def test_an_image_fixes_the_first_frame_whatever_the_seed(cli: CliRunner, tmp_path: Path) -> None:
+    """TI2V image to video: the first latent frame is the encoded image, the rest is sampled."""
+    image = tmp_path / "cat.png"
+    pixels = torch.randint(0, 256, (64, 64, 3), generator=torch.Generator().manual_seed(1))
+    Image.fromarray(pixels.to(torch.uint8).numpy()).save(image)
+    latents = []
+    for seed in ("1", "2"):
+        output = tmp_path / f"cat{seed}.mp4"
+        result = generate(cli, output, "--gpus", "1", "--image", str(image), "--seed", seed)
+        assert result.exit_code == 0, result.output
+        latents.append(load_latents(output.with_name(f"cat{seed}.latents.safetensors")).tensor)
+    first, second = latents
+    assert torch.equal(first[:, :, 0], second[:, :, 0])
+    assert not torch.allclose(first[:, :, 1:], second[:, :, 1:])

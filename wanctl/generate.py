@@ -746,7 +746,7 @@ def _finish_diffusers(plan: GeneratePlan, result: RunResult, start: float) -> Ge
         text_encode_s=seconds["text_encode"],
         load_s=seconds["load"],
         sampling_s=sum(steps),
-        decode_s=seconds["decode"],
+        decode_s=seconds["vae_decode"],
         per_rank=[
             RankFigures(r["rank"], r["peak_allocated_gib"], r["peak_reserved_gib"]) for r in ranks
         ],

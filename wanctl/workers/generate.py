@@ -46,6 +46,7 @@ from wanctl.render import err_console
 from wanctl.vae.fallback import DecodePlan
 from wanctl.vae.job import DTYPES, DecodeOptions, decode_here
 from wanctl.vae.parallel import RowSplit
+from wanctl.vae.stream import StreamResult
 
 GIB = 2**30
 # Failures with a cause to name (out of memory, NCCL or gloo errors and timeouts, a user error);
@@ -144,7 +145,9 @@ def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> R
             save_latents(args.latents, latents)
         dist.barrier()
     with phase("decode", status, result, device):
-        decode(args, latents, device)
+        decoded = decode(args, latents, device)
+        if decoded is not None:  # the decode itself, without loading the VAE
+            result.seconds["vae_decode"] = decoded.seconds
     return result
 
 
@@ -205,18 +208,18 @@ def latents_of(tensor: torch.Tensor, args: argparse.Namespace, model: WanModel) 
     return Latents(tensor.cpu(), normalized=True, fps=FPS, source=source)
 
 
-def decode(args: argparse.Namespace, latents: Latents, device: torch.device) -> None:
+def decode(args: argparse.Namespace, latents: Latents, device: torch.device) -> StreamResult | None:
     """The first `--decode-ranks` ranks decode, split by rows; the others only wait."""
     ranks = args.decode_ranks
     group = dist.new_group(list(range(ranks))) if ranks < dist.get_world_size() else None
     if dist.get_rank() >= ranks:
-        return
+        return None
     options = DecodeOptions(
         args.latents, args.output, args.vae, device.type, args.decode_dtype, args.chunk_t, ranks
     )
     plan = DecodePlan(ranks, args.chunk_t, device.type, args.decode_dtype)
     split = RowSplit.for_latents(latents.tensor.shape, group) if ranks > 1 else None
-    decode_here(options, latents, plan, split, device)
+    return decode_here(options, latents, plan, split, device)
 
 
 def enable_ulysses(transformer: Any, degree: int) -> None:
