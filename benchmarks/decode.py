@@ -18,6 +18,7 @@ wanctl is compared, chunk by chunk, with diffusers' output.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from rich.table import Table
 from wanctl.vae.engine import decode_chunks
 from wanctl.vae.job import DTYPES
 from wanctl.vae.load import load_vae
-from wanctl.vae.writers import to_uint8
+from wanctl.vae.writers import frames_behind, to_uint8
 
 GIB = 2**30
 
@@ -50,6 +51,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--chunk-t", type=int, default=1, help="wanctl latent frames per call.")
     parser.add_argument("--vae", default="synthetic", help="synthetic, tiny, or a VAE path.")
+    parser.add_argument(
+        "--psnr",
+        action="store_true",
+        help="Also decode with diffusers in float32 without TF32, and report both sides' PSNR "
+        "against it (peak-to-peak 2: pixels in [-1, 1]).",
+    )
     parser.add_argument(
         "--check-only",
         action="store_true",
@@ -93,11 +100,31 @@ def measure(device: torch.device, work: Callable[[], object]) -> tuple[Run, obje
     return Run(seconds, *peaks), value
 
 
+def float32_reference(args: argparse.Namespace, z: torch.Tensor) -> torch.Tensor:
+    """diffusers' decode in float32 with TF32 off, on the host: the reference for PSNR."""
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    vae = load_vae(args.vae, device=args.device, dtype=torch.float32)
+    with torch.inference_mode():
+        video = vae.decode(z.to(args.device)).sample.cpu()
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    del vae
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return video
+
+
+def psnr(squared_error: float, count: int) -> float:
+    """dB, for pixels in [-1, 1] (peak-to-peak 2)."""
+    return 10 * math.log10(4 / max(squared_error / count, 1e-30))
+
+
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
-    vae = load_vae(args.vae, device=device, dtype=DTYPES[args.dtype])
     z = latents(args.size, args.frames)
+    exact = float32_reference(args, z) if args.psnr else None
+    vae = load_vae(args.vae, device=device, dtype=DTYPES[args.dtype])
     console = Console()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     console.print(f"{args.vae} VAE, latents {tuple(z.shape)}, {args.dtype} on {name}")
@@ -111,19 +138,30 @@ def main() -> None:
     assert isinstance(output, torch.Tensor)
     reference = output.float().cpu()
     del output
+    errors = {"wanctl": 0.0}
+    if exact is not None:
+        errors["diffusers"] = (reference - exact).double().pow(2).sum().item()
 
     frames = args.frames
     video = np.empty((frames, *reference.shape[-2:], 3), np.uint8)
 
     def wanctl_decode(compare: bool = False) -> float:
         start, worst = 0, 0.0
-        for pixels in decode_chunks(vae, z, chunk_t=args.chunk_t):
-            stop = start + pixels.shape[2]
-            video[start:stop] = to_uint8(pixels)
-            if compare:
-                expected = reference[:, :, start:stop]
-                worst = max(worst, (pixels.float().cpu() - expected).abs().max().item())
-            start = stop
+        chunks = decode_chunks(vae, z, chunk_t=args.chunk_t)
+        if compare:  # compare each chunk's floats; the timed run streams as `wanctl decode` does
+            for pixels in chunks:
+                stop = start + pixels.shape[2]
+                video[start:stop] = to_uint8(pixels)
+                chunk = pixels.float().cpu()
+                worst = max(worst, (chunk - reference[:, :, start:stop]).abs().max().item())
+                if exact is not None:
+                    difference = chunk - exact[:, :, start:stop]
+                    errors["wanctl"] += difference.double().pow(2).sum().item()
+                start = stop
+        for block in () if compare else frames_behind(chunks):
+            assert block is not None
+            video[start : start + len(block)] = block
+            start += len(block)
         assert start == frames, f"wanctl gave {start} frames, expected {frames}"
         return worst
 
@@ -131,6 +169,11 @@ def main() -> None:
     wanctl_run, _ = measure(device, wanctl_decode)
     levels = np.abs(video.astype(np.int16) - to_uint8(reference).astype(np.int16))
     render(console, args, reference_run, wanctl_run, float_diff, levels)
+    for side, error in errors.items() if exact is not None else ():
+        console.print(
+            f"PSNR {side} {args.dtype} vs diffusers float32 (no TF32): "
+            f"{psnr(error, exact.numel()):.1f} dB"
+        )
 
 
 def render(

@@ -37,10 +37,17 @@ def profile_chunk(height: int, width: int) -> None:
     decoder.decode(z[:, :, 1:2], cache)
     torch.cuda.synchronize()
     print(f"steady chunk: {timed(lambda: decoder.decode(z[:, :, 2:3], cache), 3):.1f} ms")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
         decoder.decode(z[:, :, 3:4], cache)
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    table = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cuda_time_total",
+        row_limit=30,
+        max_name_column_width=40,
+        max_shapes_column_width=60,
+    )
+    print(table)
 
 
 def conv_layouts(height: int, width: int) -> None:
@@ -54,13 +61,17 @@ def conv_layouts(height: int, width: int) -> None:
     for cin, cout, t, h, w in cases:
         weight = torch.randn(cout, cin, 3, 3, 3, device="cuda", dtype=torch.bfloat16)
         x = torch.randn(1, cin, t + 2, h + 2, w + 2, device="cuda", dtype=torch.bfloat16)
-        x_cl, w_cl = (x.to(memory_format=torch.channels_last_3d),
-                      weight.to(memory_format=torch.channels_last_3d))
+        x_cl, w_cl = (
+            x.to(memory_format=torch.channels_last_3d),
+            weight.to(memory_format=torch.channels_last_3d),
+        )
         flops = 2 * cin * cout * 27 * t * h * w
-        plain = timed(lambda: F.conv3d(x, weight))
-        last = timed(lambda: F.conv3d(x_cl, w_cl))
-        print(f"{cin}->{cout} t{t} {h}x{w}: {plain:.2f} / {last:.2f}  "
-              f"({flops / plain / 1e9:.0f} / {flops / last / 1e9:.0f} TFLOP/s)")
+        plain = timed(lambda x=x, weight=weight: F.conv3d(x, weight))
+        last = timed(lambda x_cl=x_cl, w_cl=w_cl: F.conv3d(x_cl, w_cl))
+        print(
+            f"{cin}->{cout} t{t} {h}x{w}: {plain:.2f} / {last:.2f}  "
+            f"({flops / plain / 1e9:.0f} / {flops / last / 1e9:.0f} TFLOP/s)"
+        )
 
 
 def main() -> None:

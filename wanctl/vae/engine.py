@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.autoencoders.autoencoder_kl_wan import (
     AutoencoderKLWan,
+    DupUp3D,
     WanAttentionBlock,
     WanCausalConv3d,
     WanResample,
@@ -39,12 +40,10 @@ from torch import nn
 class Halo(Protocol):
     """How a process sees beyond its part of the frame."""
 
-    def frame(
-        self, x: torch.Tensor, space: int, past: torch.Tensor | None = None, zeros: int = 0
-    ) -> torch.Tensor:
-        """A new tensor: `x` (..., H, W) with a border of `space` on every side (the
-        neighbours' rows where the frame goes on, zeros at its edge) and, for 5-D `x`, `zeros`
-        zero frames then the frames `past` in front of it along time."""
+    def frame(self, x: torch.Tensor, space: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """`x` (..., H, W) with what a convolution of spatial padding `space` needs beyond it:
+        the input to convolve and the zero padding (rows, columns) the convolution adds itself
+        (cuDNN pads for free; a copy into a bordered buffer costs a pass over the tensor)."""
         ...
 
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,42 +65,23 @@ def use_channels_last(module: nn.Module) -> None:
             parameter.data = parameter.data.contiguous(memory_format=channels_last(parameter.dim()))
 
 
-def framed(
-    x: torch.Tensor, space: int, past: torch.Tensor | None = None, zeros: int = 0
-) -> torch.Tensor:
-    """[zeros, past, x] along time (5-D), inside a zero border of `space`: one allocation,
-    written once, where cat then pad would make two copies of the decode's largest tensors."""
-    if not space and not zeros and past is None:
+def in_time(x: torch.Tensor, past: torch.Tensor | None, zeros: int) -> torch.Tensor:
+    """[`zeros` zero frames, `past`, `x`] along time: the stream a causal conv sees."""
+    parts = [] if past is None else [past]
+    if zeros:
+        shape = (*x.shape[:2], zeros, *x.shape[3:])
+        blank = x.new_zeros(shape).contiguous(memory_format=torch.channels_last_3d)
+        parts.insert(0, blank)
+    if not parts:
         return x
-    parts = [x] if past is None else [past, x]
-    *lead, height, width = x.shape
-    if x.dim() == 5:
-        lead[2] = zeros + sum(part.shape[2] for part in parts)
-    shape = (*lead, height + 2 * space, width + 2 * space)
-    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=channels_last(x.dim()))
-    if space:
-        for axis in (-2, -1):
-            out.narrow(axis, 0, space).zero_()
-            out.narrow(axis, out.shape[axis] - space, space).zero_()
-    inside = out[..., space : space + height, space : space + width]
-    if x.dim() != 5:
-        inside.copy_(x)
-        return out
-    inside[:, :, :zeros].zero_()
-    start = zeros
-    for part in parts:
-        inside[:, :, start : start + part.shape[2]].copy_(part)
-        start += part.shape[2]
-    return out
+    return torch.cat([*parts, x], dim=2)
 
 
 class WholeFrame:
     """The `Halo` of a process that holds whole frames: zeros all round, nothing to gather."""
 
-    def frame(
-        self, x: torch.Tensor, space: int, past: torch.Tensor | None = None, zeros: int = 0
-    ) -> torch.Tensor:
-        return framed(x, space, past, zeros)
+    def frame(self, x: torch.Tensor, space: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        return x, (space, space)
 
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -163,15 +143,15 @@ class ChunkDecoder:
         self, conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache
     ) -> torch.Tensor:
         """One causal conv step: the frames this conv saw last (zeros at the start of the
-        stream) in front of `x`, the border from the halo, the new last frames kept, convolve."""
+        stream) in front of `x`, the new last frames kept, the border from the halo."""
         keep, space = int(conv._padding[4]), int(conv._padding[0])  # (w, w, h, h, t, 0)
-        if not keep:
-            return F.conv3d(self.halo.frame(x, space), conv.weight, conv.bias, conv.stride)
-        past = cache.tails.get(conv)
-        stream = self.halo.frame(x, space, past, zeros=keep if past is None else 0)
-        height, width = stream.shape[-2] - space, stream.shape[-1] - space
-        cache.tails[conv] = stream[:, :, -keep:, space:height, space:width].clone()
-        return F.conv3d(stream, conv.weight, conv.bias, conv.stride)
+        if keep:
+            past = cache.tails.get(conv)
+            x = in_time(x, past, zeros=keep if past is None else 0)
+            cache.tails[conv] = x[:, :, -keep:].clone()
+        stream, (rows, columns) = self.halo.frame(x, space)
+        out = F.conv3d(stream, conv.weight, None, conv.stride, (0, rows, columns))
+        return add_bias(out, conv.bias)
 
     def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """norm, SiLU, conv, norm, SiLU, conv, plus the shortcut (dropout is off at inference)."""
@@ -202,7 +182,7 @@ class ChunkDecoder:
         if block.upsampler is not None:
             x = self._upsample(block.upsampler, x, cache, first)
         if shortcut_input is not None:
-            x = x.add_(block.avg_shortcut(shortcut_input, first_chunk=first))
+            x = x.add_(dup_up(block.avg_shortcut, shortcut_input, first))
         return x
 
     def _upsample(
@@ -214,7 +194,7 @@ class ChunkDecoder:
             x = self._causal_conv(resample.time_conv, x, cache)
             b, c2, t, h, w = x.shape
             # channel k*c + i of input frame j is channel i of output frame 2j + k
-            pixels = x.permute(0, 2, 3, 4, 1).reshape(b, t, h, w, 2, c2 // 2)
+            pixels = pixels_last(x).reshape(b, t, h, w, 2, c2 // 2)
             pixels = pixels.permute(0, 1, 4, 2, 3, 5).reshape(b, 2 * t, h, w, c2 // 2)
             x = pixels.permute(0, 4, 1, 2, 3)
         b, c, t, h, w = x.shape
@@ -222,8 +202,35 @@ class ChunkDecoder:
         # Nearest neighbour copies values: running it in x's dtype gives what WanUpsample's
         # float32 round trip gives, without the float32 copies (the decode's largest tensors).
         frames = nn.Upsample.forward(upsample, x.transpose(1, 2).reshape(b * t, c, h, w))
-        frames = F.conv2d(self.halo.frame(frames, int(conv.padding[0])), conv.weight, conv.bias)
+        frames, padding = self.halo.frame(frames, int(conv.padding[0]))
+        frames = add_bias(F.conv2d(frames, conv.weight, None, padding=padding), conv.bias)
         return frames.view(b, t, *frames.shape[1:]).transpose(1, 2)
+
+
+def pixels_last(x: torch.Tensor) -> torch.Tensor:
+    """The (N, [T,] H, W, C) view of a channels-last (N, C, [T,] H, W) tensor: dense, channels
+    innermost, so per-channel operands broadcast along the contiguous dimension."""
+    return x.permute(0, *range(2, x.dim()), 1)
+
+
+def add_bias(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A convolution's bias, added in place along the innermost dimension: cuDNN leaves it to
+    a broadcast over (N, C, T, H, W), which runs a strided kernel on channels-last memory."""
+    if bias is not None:
+        pixels_last(x).add_(bias)
+    return x
+
+
+def dup_up(shortcut: DupUp3D, x: torch.Tensor, first: bool) -> torch.Tensor:
+    """DupUp3D on channels-last `x`: each input channel repeated, the copies spread over time
+    (factor_t) and space (factor_s), the first chunk's leading frames dropped. Same values as
+    the module, whose contiguous layout would cost two strided copies of the largest tensors."""
+    b, _, t, h, w = x.shape
+    ft, fs, channels = shortcut.factor_t, shortcut.factor_s, shortcut.out_channels
+    pixels = pixels_last(x).repeat_interleave(shortcut.repeats, dim=-1)
+    pixels = pixels.view(b, t, h, w, channels, ft, fs, fs).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    out = pixels.reshape(b, t * ft, h * fs, w * fs, channels).permute(0, 4, 1, 2, 3)
+    return out[:, :, ft - 1 :] if first else out
 
 
 def _norm_silu(norm: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
@@ -233,7 +240,7 @@ def _norm_silu(norm: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
     1e-24 / C on the mean. It reduces in float32 like WanRMS_norm, without its float32 copy
     of the whole tensor."""
     channels = x.shape[1]
-    pixels = x.permute(0, *range(2, x.dim()), 1)  # a view: x is channels-last
+    pixels = pixels_last(x)
     weight = norm.gamma.reshape(channels).to(x.dtype)
     out = F.rms_norm(pixels, (channels,), weight, eps=1e-24 / channels)
     if not isinstance(norm.bias, float):

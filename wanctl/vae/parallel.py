@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from wanctl.errors import UsageError
-from wanctl.vae.engine import framed
+from wanctl.vae.engine import channels_last
 
 
 def split_sizes(length: int, parts: int) -> list[int]:
@@ -80,15 +80,15 @@ class RowSplit:
         """This rank's slab of latents (..., h, w)."""
         return z.narrow(self.dim, self.start, self.sizes[self.rank])
 
-    def frame(
-        self, x: torch.Tensor, space: int, past: torch.Tensor | None = None, zeros: int = 0
-    ) -> torch.Tensor:
-        """`Halo.frame`: zeros all round, then the rows along the split side replaced by the
-        neighbours' (the first and last rank keep zeros at the frame's edge)."""
-        out = framed(x, space, past, zeros)
-        if space:
-            self._exchange(out, space)
-        return out
+    def frame(self, x: torch.Tensor, space: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """`Halo.frame`: the neighbours' `space` edge rows joined on both sides of the slab
+        along the split (zeros at the frame's real edge); the convolution pads the other side."""
+        if not space:
+            return x, (0, 0)
+        axis = x.dim() + self.dim
+        before, after = self._exchange(x, space)
+        slab = torch.cat([before, x, after], dim=axis)
+        return slab, ((0, space) if self.dim == -2 else (space, 0))
 
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """`Halo.gather_tokens`: all ranks' tokens (B, 1, n_r, C), concatenated in rank order."""
@@ -115,27 +115,26 @@ class RowSplit:
         slabs = [p.narrow(axis, 0, n) for p, n in zip(parts, counts, strict=True)]
         return torch.cat(slabs, dim=axis)
 
-    def _exchange(self, out: torch.Tensor, rows: int) -> None:
-        """Fill the `rows` border rows of `out` along the split with the neighbours' edge rows
-        (over every frame and the whole unsplit side, corners included), in place."""
-        axis = out.dim() + self.dim
-        length = out.shape[axis]
-        ops, received = [], []
-        for peer, edge, border in (
-            (self.rank - 1, rows, 0),
-            (self.rank + 1, length - 2 * rows, length - rows),
-        ):
+    def _exchange(self, x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `rows` rows beyond each end of this slab along the split: the neighbours' edge
+        rows, or zeros at the frame's edge."""
+        axis = x.dim() + self.dim
+        ops = []
+        halves = []
+        for peer, edge in ((self.rank - 1, 0), (self.rank + 1, x.shape[axis] - rows)):
+            sent = x.narrow(axis, edge, rows).contiguous()  # send and receive need dense rows
+            into = torch.zeros_like(sent)
             if 0 <= peer < self.world:
-                sent = out.narrow(axis, edge, rows).contiguous()
-                into = torch.empty_like(sent)
                 ops += [dist.P2POp(dist.isend, sent, self._global(peer), self.group)]
                 ops += [dist.P2POp(dist.irecv, into, self._global(peer), self.group)]
-                received.append((border, into))
+            halves.append(into)
         if ops:
             for work in dist.batch_isend_irecv(ops):
                 work.wait()
-        for border, rows_in in received:
-            out.narrow(axis, border, rows).copy_(rows_in)
+        layout = channels_last(x.dim())
+        return halves[0].contiguous(memory_format=layout), halves[1].contiguous(
+            memory_format=layout
+        )
 
     def _lengths(self, local: int) -> list[int]:
         """Every rank's slab length at the resolution where this rank's is `local`."""

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
 from wanctl.vae.engine import decode_chunks
 from wanctl.vae.parallel import RowSplit
-from wanctl.vae.writers import FrameWriter, open_writer, to_uint8
+from wanctl.vae.writers import FrameWriter, frames_behind, open_writer, to_uint8
 
 FramesDone = Callable[[int], None]
 GIB = 2**30
@@ -59,11 +60,12 @@ def decode_to_file(
     start = time.perf_counter()
     writer = _writer(vae, z, output, fps) if split is None or split.rank == 0 else None
     local = z if split is None else split.shard(z)
+    chunks = decode_chunks(vae, local, chunk_t=chunk_t, halo=split)
+    wholes = chunks if split is None else (split.gather_frames(pixels) for pixels in chunks)
     try:
-        for pixels in decode_chunks(vae, local, chunk_t=chunk_t, halo=split):
-            whole = pixels if split is None else split.gather_frames(pixels)
-            if writer is not None and whole is not None:
-                _write(writer, whole, on_frames)
+        for frames in frames_behind(wholes):
+            if writer is not None and frames is not None:
+                _write(writer, frames, on_frames)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -92,7 +94,7 @@ def decode_tiled_to_file(
             video = vae.decode(z.to(device, vae.dtype)).sample
         step = vae.config["scale_factor_temporal"]
         for first in range(0, video.shape[2], step):
-            _write(writer, video[:, :, first : first + step], on_frames)
+            _write(writer, to_uint8(video[:, :, first : first + step]), on_frames)
     except BaseException:
         writer.abort()
         raise
@@ -106,8 +108,7 @@ def _writer(vae: AutoencoderKLWan, z: torch.Tensor, output: Path, fps: float) ->
     return open_writer(output, frames=frames, height=height, width=width, fps=fps)
 
 
-def _write(writer: FrameWriter, pixels: torch.Tensor, on_frames: FramesDone | None) -> None:
-    frames = to_uint8(pixels)
+def _write(writer: FrameWriter, frames: np.ndarray, on_frames: FramesDone | None) -> None:
     writer.write(frames)
     if on_frames is not None:
         on_frames(len(frames))

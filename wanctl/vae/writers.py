@@ -8,7 +8,7 @@ every frame is in, so a failed decode never leaves a truncated video under the o
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,11 +37,54 @@ class FrameWriter(Protocol):
         ...
 
 
-def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """Decoded pixels (1, 3, f, H, W) in [-1, 1] -> host uint8 frames (f, H, W, 3):
-    round((clamp(x, -1, 1) + 1) * 127.5), computed in float32 on the pixels' device."""
+def uint8_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """Decoded pixels (1, 3, f, H, W) in [-1, 1] -> uint8 frames (f, H, W, 3) on the same
+    device: round((clamp(x, -1, 1) + 1) * 127.5), computed in float32."""
     levels = (pixels[0].float().clamp(-1.0, 1.0) + 1.0).mul_(127.5).round_()
-    return levels.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+    return levels.to(torch.uint8).permute(1, 2, 3, 0).contiguous()
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """`uint8_frames` on the host, at once."""
+    return uint8_frames(pixels).cpu().numpy()
+
+
+Staged = tuple[torch.Tensor, "torch.cuda.Event | None"]
+
+
+def _stage(pixels: torch.Tensor) -> Staged:
+    """Queue the uint8 conversion and the copy into pinned host memory; return at once."""
+    frames = uint8_frames(pixels)
+    if frames.device.type != "cuda":
+        return frames, None
+    host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(frames, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied
+
+
+def _ready(staged: Staged) -> np.ndarray:
+    host, copied = staged
+    if copied is not None:
+        copied.synchronize()
+    return host.numpy()
+
+
+def frames_behind(chunks: Iterable[torch.Tensor | None]) -> Iterator[np.ndarray | None]:
+    """Host uint8 frames of each chunk, one chunk late: chunk k's conversion and copy are
+    queued, then chunk k+1's decode is queued behind them, and only then are chunk k's frames
+    handed over (to the encoder), so the GPU computes while the host writes. None (a rank
+    that writes nothing) passes through."""
+    pending: Staged | None = None
+    has_pending = False
+    for pixels in chunks:
+        staged = None if pixels is None else _stage(pixels)
+        if has_pending:
+            yield None if pending is None else _ready(pending)
+        pending, has_pending = staged, True
+    if has_pending:
+        yield None if pending is None else _ready(pending)
 
 
 def partial_path(output: Path) -> Path:
