@@ -21,6 +21,7 @@ from wanctl.errors import WanctlError
 from wanctl.generate import WORKER, DecodeFailed, GenerateOptions, prepare, run_generate
 from wanctl.latents import load_latents
 from wanctl.launch import LaunchSpec, RunResult, SubprocessRunner
+from wanctl.models.pipelines import tiny_text_encoder, tiny_transformer, tiny_vae, wan_scheduler
 from wanctl.probe.local import LocalProbe
 
 FRAMES = 17
@@ -84,6 +85,41 @@ def test_two_ranks_write_every_frame_and_keep_the_latents(two_ranks: tuple[Path,
     assert [rank["rank"] for rank in summary["per_rank"]] == [0, 1]
     assert sorted(p.name for p in output.parent.iterdir()) == ["fox.latents.safetensors",
                                                                "fox.mp4"]  # fmt: skip
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """The tiny model saved as a diffusers checkpoint, as Wan2.2-TI2V-5B-Diffusers is laid out."""
+    pytest.importorskip("accelerate", reason="diffusers loads WanTransformer3DModel with it")
+    from transformers import ByT5Tokenizer
+
+    folder = tmp_path / "Wan2.2-tiny-Diffusers"
+    tiny_transformer().save_pretrained(folder / "transformer")
+    tiny_vae().save_pretrained(folder / "vae")
+    tiny_text_encoder().save_pretrained(folder / "text_encoder")
+    ByT5Tokenizer().save_pretrained(folder / "tokenizer")
+    wan_scheduler().save_pretrained(folder / "scheduler")
+    index = {"_class_name": "WanPipeline", "expand_timesteps": True, "transformer_2": [None, None]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_a_diffusers_checkpoint_samples_and_decodes_as_the_model_it_holds(
+    two_ranks: tuple[Path, dict], tiny_checkpoint: Path, cli: CliRunner, tmp_path: Path
+) -> None:
+    """The checkpoint path (tokenizer, UMT5, DiT and scheduler read from their folders, the
+    decoder from vae/) gives what the built-in tiny model gives, on two ranks."""
+    output = tmp_path / "out" / "fox.mp4"
+    output.parent.mkdir()
+    args = [arg for arg in TINY if arg not in ("--model", "tiny")]
+    result = cli.invoke(app, ["generate", *args, "--ckpt-dir", str(tiny_checkpoint),
+                              "--gpus", "2", "-o", str(output), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from_checkpoint = load_latents(output.with_name("fox.latents.safetensors"))
+    built_in = load_latents(two_ranks[0].with_name("fox.latents.safetensors"))
+    torch.testing.assert_close(from_checkpoint.tensor, built_in.tensor, rtol=0, atol=1e-5)
+    assert from_checkpoint.source["model"] == "Wan2.2-tiny-Diffusers"
+    assert imageio_ffmpeg.count_frames_and_secs(str(output))[0] == FRAMES
 
 
 def test_one_rank_samples_the_same_latents_as_two(

@@ -377,8 +377,10 @@ def test_causes_are_named(type_name: str, message: str, cause: str) -> None:
     assert classify(type_name, message) == cause
 
 
-def _status(rank: int, phase: str, state: str, cause: str = "", message: str = "") -> dict:
-    return {"rank": rank, "phase": phase, "state": state, "cause": cause,
+def _status(
+    rank: int, phase: str, state: str, cause: str = "", message: str = "", at: float = 0.0
+) -> dict:
+    return {"rank": rank, "phase": phase, "state": state, "cause": cause, "time": at,
             "type": "OutOfMemoryError", "message": message}  # fmt: skip
 
 
@@ -393,6 +395,11 @@ def test_the_rank_that_failed_first_is_named_not_the_ones_that_lost_it(
     error = failure(launched, statuses, RunResult(1, False, 3.0))
     assert error.message == "rank 1 failed during sampling: out of GPU memory"
     assert "CUDA out of memory" in error.why and "wanctl tune" in error.fix
+    both = [
+        _status(0, "sampling", "failed", "out of GPU memory", "CUDA out of memory.", at=2.0),
+        _status(1, "sampling", "failed", "out of GPU memory", "CUDA out of memory.", at=1.0),
+    ]
+    assert failure(launched, both, RunResult(1, False, 3.0)).message.startswith("rank 1 ")
     killed = failure(launched, [_status(0, "sampling", "running")], RunResult(-9, False, 3.0))
     assert "rank 0 in sampling with no Python error" in killed.why
 

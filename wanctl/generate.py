@@ -43,7 +43,7 @@ from wanctl.launch import (
     worker_error,
 )
 from wanctl.memory import TEMPORAL, MemoryPlan, Settings, Workload, parse_size
-from wanctl.models.pipelines import FPS, NOTES, checkpoint_heads, checkpoint_problem, vae_spec
+from wanctl.models.pipelines import FPS, NOTES, checkpoint_problem, vae_spec
 from wanctl.probe.base import GpuInventory, Probe
 from wanctl.workers.wan_hook import HOOK_DIR, LATENTS_ENV, RUN_DIR_ENV, SOURCE_ENV
 
@@ -97,7 +97,7 @@ class GenerateOptions:
     env: tuple[tuple[str, str], ...] = ()  # --env KEY=VALUE
     preflight: bool = True
     timeout_s: float | None = None
-    quiet_children: bool = False  # keep the children's output off the terminal (--json)
+    json_stdout: bool = False  # stdout carries one JSON document (--json)
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -241,7 +241,7 @@ class RankStatus:
         self._write(state="done")
 
     def _write(self, **fields: str) -> None:
-        record = {"rank": self.rank, "phase": self.current, **fields}
+        record = {"rank": self.rank, "phase": self.current, "time": time.time(), **fields}
         partial = self.path.with_suffix(".partial")
         partial.write_text(json.dumps(record))
         partial.replace(self.path)
@@ -251,7 +251,7 @@ class RankStatus:
 
 
 def check_request(options: GenerateOptions) -> None:
-    """The request alone: backend and model, files, output. Nothing is read but names."""
+    """The request alone: backend and model, files, output (reads only small JSON files)."""
     if options.backend not in BACKENDS:
         raise UsageError(f"unknown backend {options.backend!r}", fix="use diffusers or wan-repo")
     if options.device not in (None, *DEVICES):
@@ -481,9 +481,10 @@ def check_settings(settings: Settings, options: GenerateOptions, workload: Workl
 
 
 def worker_args(
-    o: GenerateOptions, device: str, settings: Settings, paths: RunPaths, vae: str
+    options: GenerateOptions, device: str, settings: Settings, paths: RunPaths, vae: str
 ) -> list[str]:
     """The command line of `wanctl.workers.generate`."""
+    o = options
     source = ["--model", o.model] if o.model else ["--ckpt-dir", str(o.ckpt_dir)]
     args = [
         *source,
@@ -511,8 +512,9 @@ def worker_args(
     return args
 
 
-def wan_repo_args(options: GenerateOptions, settings: Settings, paths: RunPaths, world: int
-                  ) -> list[str]:  # fmt: skip
+def wan_repo_args(
+    options: GenerateOptions, settings: Settings, paths: RunPaths, world: int
+) -> list[str]:
     """The official generate.py's flags, in the order of the user's own command."""
     args = ["--task", WAN_TASK, "--size", options.size, "--ckpt_dir", str(options.ckpt_dir)]
     if settings.dit == "fsdp":
@@ -611,7 +613,9 @@ def build_spec(
         nnodes = str(options.nnodes) if options.nnodes else None
         argv = torchrun_argv(WORKER, args, ranks, nnodes=nnodes,
                              rdzv_endpoint=options.rdzv_endpoint)  # fmt: skip
-    return LaunchSpec(argv, dict(env), options.timeout_s, capture_output=options.quiet_children)
+    # The official code logs to stdout; wanctl's workers write to stderr only.
+    capture = options.json_stdout and options.backend == "wan-repo"
+    return LaunchSpec(argv, dict(env), options.timeout_s, capture_output=capture)
 
 
 def model_vae(options: GenerateOptions) -> str:
@@ -645,8 +649,7 @@ def prepare(
         )
     world = ranks * (options.nnodes or 1)
     width, height = options.dimensions
-    workload = Workload(width, height, options.frames, world)
-    _check_heads(options, world)
+    workload = Workload(width, height, options.frames, world)  # size, frames, Ulysses degree
     if options.backend == "diffusers":
         check_tokens(workload, world)
     if options.preflight:
@@ -681,27 +684,12 @@ def prepare(
     )
 
 
-def _check_heads(options: GenerateOptions, world: int) -> None:
-    """The Ulysses degree must divide the DiT's heads: 24 for TI2V-5B (and the tiny model),
-    `Workload` checks those; a checkpoint says its own."""
-    if options.backend != "diffusers" or options.ckpt_dir is None:
-        return
-    heads = checkpoint_heads(options.ckpt_dir)
-    if heads % world:
-        divisors = ", ".join(str(n) for n in range(1, heads + 1) if heads % n == 0)
-        raise UsageError(
-            f"Ulysses over {world} ranks is not possible with this checkpoint",
-            why=f"its DiT has {heads} attention heads, and the degree must divide them",
-            fix=f"use one of {divisors} GPUs",
-        )
-
-
 def _notes(
     options: GenerateOptions, device: str, predicted: MemoryPlan | None, kept: Mapping[str, str]
 ) -> tuple[str, ...]:
     notes = [NOTES[options.model]] if options.model in NOTES else []
     if device == "cpu":
-        notes.append(f"no GPU: {options.gpus} process(es) on the CPU over gloo, no preset")
+        notes.append(f"on the CPU: {options.gpus} process(es) over gloo, no preset")
     notes += [f"{key}={value} kept from your environment" for key, value in kept.items()]
     if predicted is not None and not predicted.fits:
         notes.append(
@@ -733,7 +721,7 @@ def run_generate(
 
 def _finish_diffusers(plan: GeneratePlan, result: RunResult, start: float) -> GenerateSummary:
     summary_file = plan.paths.run_dir / "summary.json"
-    if not result.ok or not summary_file.is_file():
+    if not summary_file.is_file():  # rank 0 writes it once every rank has decoded its part
         raise failure(plan, read_statuses(plan.paths.run_dir), result)
     ranks = json.loads(summary_file.read_text())["ranks"]
     steps = ranks[0]["step_seconds"]
@@ -797,8 +785,9 @@ def _finish_wan_repo(
     )  # fmt: skip
 
 
-def _summary(plan: GeneratePlan, start: float, *, notes: list[str] | None = None,
-             **figures: Any) -> GenerateSummary:  # fmt: skip
+def _summary(
+    plan: GeneratePlan, start: float, *, notes: list[str] | None = None, **figures: Any
+) -> GenerateSummary:
     options = plan.options
     width, height = options.dimensions
     return GenerateSummary(
@@ -835,7 +824,7 @@ _FIXES = {
 }
 
 
-def read_statuses(run_dir: Path) -> list[dict[str, str]]:
+def read_statuses(run_dir: Path) -> list[dict[str, Any]]:
     """Every rank's last record, in rank order."""
     found = []
     for path in run_dir.glob("rank*.json"):
@@ -846,10 +835,10 @@ def read_statuses(run_dir: Path) -> list[dict[str, str]]:
     return sorted(found, key=lambda s: int(s["rank"]))
 
 
-def failure(plan: GeneratePlan, statuses: list[dict[str, str]], result: RunResult) -> WanctlError:
+def failure(plan: GeneratePlan, statuses: list[dict[str, Any]], result: RunResult) -> WanctlError:
     """The error of a failed run: the rank that failed first for its own reason (others only
     lose contact with it), the phase it was in, and the cause."""
-    failed = [s for s in statuses if s.get("state") == "failed"]
+    failed = sorted((s for s in statuses if s.get("state") == "failed"), key=lambda s: s["time"])
     root = [s for s in failed if s["cause"] not in (PEER_LOST, "collective timeout")] or failed
     if root:
         first = root[0]
@@ -875,12 +864,12 @@ def failure(plan: GeneratePlan, statuses: list[dict[str, str]], result: RunResul
         f"the workers stopped with torchrun exit code {result.returncode}",
         why=(_where(statuses) + " with no Python error: killed by a signal (the kernel's "
              "out-of-memory killer, or an NCCL watchdog abort)") if stopped
-        else worker_error(result.output) or "no rank started; torchrun's output above says why",
+        else worker_error(result.output) or "torchrun's output above says why",
         fix="torchrun's report above names the rank and the signal; `dmesg | tail` shows the "
         "out-of-memory killer",
     )  # fmt: skip
 
 
-def _where(statuses: list[dict[str, str]]) -> str:
+def _where(statuses: list[dict[str, Any]]) -> str:
     running = [f"rank {s['rank']} in {s['phase']}" for s in statuses if s["state"] == "running"]
     return ", ".join(running) or "no rank had started"

@@ -146,7 +146,7 @@ def generate(
         decode_dtype=decode_dtype.value if decode_dtype else None,
         text_encoder=text_encoder.value if text_encoder else None, offload=offload,
         dit=dit.value if dit else None, env=parse_env(env or []),
-        preflight=not skip_preflight, timeout_s=timeout, quiet_children=json,
+        preflight=not skip_preflight, timeout_s=timeout, json_stdout=json,
     )  # fmt: skip
     plan = prepare(options, probe=LocalProbe())
     if dry_run:

@@ -18,6 +18,7 @@ takes for the same weights.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,7 @@ def model_for(name: str | None, checkpoint: Path | None, dtype: torch.dtype) -> 
     if name == "synthetic-5b":
         return Synthetic5B(dtype)
     if checkpoint is None:
-        raise UsageError("no model given", fix="pass --ckpt-dir DIR, or --model tiny")
+        raise ValueError("a built-in model's name or a checkpoint is needed")
     return DiffusersCheckpoint(checkpoint, dtype)
 
 
@@ -149,12 +150,6 @@ def checkpoint_problem(folder: Path) -> str | None:
     if (index.get("transformer_2") or [None])[0] is not None:
         return f"{folder} is a two-expert (A14B) model; wanctl runs the TI2V-5B"
     return None
-
-
-def checkpoint_heads(folder: Path) -> int:
-    """The DiT's attention heads, from its config: the Ulysses degree must divide them."""
-    config = json.loads((folder / "transformer" / "config.json").read_text())
-    return int(config.get("num_attention_heads", 24))
 
 
 def build_pipeline(
@@ -207,6 +202,19 @@ def _seeded(make: Any, seed: int = SEED) -> Any:
         return make().eval().requires_grad_(False)
 
 
+def tiny_text_encoder() -> Any:
+    """The tiny model's UMT5 encoder (its tokenizer is transformers' ByT5Tokenizer)."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return _seeded(lambda: UMT5EncoderModel(UMT5Config(**TINY_TEXT)))
+
+
+def tiny_transformer() -> WanTransformer3DModel:
+    from diffusers import WanTransformer3DModel
+
+    return _seeded(lambda: WanTransformer3DModel(**TINY_DIT))
+
+
 def tiny_vae() -> AutoencoderKLWan:
     """The tiny VAE whole (the encoder too), its decoder exactly `wanctl decode --vae tiny`'s."""
     from diffusers import AutoencoderKLWan
@@ -221,6 +229,13 @@ def tiny_vae() -> AutoencoderKLWan:
     return vae
 
 
+def wan_scheduler() -> Any:
+    """Wan2.2 TI2V-5B's sampler, for the built-in models."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(**SCHEDULER)
+
+
 @dataclass
 class TinyModel:
     name: str = "tiny"
@@ -228,24 +243,20 @@ class TinyModel:
     def encode_prompts(
         self, prompt: str, negative: str, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+        from transformers import ByT5Tokenizer
 
-        encoder = _seeded(lambda: UMT5EncoderModel(UMT5Config(**TINY_TEXT)))
-        return encode_with(ByT5Tokenizer(), encoder.to(device), prompt, negative)
+        return encode_with(ByT5Tokenizer(), tiny_text_encoder().to(device), prompt, negative)
 
     def transformer(self, device: torch.device) -> WanTransformer3DModel:
-        from diffusers import WanTransformer3DModel
-
-        return _seeded(lambda: WanTransformer3DModel(**TINY_DIT)).to(device)
+        model: Any = tiny_transformer()
+        return model.to(device)
 
     def vae(self, device: torch.device, *, encoder: bool) -> AutoencoderKLWan:
         vae: Any = tiny_vae()
         return vae.to(device)
 
     def scheduler(self) -> Any:
-        from diffusers import UniPCMultistepScheduler
-
-        return UniPCMultistepScheduler(**SCHEDULER)
+        return wan_scheduler()
 
 
 @dataclass
@@ -288,9 +299,7 @@ class Synthetic5B:
         return place(vae, device) if encoder else vae
 
     def scheduler(self) -> Any:
-        from diffusers import UniPCMultistepScheduler
-
-        return UniPCMultistepScheduler(**SCHEDULER)
+        return wan_scheduler()
 
 
 @dataclass
@@ -301,6 +310,13 @@ class DiffusersCheckpoint:
 
     def __post_init__(self) -> None:
         self.name = self.folder.name
+        if importlib.util.find_spec("accelerate") is None:
+            raise UsageError(
+                "loading a diffusers checkpoint needs the accelerate package",
+                why="diffusers 0.42 loads WanTransformer3DModel (whose norms stay in float32) "
+                "only with low_cpu_mem_usage, which accelerate provides",
+                fix="pip install accelerate",
+            )
 
     def encode_prompts(
         self, prompt: str, negative: str, device: torch.device
