@@ -56,8 +56,10 @@ class FailingRank:
         return SubprocessRunner().run(dataclasses.replace(spec, argv=argv, env=env))
 
 
-def generate(cli: CliRunner, output: Path, *args: str):
-    return cli.invoke(app, ["generate", *TINY, "-o", str(output), *args, "--json"])
+def generate(cli: CliRunner, output: Path, *args: str, json_output: bool = True):
+    summary = ["--json"] if json_output else []
+    return cli.invoke(app, ["generate", *TINY, "-o", str(output), *args, *summary],
+                      env={"COLUMNS": "200"})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +127,9 @@ def test_a_diffusers_checkpoint_samples_and_decodes_as_the_model_it_holds(
 def test_one_rank_samples_the_same_latents_as_two(
     two_ranks: tuple[Path, dict], cli: CliRunner, tmp_path: Path
 ) -> None:
-    result = generate(cli, tmp_path / "fox.mp4", "--gpus", "1")
+    result = generate(cli, tmp_path / "fox.mp4", "--gpus", "1", json_output=False)
     assert result.exit_code == 0, result.output
+    assert "generated" in result.stdout and "s/step" in result.stdout  # the summary table
     one = load_latents(tmp_path / "fox.latents.safetensors").tensor
     two = load_latents(two_ranks[0].with_name("fox.latents.safetensors")).tensor
     torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
