@@ -339,15 +339,14 @@ def _check_output(output: Path) -> None:
 def check_tokens(workload: Workload, world: int) -> None:
     """diffusers' Ulysses splits the token sequence in `world` equal parts."""
     frames, height, width = workload.latent
-    tokens = frames * (height // 2) * (width // 2)
-    if tokens % world == 0:
+    per_frame = (height // 2) * (width // 2)  # the DiT's patch is 2x2
+    if frames * per_frame % world == 0:
         return
-    per_frame = (height // 2) * (width // 2)
     nearby = range(workload.frames - 4 * TEMPORAL, workload.frames + 4 * TEMPORAL + 1, TEMPORAL)
     fitting = [f for f in nearby if f > 0 and ((f - 1) // TEMPORAL + 1) * per_frame % world == 0]
     raise UsageError(
-        f"{workload.size} x {workload.frames} frames is {tokens} tokens, which do not split "
-        f"over {world} ranks",
+        f"{workload.size} x {workload.frames} frames is {frames * per_frame} tokens, which do "
+        f"not split over {world} ranks",
         why="diffusers' Ulysses gives every rank an equal share of the tokens",
         fix=(f"use {' or '.join(map(str, fitting[:3]))} frames" if fitting
              else "use another size, or a number of GPUs that divides the tokens"),
