@@ -219,6 +219,8 @@ def decode_run(vae: Any, workload: Workload, settings: Settings, device: str) ->
     latent = torch.randn(1, 48, frames, height, width, dtype=dtype, device=device)
     if settings.decoder == "wanctl":
         return lambda: _drain(decode_chunks(vae, latent, chunk_t=settings.chunk_t))
+    for parameter in vae.parameters():  # wanctl's engine lays weights out channels-last in
+        parameter.data = parameter.data.contiguous()  # place; diffusers runs as shipped
 
     def diffusers_loop() -> None:
         with torch.no_grad():

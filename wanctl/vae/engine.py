@@ -36,6 +36,8 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
 )
 from torch import nn
 
+from wanctl.vae.fused import rms_norm_silu_into
+
 
 class Halo(Protocol):
     """How a process sees beyond its part of the frame."""
@@ -63,18 +65,6 @@ def use_channels_last(module: nn.Module) -> None:
     for parameter in module.parameters():
         if parameter.dim() in (4, 5):
             parameter.data = parameter.data.contiguous(memory_format=channels_last(parameter.dim()))
-
-
-def in_time(x: torch.Tensor, past: torch.Tensor | None, zeros: int) -> torch.Tensor:
-    """[`zeros` zero frames, `past`, `x`] along time: the stream a causal conv sees."""
-    parts = [] if past is None else [past]
-    if zeros:
-        shape = (*x.shape[:2], zeros, *x.shape[3:])
-        blank = x.new_zeros(shape).contiguous(memory_format=torch.channels_last_3d)
-        parts.insert(0, blank)
-    if not parts:
-        return x
-    return torch.cat([*parts, x], dim=2)
 
 
 class WholeFrame:
@@ -136,7 +126,7 @@ class ChunkDecoder:
             x = self._resnet(cast(WanResidualBlock, resnet), x, cache)
         for block in decoder.up_blocks:
             x = self._up_block(cast(WanResidualUpBlock, block), x, cache, first)
-        x = self._causal_conv(decoder.conv_out, _norm_silu(decoder.norm_out, x), cache)
+        x = self._norm_silu_conv(decoder.norm_out, decoder.conv_out, x, cache)
         cache.started = True
         return unpatchify(x, self.vae.config["patch_size"]).clamp_(-1.0, 1.0)
 
@@ -145,21 +135,58 @@ class ChunkDecoder:
     ) -> torch.Tensor:
         """One causal conv step: the frames this conv saw last (zeros at the start of the
         stream) in front of `x`, the new last frames kept, the border from the halo."""
-        keep, space = int(conv._padding[4]), int(conv._padding[0])  # (w, w, h, h, t, 0)
-        if keep:
-            past = cache.tails.get(conv)
-            x = in_time(x, past, zeros=keep if past is None else 0)
-            cache.tails[conv] = x[:, :, -keep:].clone()
-        stream, (rows, columns) = self.halo.frame(x, space)
-        out = F.conv3d(stream, conv.weight, None, conv.stride, (0, rows, columns))
+        keep = int(conv._padding[4])  # (w, w, h, h, t, 0)
+        if not keep:
+            return self._convolve(conv, x)
+        stream = self._stream(conv, x, cache)
+        stream[:, :, keep:].copy_(x)
+        cache.tails[conv] = stream[:, :, -keep:].clone()
+        return self._convolve(conv, stream)
+
+    def _norm_silu_conv(
+        self, norm: WanRMS_norm, conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache
+    ) -> torch.Tensor:
+        """`_causal_conv(conv, silu(norm(x)))`, with norm and SiLU written by one kernel
+        straight into the conv's stream (`wanctl.vae.fused`)."""
+        stream = self._stream(conv, x, cache)
+        weight, eps = norm_weight(norm, x.dtype)
+        new = stream[:, :, int(conv._padding[4]) :]
+        rms_norm_silu_into(pixels_last(x), weight, eps, pixels_last(new))
+        cache.tails[conv] = stream[:, :, -int(conv._padding[4]) :].clone()
+        return self._convolve(conv, stream)
+
+    @staticmethod
+    def _stream(conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """A channels-last buffer for [the conv's last input frames, x], the first part
+        filled: the cached frames, or zeros at the start of the stream."""
+        keep = int(conv._padding[4])
+        b, c, t, h, w = x.shape
+        stream = torch.empty(
+            (b, c, keep + t, h, w),
+            dtype=x.dtype,
+            device=x.device,
+            memory_format=torch.channels_last_3d,
+        )
+        past = cache.tails.get(conv)
+        if past is None:
+            stream[:, :, :keep].zero_()
+        else:
+            stream[:, :, :keep].copy_(past)
+        return stream
+
+    def _convolve(self, conv: WanCausalConv3d, stream: torch.Tensor) -> torch.Tensor:
+        """The conv over time as given and over space with its border from the halo."""
+        space = int(conv._padding[0])
+        framed, (rows, columns) = self.halo.frame(stream, space)
+        out = F.conv3d(framed, conv.weight, None, conv.stride, (0, rows, columns))
         return add_bias(out, conv.bias)
 
     def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """norm, SiLU, conv, norm, SiLU, conv, plus the shortcut (dropout is off at inference)."""
         shortcut = block.conv_shortcut
         skip = x if isinstance(shortcut, nn.Identity) else self._causal_conv(shortcut, x, cache)
-        x = self._causal_conv(block.conv1, _norm_silu(block.norm1, x), cache)
-        x = self._causal_conv(block.conv2, _norm_silu(block.norm2, x), cache)
+        x = self._norm_silu_conv(block.norm1, block.conv1, x, cache)
+        x = self._norm_silu_conv(block.norm2, block.conv2, x, cache)
         return x.add_(skip)
 
     def _attention(self, block: WanAttentionBlock, x: torch.Tensor) -> torch.Tensor:
@@ -270,19 +297,14 @@ def dup_up(shortcut: DupUp3D, x: torch.Tensor, first: bool) -> torch.Tensor:
     return out[:, :, ft - 1 :] if first else out
 
 
-def _norm_silu(norm: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
-    """SiLU(norm(x)) for channels-last `x`: one fused RMS norm over the innermost dimension,
-    then SiLU in place. WanRMS_norm's `normalize(x) * sqrt(C) * gamma` is the RMS norm
-    `x / sqrt(mean(x**2)) * gamma`; its clamp of the L2 norm at 1e-12 becomes the epsilon
-    1e-24 / C on the mean. It reduces in float32 like WanRMS_norm, without its float32 copy
-    of the whole tensor."""
-    channels = x.shape[1]
-    pixels = pixels_last(x)
-    weight = norm.gamma.reshape(channels).to(x.dtype)
-    out = F.rms_norm(pixels, (channels,), weight, eps=1e-24 / channels)
+def norm_weight(norm: WanRMS_norm, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """WanRMS_norm's `normalize(x) * sqrt(C) * gamma` is the RMS norm `x / sqrt(mean(x**2)) *
+    gamma`; its clamp of the L2 norm at 1e-12 becomes the epsilon 1e-24 / C on the mean.
+    Returns (gamma as a vector, epsilon); the decoder's norms have no bias."""
     if not isinstance(norm.bias, float):
-        out = out + norm.bias.reshape(channels)
-    return F.silu(out, inplace=True).permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+        raise ValueError("WanRMS_norm with a bias is not a Wan2.2 decoder norm")
+    channels = norm.gamma.shape[0]
+    return norm.gamma.reshape(channels).to(dtype), 1e-24 / channels
 
 
 def decode_chunks(
