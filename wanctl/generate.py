@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from wanctl import presets
+from wanctl.attention import AttentionChoice
 from wanctl.doctor import DoctorReport, Status, diagnose
 from wanctl.errors import UsageError, WanctlError
 from wanctl.launch import (
@@ -182,6 +183,8 @@ class GenerateSummary:
     source: str
     per_rank: list[RankFigures]
     notes: list[str] = field(default_factory=list)
+    # The DiT's attention backend and the timings it was chosen from (diffusers on GPUs).
+    attention: AttentionChoice | None = None
 
 
 class DecodeFailed(WanctlError):
@@ -723,6 +726,7 @@ def _finish_diffusers(plan: GeneratePlan, result: RunResult, start: float) -> Ge
     if not summary_file.is_file():  # rank 0 writes it once every rank has decoded its part
         raise failure(plan, read_statuses(plan.paths.run_dir), result)
     ranks = json.loads(summary_file.read_text())["ranks"]
+    attention = ranks[0].get("attention")
     steps = ranks[0]["step_seconds"]
     seconds = ranks[0]["seconds"]
     return _summary(
@@ -737,6 +741,7 @@ def _finish_diffusers(plan: GeneratePlan, result: RunResult, start: float) -> Ge
         per_rank=[
             RankFigures(r["rank"], r["peak_allocated_gib"], r["peak_reserved_gib"]) for r in ranks
         ],
+        attention=AttentionChoice.from_dict(attention) if attention else None,
     )
 
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from wanctl.attention import AttentionChoice
 from wanctl.errors import UsageError
 from wanctl.generate import (
     GenerateOptions,
@@ -245,6 +246,22 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
         ]
         if peaks:
             table.add_row(f"rank {figures.rank} peak GiB (alloc/res)", ", ".join(peaks))
+    if summary.attention is not None:
+        table.add_row("attention", attention_line(summary.attention))
     for note in summary.notes:
         table.add_row("note", note)
     console.print(table)
+
+
+def attention_line(choice: AttentionChoice) -> str:
+    """The backend chosen, then each candidate's ms per self-attention call at the shape one
+    rank runs (or why it did not hold)."""
+    shape = f"{choice.heads} heads x {choice.tokens} tokens per rank"
+    if choice.note:
+        return f"{choice.backend} ({choice.note})"
+    cells = [
+        f"{t.name} {t.ms:.2f}" if t.ok and t.ms is not None
+        else f"{t.name} failed ({t.error})"
+        for t in choice.timings
+    ]  # fmt: skip
+    return f"{choice.backend}; ms/call at {shape}: {', '.join(cells)}"

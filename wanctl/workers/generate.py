@@ -10,7 +10,9 @@ NCCL on GPUs (rank r on cuda:LOCAL_RANK), gloo on CPUs. The phases, each recorde
 DIR/rank<r>.json as it starts (`wanctl.generate.RankStatus`):
 - text_encode: the prompt and the negative prompt are encoded, then the encoder is dropped;
 - sampling: the DiT, Ulysses-parallel over all ranks, from the same seed (the same noise) on
-  every rank; every rank ends with the whole latents;
+  every rank; every rank ends with the whole latents. On GPUs the attention backend is chosen
+  first (`wanctl.attention`): every rank times the candidates on the shape it attends over, and
+  all run the fastest that holds on every rank;
 - save: rank 0 writes the latents file while the others wait at a barrier, so that no decode
   starts (nor can fail) before the latents are safe;
 - decode: each of the first `--decode-ranks` ranks decodes a slab of rows of every frame
@@ -22,6 +24,7 @@ others. Rank 0 ends by writing DIR/summary.json with every rank's figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -32,12 +35,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from wanctl.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
 from wanctl.errors import WanctlError
 from wanctl.generate import PEER_LOST, RankStatus, classify
 from wanctl.latents import Latents, save_latents
@@ -88,6 +92,7 @@ class RankResult:
     peak_allocated_gib: dict[str, float | None] = field(default_factory=dict)
     peak_reserved_gib: dict[str, float | None] = field(default_factory=dict)
     step_seconds: list[float] = field(default_factory=list)
+    attention: dict[str, Any] | None = None  # an `AttentionChoice`, the same on every rank
 
 
 @record
@@ -171,6 +176,13 @@ def sample(
     )
     pipe.set_progress_bar_config(disable=True)
     result.seconds["load"] = time.perf_counter() - start
+    if device.type == "cuda":
+        start = time.perf_counter()
+        choice = choose_attention(transformer, args, device)
+        # ModelMixin's method, untyped in diffusers (and no second reference to the DiT kept)
+        cast(Any, transformer).set_attention_backend(choice.backend)
+        result.attention = asdict(choice)
+        result.seconds["attention"] = time.perf_counter() - start
     width, height = (int(side) for side in args.size.split("*"))
     extra: dict[str, Any] = {}
     if args.image is not None:
@@ -195,6 +207,34 @@ def sample(
     del pipe, transformer, output
     _release(device)
     return latents
+
+
+def choose_attention(
+    transformer: Any, args: argparse.Namespace, device: torch.device
+) -> AttentionChoice:
+    """The attention backend every rank runs: each rank times the candidates on its own GPU at
+    the shape it attends over (all the tokens, heads / world size), and the choice is the
+    fastest that holds on every rank (`wanctl.attention.combine`). A measurement that fails
+    leaves diffusers' default, with the reason in the note."""
+    world = dist.get_world_size()
+    config = transformer.config
+    heads, head_dim = config.num_attention_heads, config.attention_head_dim
+    tokens = dit_tokens(args.size, args.frames, tuple(config.patch_size))
+    try:
+        mine = choose_backend(device, heads, head_dim, tokens, transformer.dtype, ranks=world)
+    except Exception as error:  # timing is an optimisation: the run goes on without it
+        note = f"not measured: {type(error).__name__}: {error}"
+        mine = AttentionChoice(DEFAULT, heads // world, tokens, note=note[:300])
+    _release(device)
+    if world == 1:
+        return mine
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, asdict(mine))
+    choices = [AttentionChoice.from_dict(c) for c in gathered]
+    failed = next((c for c in choices if not c.timings), None)  # a rank could not measure
+    if failed is not None:
+        return dataclasses.replace(failed, backend=DEFAULT)
+    return combine(choices)
 
 
 def latents_of(tensor: torch.Tensor, args: argparse.Namespace, model: WanModel) -> Latents:

@@ -1,0 +1,158 @@
+"""The attention backend choice (`wanctl.attention`): on the CPU, the default without timing;
+the timing and checking of real diffusers backends on the kernels PyTorch has there; the
+selection rules on small tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from rich.console import Console
+
+from wanctl.attention import (
+    DEFAULT,
+    AttentionChoice,
+    BackendTiming,
+    candidate_backends,
+    choose_backend,
+    combine,
+    dit_tokens,
+    measure,
+    pick,
+    random_qkv,
+    sampled_rows,
+    time_backend,
+    time_call,
+)
+from wanctl.commands.generate import attention_line
+from wanctl.render import to_jsonable
+
+SMALL = dict(heads=4, head_dim=16, tokens=256)
+
+
+def small_qkv(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    return random_qkv("cpu", SMALL["heads"], SMALL["head_dim"], SMALL["tokens"], dtype)
+
+
+def test_off_cuda_the_default_is_chosen_without_timing() -> None:
+    choice = choose_backend(torch.device("cpu"))
+    assert choice.backend == DEFAULT == "native"
+    assert choice.timings == []
+    assert choice.heads == 24 and choice.tokens == 27_280
+    assert choose_backend("cpu", ranks=4).heads == 6  # what one Ulysses rank attends with
+    assert candidate_backends("cpu") == ["native"]
+
+
+@pytest.mark.parametrize("name", ["native", "_native_math"])
+def test_a_native_backend_is_timed_and_holds_on_cpu(name: str) -> None:
+    timing = time_backend(name, *small_qkv(), warmup=1, iters=2)
+    assert timing.ok and timing.error is None
+    assert timing.ms is not None and timing.ms > 0
+    assert timing.max_diff is not None and timing.max_diff < 1e-4  # float32
+
+
+def test_bf16_holds_within_the_tolerance() -> None:
+    timing = time_backend("native", *small_qkv(torch.bfloat16), warmup=0, iters=1)
+    assert timing.ok and timing.max_diff is not None and 0 < timing.max_diff < 2e-2
+
+
+def test_a_backend_that_raises_or_is_unknown_is_recorded_not_raised() -> None:
+    def broken(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no kernel\nfor this")
+
+    timing = time_call("broken", broken, *small_qkv())
+    assert not timing.ok and timing.ms is None
+    assert timing.error == "RuntimeError: no kernel"
+    unknown = time_backend("no_such_backend", *small_qkv())
+    assert not unknown.ok and unknown.error is not None and "ValueError" in unknown.error
+
+
+def test_a_wrong_output_does_not_hold() -> None:
+    """Zeros would pass a flat softmax's check (its output averages to ~0); the logits' spread
+    makes the true output of order 1, so they fail here."""
+    q, k, v = small_qkv()
+
+    def zeros(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(q)
+
+    def unscaled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=1.0
+        ).transpose(1, 2)
+
+    for attend in (zeros, unscaled):
+        timing = time_call(attend.__name__, attend, q, k, v)
+        assert not timing.ok
+        assert timing.error is not None and timing.error.startswith("max abs diff")
+        assert timing.ms is not None  # it ran: timed, but not chosen
+
+
+def test_measure_keeps_every_candidate_and_checks_cross_attention() -> None:
+    names = ["native", "_native_cudnn", "_native_math"]  # no cuDNN kernel on the CPU
+    table = measure(names, "cpu", **SMALL, cross=(64, 8), dtype=torch.float32, iters=2)
+    assert [t.name for t in table] == names
+    by_name = {t.name: t for t in table}
+    assert by_name["native"].ok and by_name["_native_math"].ok
+    assert not by_name["_native_cudnn"].ok
+    assert pick(table) in ("native", "_native_math")
+
+
+def test_the_fastest_that_holds_wins() -> None:
+    table = [
+        BackendTiming("native", 20.0, 0.004),
+        BackendTiming("_native_cudnn", 15.0, 0.004),
+        BackendTiming("sage", 9.0, 0.08, "max abs diff 0.08 > 0.02"),  # fast but wrong
+        BackendTiming("flash", None, None, "RuntimeError: no kernel"),
+        BackendTiming("_native_efficient", 35.0, 0.003),
+    ]
+    assert pick(table) == "_native_cudnn"
+    assert pick([t for t in table if not t.ok]) == DEFAULT
+    assert pick([]) == DEFAULT
+
+
+def test_ranks_agree_on_a_backend_that_holds_on_every_rank() -> None:
+    rank0 = AttentionChoice("_native_cudnn", 12, 27_280, [
+        BackendTiming("native", 12.0, 0.004), BackendTiming("_native_cudnn", 8.0, 0.004),
+        BackendTiming("_native_flash", 11.0, 0.004),
+    ])  # fmt: skip
+    rank1 = AttentionChoice("_native_flash", 12, 27_280, [
+        BackendTiming("native", 12.5, 0.005),
+        BackendTiming("_native_cudnn", 8.0, 0.3, "max abs diff 0.3 > 0.02"),
+        BackendTiming("_native_flash", 11.5, 0.004),
+    ])  # fmt: skip
+    merged = combine([rank0, rank1])
+    assert merged.backend == "_native_flash"
+    assert merged.ms_of("_native_flash") == 11.5  # the slowest rank's
+    assert merged.ms_of("_native_cudnn") is None
+    assert [t.ok for t in merged.timings] == [True, False, True]
+
+
+def test_the_choice_survives_the_summary_json_and_renders() -> None:
+    choice = AttentionChoice("_native_cudnn", 24, 27_280, [
+        BackendTiming("native", 23.4, 0.004), BackendTiming("_native_cudnn", 17.1, 0.004),
+        BackendTiming("flash", None, None, "RuntimeError: no kernel"),
+    ])  # fmt: skip
+    document = json.loads(json.dumps(dataclasses.asdict(choice)))  # as the worker writes it
+    back = AttentionChoice.from_dict(document)
+    assert back == choice
+    assert to_jsonable(back)["timings"][2] == {
+        "name": "flash", "ms": None, "max_diff": None, "error": "RuntimeError: no kernel",
+        "ok": False,
+    }  # fmt: skip
+    line = attention_line(back)
+    assert line.startswith("_native_cudnn; ms/call at 24 heads x 27280 tokens per rank")
+    assert "native 23.40" in line and "_native_cudnn 17.10" in line
+    assert "flash failed (RuntimeError: no kernel)" in line
+    console = Console(record=True, width=200)
+    console.print(attention_line(choose_backend("cpu")))
+    assert "native (not timed off CUDA)" in console.export_text()
+
+
+def test_tokens_and_sampled_rows() -> None:
+    assert dit_tokens("1280*704", 121, (1, 2, 2)) == 27_280
+    assert dit_tokens("704*1280", 121, (1, 2, 2)) == 27_280
+    rows = sampled_rows(27_280)
+    assert rows[0] == 0 and rows[-1] == 27_279 and len(rows) == 128
+    assert sampled_rows(10) == list(range(10))
