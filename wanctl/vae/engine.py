@@ -144,16 +144,25 @@ class ChunkDecoder:
         return self._convolve(conv, stream)
 
     def _norm_silu_conv(
-        self, norm: WanRMS_norm, conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache
+        self,
+        norm: WanRMS_norm,
+        conv: WanCausalConv3d,
+        x: torch.Tensor,
+        cache: CausalCache,
+        *,
+        bias: torch.Tensor | None = None,
+        with_bias: bool = True,
     ) -> torch.Tensor:
-        """`_causal_conv(conv, silu(norm(x)))`, with norm and SiLU written by one kernel
-        straight into the conv's stream (`wanctl.vae.fused`)."""
+        """`_causal_conv(conv, silu(norm(x + bias)))`, with the bias of the conv that made `x`,
+        norm and SiLU written by one kernel straight into the conv's stream
+        (`wanctl.vae.fused`). Without `with_bias`, the result lacks `conv`'s own bias, for the
+        next `_norm_silu_conv` to add."""
         stream = self._stream(conv, x, cache)
         weight, eps = norm_weight(norm, x.dtype)
-        new = stream[:, :, int(conv._padding[4]) :]
-        rms_norm_silu_into(pixels_last(x), weight, eps, pixels_last(new))
-        cache.tails[conv] = stream[:, :, -int(conv._padding[4]) :].clone()
-        return self._convolve(conv, stream)
+        keep = int(conv._padding[4])
+        rms_norm_silu_into(pixels_last(x), weight, eps, pixels_last(stream[:, :, keep:]), bias)
+        cache.tails[conv] = stream[:, :, -keep:].clone()
+        return self._convolve(conv, stream, with_bias=with_bias)
 
     @staticmethod
     def _stream(conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -174,19 +183,21 @@ class ChunkDecoder:
             stream[:, :, :keep].copy_(past)
         return stream
 
-    def _convolve(self, conv: WanCausalConv3d, stream: torch.Tensor) -> torch.Tensor:
+    def _convolve(
+        self, conv: WanCausalConv3d, stream: torch.Tensor, *, with_bias: bool = True
+    ) -> torch.Tensor:
         """The conv over time as given and over space with its border from the halo."""
         space = int(conv._padding[0])
         framed, (rows, columns) = self.halo.frame(stream, space)
         out = F.conv3d(framed, conv.weight, None, conv.stride, (0, rows, columns))
-        return add_bias(out, conv.bias)
+        return add_bias(out, conv.bias) if with_bias else out
 
     def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """norm, SiLU, conv, norm, SiLU, conv, plus the shortcut (dropout is off at inference)."""
         shortcut = block.conv_shortcut
         skip = x if isinstance(shortcut, nn.Identity) else self._causal_conv(shortcut, x, cache)
-        x = self._norm_silu_conv(block.norm1, block.conv1, x, cache)
-        x = self._norm_silu_conv(block.norm2, block.conv2, x, cache)
+        x = self._norm_silu_conv(block.norm1, block.conv1, x, cache, with_bias=False)
+        x = self._norm_silu_conv(block.norm2, block.conv2, x, cache, bias=block.conv1.bias)
         return x.add_(skip)
 
     def _attention(self, block: WanAttentionBlock, x: torch.Tensor) -> torch.Tensor:

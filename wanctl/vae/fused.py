@@ -19,40 +19,72 @@ except ImportError:  # CPU builds of torch come without Triton
 
 
 def rms_norm_silu_into(
-    pixels: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor
+    pixels: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    out: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> None:
-    """out[...] = silu(pixels / sqrt(mean(pixels**2, -1) + eps) * weight), over the innermost
-    dimension; `pixels` and `out` are dense (..., C) of the same shape."""
-    if triton is not None and pixels.is_cuda and pixels.is_contiguous() and out.is_contiguous():
-        _launch(pixels, weight, eps, out)
+    """out[...] = silu(rms_norm(pixels + bias) * weight) over the innermost dimension, with
+    rms_norm(v) = v / sqrt(mean(v**2) + eps); `pixels` and `out` are dense (..., C) of the same
+    shape. `bias` is the producing convolution's, added here rather than in a pass of its own."""
+    usable = triton is not None and pixels.is_cuda and pixels.shape[-1] in _BLOCKS
+    if usable and pixels.is_contiguous() and out.is_contiguous():
+        _launch(pixels, weight, eps, out, bias)
         return
+    if bias is not None:
+        pixels = pixels + bias
     out.copy_(F.silu(F.rms_norm(pixels, (pixels.shape[-1],), weight, eps=eps), inplace=True))
+
+
+_BLOCKS = (64, 128, 256, 512, 1024, 2048)  # channel counts the kernel takes (powers of two)
 
 
 if triton is not None:
 
     @triton.jit
     def _rms_norm_silu_kernel(
-        x_ptr, w_ptr, out_ptr, rows, eps, C: tl.constexpr, BLOCK_ROWS: tl.constexpr
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        out_ptr,
+        rows,
+        eps,
+        C: tl.constexpr,
+        BLOCK_ROWS: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
     ):
         row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)[:, None]
         col = tl.arange(0, C)[None, :]
         mask = row < rows
         x = tl.load(x_ptr + row * C + col, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            x += tl.load(b_ptr + col).to(tl.float32)
         scale = tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)[:, None]
         y = x * scale * tl.load(w_ptr + col).to(tl.float32)
         y = y * tl.sigmoid(y)
         tl.store(out_ptr + row * C + col, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(pixels: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor) -> None:
+def _launch(
+    pixels: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    out: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> None:
     channels = pixels.shape[-1]
-    if channels & (channels - 1):  # Triton blocks are powers of two
-        out.copy_(F.silu(F.rms_norm(pixels, (channels,), weight, eps=eps), inplace=True))
-        return
     rows = pixels.numel() // channels
     block_rows = max(1, 4096 // channels)
     grid = (triton.cdiv(rows, block_rows),)
     _rms_norm_silu_kernel[grid](
-        pixels, weight.contiguous(), out, rows, eps, C=channels, BLOCK_ROWS=block_rows
+        pixels,
+        weight.contiguous(),
+        weight if bias is None else bias.contiguous(),  # any pointer when HAS_BIAS is off
+        out,
+        rows,
+        eps,
+        C=channels,
+        BLOCK_ROWS=block_rows,
+        HAS_BIAS=bias is not None,
     )
