@@ -29,6 +29,9 @@ def rms_norm_silu_into(
     rms_norm(v) = v / sqrt(mean(v**2) + eps); `pixels` and `out` are dense (..., C) of the same
     shape. `bias` is the producing convolution's, added here rather than in a pass of its own."""
     usable = triton is not None and pixels.is_cuda and pixels.shape[-1] in _BLOCKS
+    # The kernel's offsets are 32-bit: past 2**31 elements they wrap (an illegal address,
+    # seen on an H100 at chunk_t 10, 1280x704).
+    usable = usable and pixels.numel() < 2**31
     if usable and pixels.is_contiguous() and out.is_contiguous():
         _launch(pixels, weight, eps, out, bias)
         return
