@@ -6,10 +6,22 @@ import dataclasses
 import enum
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
 
 
 def out_console() -> Console:
@@ -41,3 +53,31 @@ def print_json(value: Any) -> None:
     """One JSON document on stdout, nothing else."""
     sys.stdout.write(json.dumps(to_jsonable(value), indent=2) + "\n")
     sys.stdout.flush()
+
+
+def show(value: T, render: Callable[[T, Console], None], as_json: bool) -> None:
+    """A command's result: with --json the document on stdout and the tables on stderr,
+    else the tables on stdout."""
+    if as_json:
+        print_json(value)
+        render(value, err_console())
+    else:
+        render(value, out_console())
+
+
+@contextmanager
+def progress_bar(
+    label: str, unit: str, total: int, enabled: bool = True
+) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr (done of total, time spent and left); yields `advance(n)`."""
+    columns = (
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=err_console(), disable=not enabled) as progress:
+        task = progress.add_task(label, total=total)
+
+        def advance(done: int = 1) -> None:
+            progress.advance(task, done)
+
+        yield advance

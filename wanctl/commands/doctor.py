@@ -14,7 +14,7 @@ from wanctl.doctor import DoctorReport, Status, diagnose
 from wanctl.launch import SubprocessRunner
 from wanctl.probe.base import GpuInventory
 from wanctl.probe.local import LocalProbe
-from wanctl.render import err_console, out_console, print_json
+from wanctl.render import err_console, show
 
 STATUS_STYLE = {
     Status.OK: "green",
@@ -44,11 +44,7 @@ def doctor(
     its fix. Exit 0 when no check failed, 1 when one did."""
     options = DoctorOptions(full=full, json=json, timeout_s=timeout)
     report = run(options)
-    if options.json:
-        print_json(report)
-        render(report, err_console())
-    else:
-        render(report, out_console())
+    show(report, render, options.json)
     raise typer.Exit(1 if report.failed else 0)
 
 

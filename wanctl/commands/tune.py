@@ -27,7 +27,7 @@ from wanctl.memory import (
 )
 from wanctl.probe.base import System, fingerprint
 from wanctl.probe.local import LocalProbe
-from wanctl.render import err_console, out_console, print_json
+from wanctl.render import err_console, show
 
 
 class Placement(str, Enum):
@@ -136,11 +136,7 @@ def tune(
         json=json,
     )
     report = run(options)
-    if options.json:
-        print_json(report)
-        render(report, err_console())
-    else:
-        render(report, out_console())
+    show(report, render, options.json)
     if not report.plan.fits:
         raise no_fit(report)
     if report.ran_out_of_memory:

@@ -8,29 +8,20 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from wanctl.errors import UsageError, WanctlError
 from wanctl.latents import Latents, load_latents
 from wanctl.launch import LaunchSpec, Runner, SubprocessRunner, torchrun_argv
-from wanctl.render import err_console
+from wanctl.render import progress_bar
 from wanctl.vae.fallback import DecodeOutOfMemory, DecodePlan, fallback_plans, run_ladder
 from wanctl.vae.load import BUILT_IN, load_vae, vae_path
 from wanctl.vae.parallel import RowSplit, split_dim
-from wanctl.vae.stream import FramesDone, StreamResult, decode_tiled_to_file, decode_to_file
+from wanctl.vae.stream import StreamResult, decode_tiled_to_file, decode_to_file
 from wanctl.vae.writers import SUFFIXES
 
 CHUNK_ENV = "WAN_VAE_DECODE_CHUNK_T"
@@ -157,22 +148,6 @@ def check_output(output: Path, latents: Path) -> None:
         raise UsageError(f"cannot write {output}: it is a folder")
 
 
-@contextmanager
-def frame_progress(total: int, enabled: bool = True) -> Iterator[FramesDone]:
-    """A progress bar on stderr (frames done, time left); yields the callback to advance it."""
-    columns = (
-        TextColumn("decoding"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("frames"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err_console(), disable=not enabled) as progress:
-        task = progress.add_task("decode", total=total)
-        yield lambda frames: progress.advance(task, frames)
-
-
 def decode_here(
     options: DecodeOptions,
     latents: Latents,
@@ -186,7 +161,7 @@ def decode_here(
     vae = load_vae(options.vae, device=device, dtype=DTYPES[plan.dtype])
     z = latents.for_decoder(vae.config["latents_mean"], vae.config["latents_std"])
     show = options.progress and (split is None or split.rank == 0)
-    with frame_progress(latents.frames, show) as on_frames:
+    with progress_bar("decoding", "frames", latents.frames, show) as on_frames:
         if plan.tiled:
             return decode_tiled_to_file(
                 vae, z, options.output, fps=latents.fps, on_frames=on_frames

@@ -19,6 +19,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan, W
 from safetensors.torch import load_file
 
 from wanctl.errors import UsageError
+from wanctl.models.configs import VAE_TI2V_5B
 
 # Wan2.2 VAE normalisation (Wan2_2_VAE in the official vae2_2.py; `latents_mean`/`latents_std`
 # in the diffusers config of Wan2.2-TI2V-5B-Diffusers/vae).
@@ -40,19 +41,7 @@ LATENTS_STD = [
 ]  # fmt: skip
 
 TI2V_5B_CONFIG: dict[str, Any] = {
-    "base_dim": 160,
-    "decoder_base_dim": 256,
-    "z_dim": 48,
-    "dim_mult": [1, 2, 4, 4],
-    "num_res_blocks": 2,
-    "attn_scales": [],
-    "temperal_downsample": [False, True, True],
-    "is_residual": True,
-    "in_channels": 12,
-    "out_channels": 12,
-    "patch_size": 2,
-    "scale_factor_spatial": 16,
-    "scale_factor_temporal": 4,
+    **VAE_TI2V_5B,
     "latents_mean": LATENTS_MEAN,
     "latents_std": LATENTS_STD,
 }

@@ -46,7 +46,7 @@ from wanctl.errors import WanctlError
 from wanctl.generate import PEER_LOST, RankStatus, classify
 from wanctl.latents import Latents, save_latents
 from wanctl.models.pipelines import FPS, NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
-from wanctl.render import err_console
+from wanctl.render import progress_bar
 from wanctl.vae.fallback import DecodePlan
 from wanctl.vae.job import DTYPES, DecodeOptions, decode_here
 from wanctl.vae.parallel import RowSplit
@@ -189,7 +189,7 @@ def sample(
         from PIL import Image
 
         extra["image"] = Image.open(args.image).convert("RGB")
-    with step_progress(args.steps, dist.get_rank() == 0) as on_step:
+    with progress_bar("sampling", "steps", args.steps, dist.get_rank() == 0) as on_step:
         output = pipe(
             prompt_embeds=embeds[0],
             negative_prompt_embeds=embeds[1],
@@ -303,27 +303,6 @@ def phase(
     else:
         result.peak_allocated_gib[name] = result.peak_reserved_gib[name] = None
     result.seconds[name] = time.perf_counter() - start
-
-
-@contextmanager
-def step_progress(steps: int, enabled: bool) -> Iterator[Callable[[], None]]:
-    """A progress bar of denoising steps on stderr; yields the callback that advances it."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    )  # fmt: skip
-    with Progress(*columns, console=err_console(), disable=not enabled) as progress:
-        task = progress.add_task("sampling", total=steps)
-        yield lambda: progress.advance(task)
 
 
 def _step_timer(
