@@ -181,7 +181,7 @@ def check_gpu(gpu: GpuInfo) -> list[Check]:
                 shell=f"nvidia-smi -q -i {gpu.index} -d ECC",
             )
         )
-    return [check for check in checks if check is not None]
+    return checks
 
 
 def _memory_check(gpu: GpuInfo) -> Check:

@@ -88,7 +88,10 @@ def load_latents(path: Path) -> Latents:
 
 
 def _read(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
-    fix = f"pass a safetensors file with a tensor named '{TENSOR_NAME}' (see docs/decode.md)"
+    fix = (
+        f"pass a safetensors file with a tensor named '{TENSOR_NAME}' "
+        "(the README's 'latent file format')"
+    )
     if not path.is_file():
         raise UsageError(f"latents file not found: {path}", fix=fix)
     try:

@@ -28,7 +28,7 @@ class DecodeOutOfMemory(WanctlError):
             "the VAE decode ran out of GPU memory",
             why=detail,
             fix="free the GPUs (nvidia-smi shows who holds them), decode on more GPUs with"
-            " --gpus, or set PYTORCH_ALLOC_CONF=expandable_segments:True",
+            " --gpus, or set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
         )
 
 

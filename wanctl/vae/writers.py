@@ -16,6 +16,8 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
+from wanctl.errors import WanctlError
+
 SUFFIXES = (".mp4", ".npy")
 # Constant rate factor 10, as the official Wan2.2 `save_video` (imageio quality 8).
 MP4_QUALITY = 8
@@ -92,13 +94,26 @@ def partial_path(output: Path) -> Path:
     return output.with_name(f".{output.stem}.partial{output.suffix}")
 
 
+def write_failed(output: Path, why: str) -> WanctlError:
+    return WanctlError(
+        f"could not write the video {output}",
+        why=why,
+        fix="write to a folder you can write to, with room for the video (`df -h`); the "
+        "latents file is untouched: `wanctl decode` can write it again",
+    )
+
+
 def open_writer(output: Path, *, frames: int, height: int, width: int, fps: float) -> FrameWriter:
     """A writer for `output`, by suffix: `.mp4` (H.264, yuv420p, `fps`) or `.npy` (uint8
-    array (frames, height, width, 3), allocated up front and filled in place)."""
-    if output.suffix == ".npy":
-        return NpyWriter(output, frames=frames, height=height, width=width)
-    if output.suffix == ".mp4":
-        return Mp4Writer(output, frames=frames, height=height, width=width, fps=fps)
+    array (frames, height, width, 3), allocated up front and filled in place). Failures to
+    create, write or finish the file are `WanctlError`s that say so."""
+    try:
+        if output.suffix == ".npy":
+            return NpyWriter(output, frames=frames, height=height, width=width)
+        if output.suffix == ".mp4":
+            return Mp4Writer(output, frames=frames, height=height, width=width, fps=fps)
+    except OSError as error:
+        raise write_failed(output, str(error)) from error
     raise ValueError(f"no writer for {output.suffix!r}; use one of {SUFFIXES}")
 
 
@@ -120,7 +135,12 @@ class _Counted:
         if self.written != self.expected:
             self.partial.unlink(missing_ok=True)
             raise ValueError(f"{self.written} frames written, {self.expected} announced")
-        os.replace(self.partial, self.output)
+        if not self.partial.is_file() or self.partial.stat().st_size == 0:
+            raise write_failed(self.output, "the encoder left no file behind")
+        try:
+            os.replace(self.partial, self.output)
+        except OSError as error:
+            raise write_failed(self.output, str(error)) from error
 
 
 class NpyWriter(_Counted):
@@ -163,10 +183,16 @@ class Mp4Writer(_Counted):
 
     def write(self, frames: np.ndarray) -> None:
         self._count(frames)
-        self._encoder.send(np.ascontiguousarray(frames))  # written as is, no copy
+        try:
+            self._encoder.send(np.ascontiguousarray(frames))  # written as is, no copy
+        except OSError as error:  # ffmpeg died: a full disk, an unwritable path
+            raise write_failed(self.output, f"ffmpeg stopped: {error}") from error
 
     def close(self) -> None:
-        self._encoder.close()
+        try:
+            self._encoder.close()
+        except OSError as error:
+            raise write_failed(self.output, f"ffmpeg stopped: {error}") from error
         self._publish()
 
     def abort(self) -> None:
