@@ -146,3 +146,19 @@ def test_resolve_prefers_a_saved_preset_over_the_model() -> None:
 def test_a_rig_described_with_another_memory_size() -> None:
     _, rig = presets.rig_of("1x H100 94GB")
     assert rig.memory_mib == 94 * 1024 and rig.card == Card(rig.gpu_name, 94 * 1024)
+
+
+def test_resolve_keeps_doctors_nccl_settings_over_the_presets_env(config_dir: Path) -> None:
+    """A preset holds no (or stale) NCCL findings; doctor's current ones win, the file stays."""
+    inventory, rig = presets.rig_of("2x RTX 5090 32GB")
+    key, _, entry = user_rig()
+    saved_env = {"WAN_VAE_DECODE_CHUNK_T": "1", "NCCL_P2P_DISABLE": "0", "NCCL_DEBUG": "WARN"}
+    path = presets.save(key, rig, dataclasses.replace(entry, env=saved_env))
+    before = path.read_text()
+    resolved = presets.resolve(inventory, USER, nccl_env={"NCCL_P2P_DISABLE": "1"})
+    assert resolved.source.startswith("user preset")
+    assert resolved.env == {**saved_env, "NCCL_P2P_DISABLE": "1"}
+    assert path.read_text() == before
+    presets.remove(key)
+    shipped = presets.resolve(inventory, USER, nccl_env={"NCCL_P2P_DISABLE": "1"})
+    assert shipped.source.startswith("shipped preset") and shipped.env["NCCL_P2P_DISABLE"] == "1"

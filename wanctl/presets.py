@@ -358,7 +358,8 @@ def resolve(
     platform: str = sys.platform,
 ) -> MemoryPlan:
     """The plan for `workload` on this rig: a preset's settings when one holds this workload
-    (user before shipped; figures re-predicted by the current model, its env as saved), else
+    (user before shipped; figures re-predicted by the current model, its env as saved with
+    doctor's current `nccl_env` over it: today's finding wins, the file is not changed), else
     the model's own choice. `source` says which."""
     card = Card.smallest(inventory)
     preset = load(fingerprint(inventory))
@@ -367,7 +368,9 @@ def resolve(
         return plan(workload, card, platform=platform, nccl_env=nccl_env)
     predicted = predict(workload, card, entry.settings, platform=platform, nccl_env=nccl_env)
     return dataclasses.replace(
-        predicted, env=entry.env, source=f"{preset.origin} preset ({entry.source}, {entry.created})"
+        predicted,
+        env={**entry.env, **nccl_env},
+        source=f"{preset.origin} preset ({entry.source}, {entry.created})",
     )
 
 
