@@ -55,6 +55,7 @@ def test_the_table_names_the_settings_and_exports(cli: CliRunner) -> None:
         (["--frames", "120"], "120 frames is not 4n+1"),
         (["--gpus", "4"], "--gpus 4 on a rig of 2 GPUs"),
         (["--gpus", "5"], "--gpus 5 on a rig of 2 GPUs"),
+        (["--gpus", "0"], "greater than or equal to 1"),
     ],
 )
 def test_bad_requests_exit_2_with_a_message(cli: CliRunner, args: list[str], message: str) -> None:

@@ -85,7 +85,7 @@ class TuneReport:
 def tune(
     gpus: Annotated[
         int | None,
-        typer.Option(help="GPUs of the run (the Ulysses degree); default: all of the rig."),
+        typer.Option(min=1, help="GPUs of the run (the Ulysses degree); default: all of the rig."),
     ] = None,
     size: Annotated[str, typer.Option(help="WIDTH*HEIGHT of the video.")] = "1280*704",
     frames: Annotated[int, typer.Option(help="Frames, 4n+1.")] = 121,
@@ -176,7 +176,7 @@ def resolve_rig(options: TuneOptions) -> tuple[str, presets.Rig, str]:
 def run(options: TuneOptions) -> TuneReport:
     rig_fingerprint, rig, platform = resolve_rig(options)
     width, height = parse_size(options.size)
-    gpus = options.gpus or rig.gpus
+    gpus = rig.gpus if options.gpus is None else options.gpus
     if gpus > rig.gpus:
         raise UsageError(
             f"--gpus {gpus} on a rig of {rig.gpus} GPU{'s' if rig.gpus > 1 else ''}",
