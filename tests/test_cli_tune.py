@@ -134,3 +134,22 @@ def test_plan_for_the_rig_of_a_preset(cli: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["plan"]["card"]["memory_mib"] == 81559
     assert cli.invoke(app, ["tune", "--preset", "nothing-here"]).exit_code == 2
+
+
+def test_a_run_ulysses_cannot_split_is_refused_as_a_bad_request(
+    cli: CliRunner, config_dir: Path
+) -> None:
+    """3 GPUs: 27,280 tokens do not split in 3 equal parts, which diffusers' Ulysses needs."""
+    three = ["tune", "--rig", "3x RTX 4090", "--save"]
+    result = cli.invoke(app, three)
+    assert result.exit_code == 2, result.output
+    assert "27280 tokens" in result.stderr and "do not split over 3 GPUs" in result.stderr
+    assert "117 frames (instead of 121)" in result.stderr
+    assert "2 GPUs (instead of 3)" in result.stderr
+    assert "fits:" not in result.output and not (config_dir / "presets").exists()
+    as_json = cli.invoke(app, [*three, "--json"])
+    assert as_json.exit_code == 2
+    report = json.loads(as_json.stdout)
+    assert "27280 tokens" in report["plan"]["problem"] and report["alternatives"]
+    assert all(a["plan"]["problem"] is None for a in report["alternatives"])
+    assert report["written"] is None

@@ -21,6 +21,7 @@ from wanctl.memory import (
     in_effect,
     plan,
     predict,
+    ulysses_problem,
 )
 from wanctl.probe.catalog import MODELS
 
@@ -277,3 +278,35 @@ def test_the_largest_chunk_that_fits_is_reported() -> None:
     beyond = dataclasses.replace(chosen.settings, chunk_t=chosen.max_chunk_t + 1)
     assert predict(USER, RTX_5090, at_max).fits and not predict(USER, RTX_5090, beyond).fits
     assert plan(USER, H100).max_chunk_t > chosen.max_chunk_t
+
+
+def test_ulysses_problem_names_what_does_not_divide() -> None:
+    assert ulysses_problem(USER) is None
+    three = Workload(1280, 704, 121, 3)  # 31 latent frames x 880 tokens: 27,280, not 3k
+    problem = ulysses_problem(three)
+    assert problem is not None and "27280 tokens" in problem and "do not split over 3" in problem
+    assert ulysses_problem(Workload(1280, 704, 117, 3)) is None  # 30 latent frames
+    heads = Workload(1280, 704, 121, 1)
+    object.__setattr__(heads, "gpus", 5)  # Workload refuses it; generate's world may not
+    assert "24 attention heads" in (ulysses_problem(heads) or "")
+
+
+def test_a_run_ulysses_cannot_split_is_not_runnable_with_splittable_alternatives() -> None:
+    three = Workload(1280, 704, 121, 3)
+    chosen = plan(three, RTX_4090)
+    assert chosen.fits and not chosen.runnable and chosen.problem == ulysses_problem(three)
+    assert plan(USER, RTX_5090).runnable and plan(USER, RTX_5090).problem is None
+    changes = {a.change: a for a in alternatives(three, RTX_4090)}
+    assert "117 frames (instead of 121)" in changes and "2 GPUs (instead of 3)" in changes
+    assert all(a.plan.runnable and ulysses_problem(a.plan.workload) is None
+               for a in changes.values())  # fmt: skip
+
+
+def test_alternatives_never_propose_a_run_ulysses_cannot_split() -> None:
+    """Releasing a pin keeps the workload: on an unsplittable one it is no alternative."""
+    three = Workload(1280, 704, 121, 3)
+    pinned = Constraints(chunk_t=30)
+    assert not plan(three, RTX_4090, pinned).fits
+    for alternative in alternatives(three, RTX_4090, pinned):
+        assert ulysses_problem(alternative.plan.workload) is None, alternative.change
+        assert alternative.plan.runnable

@@ -531,6 +531,24 @@ class Workload:
         return frames * (height // PATCH) * (width // PATCH)
 
 
+def ulysses_problem(workload: Workload) -> str | None:
+    """Why diffusers' Ulysses cannot split `workload` over its `gpus` ranks, as a sentence, or
+    None when it can: the degree must divide the DiT's attention heads (`HEADS`) and the tokens
+    (every rank gets an equal share of the sequence). Pure: the workload alone decides."""
+    gpus = workload.gpus
+    if gpus < 1 or HEADS % gpus:
+        return (
+            f"the DiT's {HEADS} attention heads do not split over {gpus} GPUs: the Ulysses "
+            f"degree must divide them ({', '.join(map(str, ulysses_degrees()))})"
+        )
+    if workload.tokens % gpus:
+        return (
+            f"{workload.tokens} tokens ({workload.size} x {workload.frames} frames) do not split "
+            f"over {gpus} GPUs: diffusers' Ulysses gives every rank an equal share of the tokens"
+        )
+    return None
+
+
 def ulysses_degrees() -> tuple[int, ...]:
     return tuple(n for n in range(1, HEADS + 1) if HEADS % n == 0)
 
@@ -683,6 +701,12 @@ class MemoryPlan:
     env: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     source: str = "model"
+    problem: str | None = None  # why the run cannot go whatever the memory (`ulysses_problem`)
+
+    @property
+    def runnable(self) -> bool:
+        """It fits, and diffusers' Ulysses can split it over its GPUs."""
+        return self.fits and self.problem is None
 
 
 @dataclass(frozen=True)
@@ -807,7 +831,8 @@ def predict(
         fits=peak.total_gib <= budget,
         max_chunk_t=_max_chunk_t(workload, settings, budget),
         env=environment(settings, platform, nccl_env),
-        notes=_notes(workload, settings),
+        notes=_notes(settings),
+        problem=ulysses_problem(workload),
     )
 
 
@@ -822,13 +847,8 @@ def _max_chunk_t(workload: Workload, settings: Settings, budget: float) -> int:
     return best
 
 
-def _notes(workload: Workload, settings: Settings) -> tuple[str, ...]:
+def _notes(settings: Settings) -> tuple[str, ...]:
     notes = []
-    if workload.tokens % workload.gpus:
-        notes.append(
-            f"{workload.tokens} tokens do not split in {workload.gpus} equal parts: diffusers' "
-            "Ulysses needs them to (another size or frame count does)"
-        )
     if settings.chunk_t == 1:
         notes.append(
             "chunk_t 1: more latent frames per decoder call bought no speed on an H100 "
@@ -879,7 +899,9 @@ def plan(
     nccl_env: Mapping[str, str] | None = None,
 ) -> MemoryPlan:
     """The first settings that fit, in `candidates` order; when none does, the plan with the
-    lowest peak (`fits` False: see `alternatives`)."""
+    lowest peak (`fits` False: see `alternatives`). A run diffusers' Ulysses cannot split over
+    its GPUs is planned all the same but carries the `problem` (`ulysses_problem`), so that it
+    is not `runnable` whatever the memory: `fits` stays the memory's verdict."""
     tried = [
         predict(workload, card, settings, platform=platform, nccl_env=nccl_env)
         for settings in candidates(workload, constraints, platform)
@@ -894,12 +916,15 @@ def alternatives(
     *,
     platform: str = "linux",
 ) -> tuple[Alternative, ...]:
-    """The nearest runs that would fit: each pin released, fewer frames, a smaller size of
-    the same shape, more GPUs."""
+    """The nearest runs that would fit and that Ulysses can split: each pin released, fewer
+    frames, a smaller size of the same shape, more GPUs (fewer first, when the tokens or heads
+    do not split over these)."""
 
     def fitting(w: Workload, c: Constraints = constraints) -> MemoryPlan | None:
+        if ulysses_problem(w):
+            return None
         found = plan(w, card, c, platform=platform)
-        return found if found.fits else None
+        return found if found.runnable else None
 
     found: list[Alternative] = []
     released = {
@@ -925,8 +950,13 @@ def alternatives(
         if p := fitting(dataclasses.replace(workload, width=width, height=height)):
             found.append(Alternative(f"{width}*{height} (instead of {workload.size})", p))
             break
+    pins = dataclasses.replace(constraints, decode_ranks=None)
+    if ulysses_problem(workload):
+        for gpus in (n for n in reversed(ulysses_degrees()) if n < workload.gpus):
+            if p := fitting(dataclasses.replace(workload, gpus=gpus), pins):
+                found.append(Alternative(f"{gpus} GPUs (instead of {workload.gpus})", p))
+                break
     for gpus in (n for n in ulysses_degrees() if n > workload.gpus):
-        pins = dataclasses.replace(constraints, decode_ranks=None)
         if p := fitting(dataclasses.replace(workload, gpus=gpus), pins):
             found.append(Alternative(f"{gpus} GPUs (instead of {workload.gpus})", p))
             break

@@ -121,7 +121,7 @@ def tune(
     """Will this run fit on the rig, and with which settings? Predicts the peak memory of
     each phase per GPU, chooses the decode chunk, decode ranks, offloading, text encoder
     placement, allocator and NCCL settings, and refuses with the nearest runs that fit when
-    nothing does."""
+    nothing does (exit 1) or when Ulysses cannot split the run over its GPUs (exit 2)."""
     options = TuneOptions(
         gpus=gpus,
         size=size,
@@ -137,8 +137,8 @@ def tune(
     )
     report = run(options)
     show(report, render, options.json)
-    if not report.plan.fits:
-        raise no_fit(report)
+    if not report.plan.runnable:
+        raise refusal(report)
     if report.ran_out_of_memory:
         raise WanctlError(
             "the measured run ran out of memory although the model predicted it would fit",
@@ -191,12 +191,12 @@ def run(options: TuneOptions) -> TuneReport:
         rig=rig,
         plan=chosen,
         alternatives=()
-        if chosen.fits
+        if chosen.runnable
         else alternatives(workload, rig.card, constraints, platform=platform),
         saved=saved,
         preset_error=preset_error,
     )
-    if not chosen.fits:
+    if not chosen.runnable:
         return report
     entry = presets.entry_of(chosen, created=presets.now())
     if options.measure:
@@ -249,6 +249,23 @@ def _measure(report: TuneReport, entry: presets.Entry) -> tuple[TuneReport, pres
     return report, entry
 
 
+def refusal(report: TuneReport) -> WanctlError:
+    """Why the plan cannot run: Ulysses cannot split it over its GPUs (a bad request, exit 2,
+    like --gpus not dividing the heads), else nothing fits in memory (exit 1)."""
+    chosen = report.plan
+    nearest = "; ".join(alternative.change for alternative in report.alternatives)
+    if chosen.problem:
+        workload = chosen.workload
+        return UsageError(
+            f"{workload.size}x{workload.frames} cannot run on {workload.gpus} GPU(s)",
+            why=chosen.problem,
+            fix=f"nearest runs that fit: {nearest}"
+            if nearest
+            else "use another size, frame count or number of GPUs",
+        )
+    return no_fit(report)
+
+
 def no_fit(report: TuneReport) -> WanctlError:
     chosen = report.plan
     nearest = "; ".join(alternative.change for alternative in report.alternatives)
@@ -288,6 +305,8 @@ def render(report: TuneReport, console: Console) -> None:
             row.append(_measured_cell(measured.get(phase.name)))
         table.add_row(*row, style="bold" if phase.name == chosen.peak_phase else None)
     console.print(table)
+    if chosen.problem:
+        console.print(f"[bold red]cannot run[/]: {chosen.problem}", highlight=False)
     if not chosen.fits:
         console.print(
             f"[bold red]does not fit[/]: the leanest settings peak at {chosen.peak_gib:.2f} GiB "
@@ -295,6 +314,7 @@ def render(report: TuneReport, console: Console) -> None:
             "can be used",
             highlight=False,
         )
+    if not chosen.runnable:
         _render_alternatives(report.alternatives, console)
         return
     console.print(
