@@ -310,3 +310,11 @@ def test_alternatives_never_propose_a_run_ulysses_cannot_split() -> None:
     for alternative in alternatives(three, RTX_4090, pinned):
         assert ulysses_problem(alternative.plan.workload) is None, alternative.change
         assert alternative.plan.runnable
+
+
+def test_notes_cite_nothing_users_cannot_check() -> None:
+    """facts.md is not shipped: the chunk_t note states the trade-off without its numbers."""
+    notes = plan(USER, RTX_5090).notes
+    chunk = [note for note in notes if note.startswith("chunk_t 1")]
+    assert chunk and "no speed" in chunk[0] and "activations" in chunk[0]
+    assert not any("facts.md" in note or "not measured yet" in note for note in notes)

@@ -851,18 +851,13 @@ def _notes(settings: Settings) -> tuple[str, ...]:
     notes = []
     if settings.chunk_t == 1:
         notes.append(
-            "chunk_t 1: more latent frames per decoder call bought no speed on an H100 "
-            "(facts.md: 6.4 s at 1 and 4, 7.4 s at 8) and each costs a frame of activations"
+            "chunk_t 1: more latent frames per decoder call buy no speed and each costs a "
+            "frame of activations"
         )
     if settings.text_encoder == "gpu":
         notes.append(
             "the text encoder is freed from the GPU once the prompt is encoded, before the DiT "
             "is loaded"
-        )
-    if settings.expandable_segments and not coefficients().expandable_measured:
-        notes.append(
-            "reserved memory with expandable segments is not measured yet: predicted with the "
-            "default allocator's ratio (an upper bound)"
         )
     return tuple(notes)
 
