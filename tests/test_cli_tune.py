@@ -153,3 +153,23 @@ def test_a_run_ulysses_cannot_split_is_refused_as_a_bad_request(
     assert "27280 tokens" in report["plan"]["problem"] and report["alternatives"]
     assert all(a["plan"]["problem"] is None for a in report["alternatives"])
     assert report["written"] is None
+
+
+def test_presets_list_never_cuts_the_fingerprint_users_type(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.invoke(app, [*USER_CASE, "--save"]).exit_code == 0
+    listed = cli.invoke(app, ["presets", "list"])
+    assert listed.exit_code == 0
+    keys = [item.fingerprint for item in presets.listing()]
+    assert "8x-h100-80gb-nvlink" in keys and "2x-rtx-5090-32gb-pcie" in keys
+    for key in keys:
+        assert key in listed.stdout, listed.stdout
+
+
+def test_no_empty_table_of_nearest_runs(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tune_command, "alternatives", lambda *args, **kwargs: ())
+    result = cli.invoke(app, ["tune", "--rig", "1x RTX 4090 24GB", "--frames", "241"])
+    assert result.exit_code == 1 and "does not fit" in result.stdout
+    assert "nearest runs that fit" not in result.output and "use a larger GPU" in result.stderr

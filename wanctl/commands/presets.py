@@ -24,8 +24,10 @@ def list_presets(
         print_json(found)
         return
     table = Table(title=f"presets (user: {presets.user_dir()})", title_justify="left")
-    for column in ("fingerprint", "origin", "rig", "runs", "source"):
-        table.add_column(column)
+    # The fingerprint is what users type into `show` and `rm`: kept whole, never cut short.
+    table.add_column("fingerprint", no_wrap=True, overflow="fold")
+    for column in ("origin", "rig", "runs", "source"):
+        table.add_column(column, overflow="fold")
     for item in found:
         if item.preset is None:
             table.add_row(item.fingerprint, item.origin, f"[red]{item.error}[/]", "", "")
@@ -35,7 +37,7 @@ def list_presets(
             item.fingerprint,
             item.origin,
             item.preset.rig.description,
-            ", ".join(f"{e.size}x{e.frames}/{e.gpus}" for e in entries),
+            "\n".join(f"{e.size}x{e.frames}/{e.gpus}" for e in entries),
             ", ".join(sorted({e.source for e in entries})),
         )
     out_console().print(table)

@@ -350,6 +350,8 @@ def render(report: TuneReport, console: Console) -> None:
 
 
 def _render_alternatives(found: tuple[Alternative, ...], console: Console) -> None:
+    if not found:  # the refusal's fix says what to do instead
+        return
     nearest = Table(title="nearest runs that fit", title_justify="left")
     for column in ("change", "peak GiB", "settings"):
         nearest.add_column(column)
