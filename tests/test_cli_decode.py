@@ -172,3 +172,31 @@ def test_the_output_may_not_be_the_latents_file(cli: CliRunner, tmp_path: Path) 
 
     assert result.exit_code == 2 and "would overwrite the latents file" in result.stderr
     assert digest(latents) == before
+
+
+def test_an_output_folder_where_no_file_can_be_created_is_refused_before_decoding(
+    cli: CliRunner, latents_file: Path
+) -> None:
+    """`os.access` says yes to root everywhere; creating a file in /proc fails for everyone."""
+    result = decode(cli, latents_file, "-o", "/proc/x.mp4", "--vae", "tiny", "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.stderr.split())
+    assert "/proc is not a writable folder" in text and "creating a file there failed" in text
+    assert "decoding" not in result.stderr and "Traceback" not in result.output
+
+
+def test_a_worker_that_failed_of_a_bug_points_to_its_traceback(tmp_path: Path) -> None:
+    from wanctl.errors import WanctlError
+    from wanctl.vae.job import read_report
+
+    with pytest.raises(WanctlError) as failed:
+        read_report(tmp_path / "report.json", 2, 1)
+    assert "traceback is in torchrun's output above" in failed.value.fix
+    assert "run again with --debug" not in failed.value.fix
+
+
+def test_the_vae_help_names_every_built_in_decoder(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["decode", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "'synthetic'" in text and "'tiny'" in text

@@ -127,10 +127,14 @@ def test_a_diffusers_checkpoint_samples_and_decodes_as_the_model_it_holds(
 def test_one_rank_samples_the_same_latents_as_two(
     two_ranks: tuple[Path, dict], cli: CliRunner, tmp_path: Path
 ) -> None:
-    result = generate(cli, tmp_path / "fox.mp4", "--gpus", "1", json_output=False)
+    # --size as 64x64: every spelling the checks accept reaches the worker as 64*64
+    result = generate(cli, tmp_path / "fox.mp4", "--gpus", "1", "--size", "64x64",
+                      json_output=False)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "generated" in result.stdout and "s/step" in result.stdout  # the summary table
-    one = load_latents(tmp_path / "fox.latents.safetensors").tensor
+    saved = load_latents(tmp_path / "fox.latents.safetensors")
+    assert saved.source["size"] == "64*64"
+    one = saved.tensor
     two = load_latents(two_ranks[0].with_name("fox.latents.safetensors")).tensor
     torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
 

@@ -310,6 +310,12 @@ REFUSALS = {
                                    "these settings shard it (dit = fsdp)"),
     "too many decode ranks": Refusal((*DIFFUSERS, "--decode-ranks", "3"),
                                      "decode on 3 ranks is not possible"),
+    "several nodes and no rendezvous": Refusal((*DIFFUSERS, "--nnodes", "2"),
+                                               "--nnodes 2 without --rdzv-endpoint"),
+    "chunk_t through --env": Refusal((*DIFFUSERS, "--env", "WAN_VAE_DECODE_CHUNK_T=4"),
+                                     "--env WAN_VAE_DECODE_CHUNK_T=4 would not reach the decode"),
+    "output where no file can be created": Refusal((*DIFFUSERS, "-o", "/proc/x.mp4"),
+                                                   "/proc is not a writable folder"),
     "model and checkpoint": Refusal((*DIFFUSERS, "--model", "tiny"),
                                     "both --model and --ckpt-dir"),
     "no model": Refusal((), "no model: pass a checkpoint or a built-in model"),
@@ -420,3 +426,65 @@ def test_run_paths_sit_beside_the_output() -> None:
     paths = RunPaths.for_output(Path("out/demo.mp4"))
     assert paths.latents == Path("out/demo.latents.safetensors")
     assert paths.run_dir == Path("out/.demo.mp4.wanctl")
+
+
+def test_a_size_spelled_with_x_is_passed_on_as_the_workers_and_official_code_read_it(
+    ckpt: Path, wan: tuple[Path, Path], out: Path
+) -> None:
+    diffusers = prepared(options(out, ckpt_dir=ckpt, size="1280x704"))
+    args = diffusers.spec.argv
+    assert args[args.index("--size") + 1] == "1280*704"
+    assert diffusers.options.size == "1280*704" and diffusers.options.dimensions == (1280, 704)
+    repo, official = wan
+    wan_repo = prepared(options(out, backend="wan-repo", wan_repo=repo, ckpt_dir=official,
+                                size="704×1280"))  # fmt: skip
+    args = wan_repo.spec.argv
+    assert args[args.index("--size") + 1] == "704*1280"
+    assert json.loads(wan_repo.spec.env[SOURCE_ENV])["size"] == "704*1280"
+
+
+def test_refusals_say_how_to_fix_them(ckpt: Path, out: Path) -> None:
+    with pytest.raises(UsageError) as nodes:
+        prepared(options(out, ckpt_dir=ckpt, nnodes=2))
+    assert nodes.value.fix == "pass --rdzv-endpoint HOST:PORT, the same on every node"
+    assert nodes.value.why
+    with pytest.raises(UsageError) as chunk:
+        prepared(options(out, ckpt_dir=ckpt, env=(("WAN_VAE_DECODE_CHUNK_T", "4"),)))
+    assert chunk.value.fix == "use --chunk-t 4"
+    from wanctl.launch import check_output
+
+    with pytest.raises(UsageError) as proc:
+        check_output(Path("/proc/x.mp4"))
+    assert proc.value.exit_code == 2 and "creating a file there failed" in proc.value.why
+    check_output(out / "fine.mp4")
+    assert list(out.iterdir()) == []  # the probe file is gone
+
+
+def test_the_cpu_note_counts_every_rank_of_every_node(out: Path) -> None:
+    launched = prepared(options(out, model="tiny", size="64*64", frames=17, nnodes=2,
+                                rdzv_endpoint="10.0.0.1:29500"), scenario("no_driver"))  # fmt: skip
+    assert launched.world == 4
+    assert "on the CPU: 4 process(es) over gloo, no preset" in launched.notes
+
+
+def test_a_rank_that_failed_of_a_bug_points_to_its_traceback(ckpt: Path, out: Path) -> None:
+    launched = prepared(options(out, ckpt_dir=ckpt))
+    bug = {"rank": 1, "phase": "sampling", "state": "failed", "cause": "KeyError", "time": 0.0,
+           "type": "KeyError", "message": "'latents'"}  # fmt: skip
+    error = failure(launched, [bug], RunResult(1, False, 3.0))
+    assert error.why == "rank 1: KeyError: 'latents'"
+    assert "rank 1's traceback is in torchrun's output above" in error.fix
+    assert "run again with --debug" not in error.fix
+
+
+def test_generate_and_decode_share_one_check_and_one_name() -> None:
+    import wanctl.generate as generate
+    import wanctl.launch as launch
+    from wanctl.vae import job, writers
+
+    assert generate.check_output is job.check_output is launch.check_output
+    assert generate.chunk_t is job.chunk_t is launch.chunk_t
+    assert generate.thread_env is job.thread_env is launch.thread_env
+    assert generate.check_gpus_visible is job.check_gpus_visible
+    assert generate.CHUNK_ENV == launch.CHUNK_ENV == "WAN_VAE_DECODE_CHUNK_T"
+    assert launch.VIDEO_SUFFIXES == writers.SUFFIXES

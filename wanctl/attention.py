@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from wanctl.memory import Workload, parse_size
+
 if TYPE_CHECKING:
     import torch
 
@@ -97,12 +99,12 @@ class AttentionChoice:
         return cls(data["backend"], data["heads"], data["tokens"], timings, data.get("note"))
 
 
-def dit_tokens(size: str, frames: int, patch: tuple[int, ...]) -> int:
-    """Tokens the DiT attends over: latent frames x latent rows x latent columns (the VAE's
-    4x time and 16x space reduction), over the patch."""
-    width, height = (int(side) for side in size.split("*"))
-    latent = ((frames - 1) // 4 + 1, height // 16, width // 16)
-    return math.prod(n // p for n, p in zip(latent, patch, strict=True))
+def dit_tokens(size: str, frames: int) -> int:
+    """Tokens the DiT attends over, for a size in any spelling `parse_size` reads (1280*704,
+    1280x704): `Workload.tokens`, the memory model's count (one rank's share of the heads
+    changes nothing here)."""
+    width, height = parse_size(size)
+    return Workload(width, height, frames, 1).tokens
 
 
 def pick(timings: Sequence[BackendTiming], default: str = DEFAULT) -> str:

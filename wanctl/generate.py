@@ -36,10 +36,15 @@ from wanctl.attention import AttentionChoice
 from wanctl.doctor import DoctorReport, Status, diagnose
 from wanctl.errors import UsageError, WanctlError
 from wanctl.launch import (
+    CHUNK_ENV,
     LaunchSpec,
     Runner,
     RunResult,
     SubprocessRunner,
+    check_gpus_visible,
+    check_output,
+    chunk_t,
+    thread_env,
     torchrun_argv,
     worker_error,
 )
@@ -52,7 +57,6 @@ WORKER = "wanctl.workers.generate"
 BACKENDS = ("diffusers", "wan-repo")
 MODELS = ("tiny", "synthetic-5b")
 DEVICES = ("cuda", "cpu")
-CHUNK_ENV = "WAN_VAE_DECODE_CHUNK_T"
 # Variables the user may have exported under another name.
 ALIASES = {"PYTORCH_CUDA_ALLOC_CONF": ("PYTORCH_ALLOC_CONF",)}
 # The official code: its TI2V task, the sizes it accepts for it, and the files it reads.
@@ -99,6 +103,12 @@ class GenerateOptions:
     preflight: bool = True
     timeout_s: float | None = None
     json_stdout: bool = False  # stdout carries one JSON document (--json)
+
+    def __post_init__(self) -> None:
+        # One spelling from here on: 1280x704 and 1280×704 become 1280*704, the form the
+        # workers and the official generate.py read.
+        width, height = parse_size(self.size)
+        object.__setattr__(self, "size", f"{width}*{height}")
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -261,13 +271,28 @@ def check_request(options: GenerateOptions) -> None:
         raise UsageError(f"unknown device {options.device!r}", fix="use --device cuda or cpu")
     if options.steps < 1:
         raise UsageError(f"--steps is {options.steps}; it must be at least 1")
+    if (options.nnodes or 1) > 1 and not options.rdzv_endpoint:
+        raise UsageError(
+            f"--nnodes {options.nnodes} without --rdzv-endpoint",
+            why="the nodes find each other at the rendezvous endpoint; with none, torchrun "
+            "cannot bring them together",
+            fix="pass --rdzv-endpoint HOST:PORT, the same on every node",
+        )
+    if CHUNK_ENV in dict(options.env):
+        value = dict(options.env)[CHUNK_ENV]
+        raise UsageError(
+            f"--env {CHUNK_ENV}={value} would not reach the decode",
+            why=f"the decode's chunk_t is a setting of its own: wanctl passes it to the workers "
+            f"as --chunk-t and sets {CHUNK_ENV} from it",
+            fix=f"use --chunk-t {value}",
+        )
     if options.backend == "wan-repo":
         _check_wan_repo(options)
     else:
         _check_diffusers_model(options)
     if options.image is not None and not options.image.is_file():
         raise UsageError(f"image not found: {options.image}", fix="pass an existing image file")
-    _check_output(options.output)
+    check_output(options.output)
 
 
 def _check_diffusers_model(options: GenerateOptions) -> None:
@@ -323,20 +348,6 @@ def _require_files(folder: Path, names: tuple[str, ...], what: str, fix: str) ->
     if not folder.is_dir() or missing:
         lacks = "it is not a folder" if not folder.is_dir() else f"no {', '.join(missing)}"
         raise UsageError(f"{folder} is not {what}: {lacks}", fix=fix)
-
-
-def _check_output(output: Path) -> None:
-    fix = "create the folder or pick another output path"
-    if output.is_dir():
-        raise UsageError(f"cannot write {output}: it is a folder", fix=fix)
-    if output.suffix not in (".mp4", ".npy"):
-        raise UsageError(
-            f"cannot write {output}: unknown video type '{output.suffix}'",
-            fix="name the output .mp4 (H.264) or .npy (uint8 frames, lossless)",
-        )
-    folder = output.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {output}: {folder} is not a writable folder", fix=fix)
 
 
 def check_tokens(workload: Workload, world: int) -> None:
@@ -454,10 +465,7 @@ def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, 
         if getattr(options, name) is not None
     }
     if "chunk_t" not in chosen and CHUNK_ENV in env:
-        value = env[CHUNK_ENV]
-        if not value.isdigit() or int(value) < 1:
-            raise UsageError(f"{CHUNK_ENV} is {value!r}; it must be a whole number of at least 1")
-        chosen["chunk_t"] = int(value)
+        chosen["chunk_t"] = chunk_t(None, env)
     return chosen
 
 
@@ -578,13 +586,6 @@ def launch_env(
     return {**env, **flags}, {k: v for k, v in kept.items() if v != wanted[k]}
 
 
-def cpu_threads(ranks: int, base: Mapping[str, str]) -> dict[str, str]:
-    """CPU ranks share the cores (torchrun would give each one thread), unless the user chose."""
-    if "OMP_NUM_THREADS" in base:
-        return {}
-    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
-
-
 def decode_command(paths: RunPaths, vae: str, settings: Settings, device: str) -> str:
     """The `wanctl decode` line that turns the kept latents into the video."""
     argv = ["wanctl", "decode", str(paths.latents), "-o", str(paths.output), "--vae", vae,
@@ -637,18 +638,16 @@ def prepare(
     disk_free: Callable[[Path], int] = lambda folder: shutil.disk_usage(folder).free,
 ) -> GeneratePlan:
     """Check everything that can be checked before launch and build the launch. Writes
-    nothing; a refusal is a `UsageError` (or a `WanctlError` for a failed preflight check)."""
+    nothing (but a probe file, created and removed at once, in the output's folder); a refusal
+    is a `UsageError` (or a `WanctlError` for a failed preflight check)."""
     check_request(options)
     report = diagnose(probe)
     visible = visible_gpus(report.inventory, env)
     device = choose_device(options, report, visible)
     ranks = options.gpus or (visible if device == "cuda" else 1)
     options = dataclasses.replace(options, gpus=ranks)
-    if device == "cuda" and ranks > visible:
-        raise UsageError(
-            f"--gpus {ranks} asked, {visible} visible",
-            fix="lower --gpus, or check CUDA_VISIBLE_DEVICES and `nvidia-smi -L`",
-        )
+    if device == "cuda":
+        check_gpus_visible(ranks, visible)
     world = ranks * (options.nnodes or 1)
     width, height = options.dimensions
     workload = Workload(width, height, options.frames, world)  # size, frames, Ulysses degree
@@ -662,7 +661,7 @@ def prepare(
     check_settings(settings, options, workload)
     paths = RunPaths.for_output(options.output)
     check_disk(paths, workload, disk_free(paths.output.parent))
-    wanted = {**settings_env, **(cpu_threads(ranks, env) if device == "cpu" else {})}
+    wanted = {**settings_env, **thread_env(device, ranks, env)}
     child_env, kept = launch_env(wanted, dict(options.env), env)
     if options.backend == "wan-repo":
         child_env.update(hook_env(paths, options, env))
@@ -682,16 +681,20 @@ def prepare(
         spec=build_spec(options, device, settings, paths, child_env),
         decode_command=decode_command(paths, vae, settings, device),
         predicted=predicted,
-        notes=_notes(options, device, predicted, kept),
+        notes=_notes(options, device, world, predicted, kept),
     )
 
 
 def _notes(
-    options: GenerateOptions, device: str, predicted: MemoryPlan | None, kept: Mapping[str, str]
+    options: GenerateOptions,
+    device: str,
+    world: int,
+    predicted: MemoryPlan | None,
+    kept: Mapping[str, str],
 ) -> tuple[str, ...]:
     notes = [NOTES[options.model]] if options.model in NOTES else []
     if device == "cpu":
-        notes.append(f"on the CPU: {options.gpus} process(es) over gloo, no preset")
+        notes.append(f"on the CPU: {world} process(es) over gloo, no preset")
     notes += [f"{key}={value} kept from your environment" for key, value in kept.items()]
     if predicted is not None and not predicted.fits:
         notes.append(
@@ -853,7 +856,7 @@ def failure(plan: GeneratePlan, statuses: list[dict[str, Any]], result: RunResul
         return WanctlError(
             f"rank {first['rank']} failed during {phase}: {cause}",
             why=detail,
-            fix=first.get("fix") or _FIXES.get(cause, "run again with --debug"),
+            fix=first.get("fix") or _FIXES.get(cause) or traceback_fix(plan, first["rank"]),
         )
     if result.timed_out:
         return WanctlError(
@@ -872,6 +875,15 @@ def failure(plan: GeneratePlan, statuses: list[dict[str, Any]], result: RunResul
         fix="torchrun's report above names the rank and the signal; `dmesg | tail` shows the "
         "out-of-memory killer",
     )  # fmt: skip
+
+
+def traceback_fix(plan: GeneratePlan, rank: int) -> str:
+    """Where a rank's own traceback is: `--debug` shows only the parent's."""
+    if plan.spec.capture_output:  # --json with the official code: its output was captured
+        return (f"run again without --json: rank {rank}'s traceback then shows in torchrun's "
+                "output")  # fmt: skip
+    return (f"rank {rank}'s traceback is in torchrun's output above (and in its 'Root Cause' "
+            "summary); --debug shows only wanctl's own process")  # fmt: skip
 
 
 def _where(statuses: list[dict[str, Any]]) -> str:

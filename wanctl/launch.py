@@ -8,6 +8,7 @@ or run tiny real workers on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -17,10 +18,17 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
+
+from wanctl.errors import UsageError
 
 # Variables that keep NVLink multicast off; a host that sets them wants every child to keep them.
 MULTICAST_OFF = ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS")
+# Latent frames per decoder call, read by wanctl's decode (and by the official Wan2.2 VAE).
+CHUNK_ENV = "WAN_VAE_DECODE_CHUNK_T"
+# What a video can be written as (`wanctl.vae.writers.SUFFIXES`, which imports torch).
+VIDEO_SUFFIXES = (".mp4", ".npy")
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,71 @@ def torchrun_argv(
             launcher.append(f"--rdzv-endpoint={rdzv_endpoint}")
     launcher += [f"--nproc-per-node={nproc}", "-m", module, *module_args]
     return tuple(launcher)
+
+
+def thread_env(device: str, ranks: int, base: Mapping[str, str]) -> dict[str, str]:
+    """CPU ranks share the cores (torchrun would give each one thread), unless the user chose."""
+    if device != "cpu" or "OMP_NUM_THREADS" in base:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
+
+
+def chunk_t(option: int | None, env: Mapping[str, str]) -> int:
+    """Latent frames per decoder call: `--chunk-t`, else `WAN_VAE_DECODE_CHUNK_T`, else 1
+    (more buys no speed and costs ~5.6 GiB per frame at 1280x704)."""
+    value: object = option if option is not None else env.get(CHUNK_ENV, "1")
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        source = "--chunk-t" if option is not None else CHUNK_ENV
+        raise UsageError(f"{source} is {value!r}; it must be a whole number of at least 1")
+    return number
+
+
+def check_gpus_visible(ranks: int, visible: int) -> None:
+    """Refuse more GPU ranks than this node shows."""
+    if ranks > visible:
+        raise UsageError(
+            f"--gpus {ranks} asked, {visible} visible",
+            why="each rank on this node runs on a GPU of its own",
+            fix="lower --gpus, or check CUDA_VISIBLE_DEVICES and `nvidia-smi -L`",
+        )
+
+
+def check_output(output: Path, latents: Path | None = None) -> None:
+    """The video must be an .mp4 or .npy, not a folder nor the latents file, in a folder where
+    a file can be created: a probe file is created and removed (`os.access` says yes to root
+    even where nothing can be created, /proc for one), so that no run fails at its very end."""
+    fix = "create the folder or pick another output path"
+    if output.is_dir():
+        raise UsageError(f"cannot write {output}: it is a folder", fix="name a file in it")
+    if output.suffix not in VIDEO_SUFFIXES:
+        raise UsageError(
+            f"cannot write {output}: unknown video type '{output.suffix}'",
+            fix="name the output .mp4 (H.264) or .npy (uint8 frames, lossless)",
+        )
+    if latents is not None and output.resolve() == latents.resolve():
+        raise UsageError("the output would overwrite the latents file", fix="name another output")
+    folder = output.parent
+    if not folder.is_dir():
+        raise UsageError(
+            f"cannot write {output}: {folder} is not a writable folder",
+            why="it does not exist" if not folder.exists() else "it is not a folder",
+            fix=fix,
+        )
+    probe = folder / f".wanctl-write-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as error:
+        raise UsageError(
+            f"cannot write {output}: {folder} is not a writable folder",
+            why=f"creating a file there failed: {error.strerror or error}",
+            fix=fix,
+        ) from None
+    with contextlib.suppress(OSError):
+        probe.unlink()
 
 
 def child_environment(overrides: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:

@@ -33,7 +33,8 @@ def decode(
         str,
         typer.Option(
             help="Wan2.2 VAE: diffusers folder (…/Wan2.2-TI2V-5B-Diffusers/vae), "
-            "Wan2.2_VAE.pth, or 'synthetic' (random weights, for benchmarks)."
+            "Wan2.2_VAE.pth, 'synthetic' (random weights, for benchmarks) or 'tiny' "
+            "(the tiny model's decoder, random weights: runs anywhere)."
         ),
     ],
     device: Annotated[

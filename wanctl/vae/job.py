@@ -16,18 +16,30 @@ import torch
 
 from wanctl.errors import UsageError, WanctlError
 from wanctl.latents import Latents, load_latents
-from wanctl.launch import LaunchSpec, Runner, SubprocessRunner, torchrun_argv
+from wanctl.launch import (
+    LaunchSpec,
+    Runner,
+    SubprocessRunner,
+    check_gpus_visible,
+    check_output,
+    chunk_t,
+    thread_env,
+    torchrun_argv,
+)
 from wanctl.render import progress_bar
 from wanctl.vae.fallback import DecodeOutOfMemory, DecodePlan, fallback_plans, run_ladder
 from wanctl.vae.load import BUILT_IN, load_vae, vae_path
 from wanctl.vae.parallel import RowSplit, split_dim
 from wanctl.vae.stream import StreamResult, decode_tiled_to_file, decode_to_file
-from wanctl.vae.writers import SUFFIXES
 
-CHUNK_ENV = "WAN_VAE_DECODE_CHUNK_T"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEVICES = ("cuda", "cpu")
 WORKER = "wanctl.workers.decode"
+# Where a worker's own traceback is: --debug shows only this process's.
+WORKER_TRACEBACK = (
+    "the worker's traceback is in torchrun's output above (--debug shows only wanctl's own); "
+    "with none there, the rank was killed: `dmesg | tail` names the out-of-memory killer"
+)
 
 
 @dataclass(frozen=True)
@@ -115,39 +127,6 @@ def first_plan(
     return DecodePlan(ranks, chunk_t(options.chunk_t, env), device, dtype)
 
 
-def chunk_t(option: int | None, env: Mapping[str, str]) -> int:
-    """Latent frames per decoder call: `--chunk-t`, else `WAN_VAE_DECODE_CHUNK_T`, else 1
-    (more buys no speed and costs ~5.6 GiB per frame at 1280x704)."""
-    value: object = option if option is not None else env.get(CHUNK_ENV, "1")
-    try:
-        number = int(str(value))
-    except ValueError:
-        number = 0
-    if number < 1:
-        source = "--chunk-t" if option is not None else CHUNK_ENV
-        raise UsageError(f"{source} is {value!r}; it must be a whole number of at least 1")
-    return number
-
-
-def check_output(output: Path, latents: Path) -> None:
-    """The output must be an .mp4 or .npy in a writable folder, and not the latents file."""
-    if output.suffix not in SUFFIXES:
-        raise UsageError(
-            f"cannot write {output}: unknown video type '{output.suffix}'",
-            fix="name the output .mp4 (H.264) or .npy (uint8 frames, lossless)",
-        )
-    if output.resolve() == latents.resolve():
-        raise UsageError("the output would overwrite the latents file", fix="name another output")
-    folder = output.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"cannot write {output}: {folder} is not a writable folder",
-            fix="create the folder or pick another output path",
-        )
-    if output.is_dir():
-        raise UsageError(f"cannot write {output}: it is a folder")
-
-
 def decode_here(
     options: DecodeOptions,
     latents: Latents,
@@ -201,7 +180,7 @@ class _Job:
             report = Path(folder) / "report.json"
             spec = LaunchSpec(
                 torchrun_argv(WORKER, worker_args(self.options, plan, report), plan.ranks),
-                env=_thread_env(plan),
+                env=thread_env(plan.device, plan.ranks, os.environ),
                 capture_output=False,
             )
             result = self.runner.run(spec)
@@ -245,8 +224,8 @@ def read_report(report: Path, ranks: int, returncode: int | None) -> list[Stream
         raise WanctlError(f["message"], why=f["why"], fix=f["fix"], exit_code=f["exit_code"])
     raise WanctlError(
         f"the decode workers failed (torchrun exit code {returncode})",
-        why="the workers' output above says why",
-        fix="run again with --debug; on GPUs, NCCL_DEBUG=INFO shows transport problems",
+        why="a worker stopped with an error wanctl does not know (a bug), or was killed",
+        fix=WORKER_TRACEBACK + "; on GPUs, NCCL_DEBUG=INFO shows transport problems",
     )
 
 
@@ -265,13 +244,6 @@ def write_failure(report: Path, rank: int, error: torch.OutOfMemoryError | Wanct
     failure_path(report, rank).write_text(json.dumps(failure))
 
 
-def _thread_env(plan: DecodePlan) -> dict[str, str]:
-    """CPU ranks share the cores (torchrun would give each one thread), unless the user chose."""
-    if plan.device != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        return {}
-    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // plan.ranks))}
-
-
 def _split_length(latents: Latents) -> int:
     shape = latents.tensor.shape
     return int(shape[split_dim(shape[-2], shape[-1])])
@@ -280,11 +252,8 @@ def _split_length(latents: Latents) -> int:
 def _check_ranks(ranks: int, device: str, gpus: int, rows: int) -> None:
     if ranks < 1:
         raise UsageError(f"--gpus is {ranks}; it must be at least 1")
-    if device == "cuda" and ranks > gpus:
-        raise UsageError(
-            f"--gpus {ranks} asked, {gpus} visible",
-            fix="lower --gpus, or check CUDA_VISIBLE_DEVICES and `nvidia-smi -L`",
-        )
+    if device == "cuda":
+        check_gpus_visible(ranks, gpus)
     if ranks > rows:
         raise UsageError(
             f"--gpus {ranks} is more than the frame's {rows} latent rows along its longer side",

@@ -45,6 +45,7 @@ from wanctl.attention import DEFAULT, AttentionChoice, choose_backend, combine, 
 from wanctl.errors import WanctlError
 from wanctl.generate import PEER_LOST, RankStatus, classify
 from wanctl.latents import Latents, save_latents
+from wanctl.memory import parse_size
 from wanctl.models.pipelines import FPS, NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
 from wanctl.render import progress_bar
 from wanctl.vae.fallback import DecodePlan
@@ -183,7 +184,7 @@ def sample(
         cast(Any, transformer).set_attention_backend(choice.backend)
         result.attention = asdict(choice)
         result.seconds["attention"] = time.perf_counter() - start
-    width, height = (int(side) for side in args.size.split("*"))
+    width, height = parse_size(args.size)
     extra: dict[str, Any] = {}
     if args.image is not None:
         from PIL import Image
@@ -219,7 +220,7 @@ def choose_attention(
     world = dist.get_world_size()
     config = transformer.config
     heads, head_dim = config.num_attention_heads, config.attention_head_dim
-    tokens = dit_tokens(args.size, args.frames, tuple(config.patch_size))
+    tokens = dit_tokens(args.size, args.frames)
     try:
         mine = choose_backend(device, heads, head_dim, tokens, transformer.dtype, ranks=world)
     except Exception as error:  # timing is an optimisation: the run goes on without it
