@@ -48,7 +48,7 @@ from wanctl.launch import (
     torchrun_argv,
     worker_error,
 )
-from wanctl.memory import TEMPORAL, MemoryPlan, Settings, Workload, parse_size
+from wanctl.memory import TEMPORAL, MemoryPlan, Settings, Workload, parse_size, ulysses_problem
 from wanctl.models.pipelines import FPS, NOTES, checkpoint_problem, vae_spec
 from wanctl.probe.base import GpuInventory, Probe
 from wanctl.workers.wan_hook import HOOK_DIR, LATENTS_ENV, RUN_DIR_ENV, SOURCE_ENV
@@ -350,18 +350,20 @@ def _require_files(folder: Path, names: tuple[str, ...], what: str, fix: str) ->
         raise UsageError(f"{folder} is not {what}: {lacks}", fix=fix)
 
 
-def check_tokens(workload: Workload, world: int) -> None:
-    """diffusers' Ulysses splits the token sequence in `world` equal parts."""
-    frames, height, width = workload.latent
-    per_frame = (height // 2) * (width // 2)  # the DiT's patch is 2x2
-    if frames * per_frame % world == 0:
+def check_tokens(workload: Workload) -> None:
+    """diffusers' Ulysses splits the heads and the token sequence in equal parts
+    (`wanctl.memory.ulysses_problem`); the fix names the nearest frame counts that split."""
+    problem = ulysses_problem(workload)
+    if problem is None:
         return
     nearby = range(workload.frames - 4 * TEMPORAL, workload.frames + 4 * TEMPORAL + 1, TEMPORAL)
-    fitting = [f for f in nearby if f > 0 and ((f - 1) // TEMPORAL + 1) * per_frame % world == 0]
+    fitting = [
+        frames
+        for frames in nearby
+        if frames > 0 and ulysses_problem(dataclasses.replace(workload, frames=frames)) is None
+    ]
     raise UsageError(
-        f"{workload.size} x {workload.frames} frames is {frames * per_frame} tokens, which do "
-        f"not split over {world} ranks",
-        why="diffusers' Ulysses gives every rank an equal share of the tokens",
+        problem,
         fix=(f"use {' or '.join(map(str, fitting[:3]))} frames" if fitting
              else "use another size, or a number of GPUs that divides the tokens"),
     )  # fmt: skip
@@ -652,7 +654,7 @@ def prepare(
     width, height = options.dimensions
     workload = Workload(width, height, options.frames, world)  # size, frames, Ulysses degree
     if options.backend == "diffusers":
-        check_tokens(workload, world)
+        check_tokens(workload)
     if options.preflight:
         check_preflight(report, device)
     settings, source, predicted, settings_env = resolve_settings(
