@@ -85,8 +85,10 @@ def _torch_cuda(root: Path) -> str | None:
 def _nccl_version(root: Path) -> str | None:
     """ncclGetVersion of the libnccl torch loads: the pip package nvidia-nccl-* beside torch,
     else the copy bundled in torch/lib."""
-    candidates = [*sorted(root.parent.glob("nvidia/nccl*/lib/libnccl.so*")),
-                  *sorted(root.glob("lib/libnccl.so*"))]
+    candidates = [
+        *sorted(root.parent.glob("nvidia/nccl*/lib/libnccl.so*")),
+        *sorted(root.glob("lib/libnccl.so*")),
+    ]
     for library in candidates:
         try:
             code = ctypes.c_int()
@@ -112,8 +114,9 @@ def _arch_list(root: Path) -> tuple[str, ...]:
         pass
     query = "import torch; print(torch._C._cuda_getArchFlags())"
     try:
-        output = subprocess.run([sys.executable, "-c", query], capture_output=True, text=True,
-                                timeout=120, check=True).stdout
+        output = subprocess.run(
+            [sys.executable, "-c", query], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
     except (subprocess.SubprocessError, OSError):
         return ()
     archs = tuple(output.split())
