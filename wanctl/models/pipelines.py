@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from wanctl.errors import UsageError
+from wanctl.models.configs import DIT_TI2V_5B
 
 if TYPE_CHECKING:
     import torch
@@ -43,19 +44,12 @@ NEGATIVE_PROMPT = (
 
 # WanTransformer3DModel: TI2V-5B's heads, channels, patch and norms; narrow and two layers.
 TINY_DIT: dict[str, Any] = {
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 24,
+    **DIT_TI2V_5B,
     "attention_head_dim": 12,
-    "in_channels": 48,
-    "out_channels": 48,
     "text_dim": 32,
     "freq_dim": 32,
     "ffn_dim": 64,
     "num_layers": 2,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
-    "rope_max_seq_len": 1024,
 }
 # UMT5EncoderModel over ByT5's 384 ids (256 bytes, 3 specials, 125 sentinels).
 TINY_TEXT: dict[str, Any] = {
@@ -268,8 +262,6 @@ class Synthetic5B:
         self, prompt: str, negative: str, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
-
-        from wanctl.models.configs import DIT_TI2V_5B
 
         generator = torch.Generator("cpu").manual_seed(SEED)
         shape = (2, MAX_TEXT_TOKENS, DIT_TI2V_5B["text_dim"])
