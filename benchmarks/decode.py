@@ -9,7 +9,9 @@ A smoke test anywhere (tiny VAE, small frames, float32 on the CPU):
 
     python benchmarks/decode.py --check-only
 
-Each side runs once to warm up (kernels, allocator), then once timed. diffusers' output stays
+Each side runs once to warm up (kernels, allocator), then once timed. Before that, wanctl's
+Triton kernels are compiled (or loaded from the cache) and timed apart: with
+`--cold-kernels`, into an empty cache, as on a machine's first decode. diffusers' output stays
 on the device as floats, as `vae.decode` returns it; wanctl's timed run includes what its
 writers need: every chunk turned into uint8 frames and copied to the host. The warm-up run of
 wanctl is compared, chunk by chunk, with diffusers' output.
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from wanctl.vae.engine import decode_chunks
+from wanctl.vae.engine import decode_chunks, warm_up
 from wanctl.vae.job import DTYPES
 from wanctl.vae.load import load_vae
 from wanctl.vae.writers import frames_behind, to_uint8
@@ -56,6 +60,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="Also decode with diffusers in float32 without TF32, and report both sides' PSNR "
         "against it (peak-to-peak 2: pixels in [-1, 1]).",
+    )
+    parser.add_argument(
+        "--cold-kernels",
+        action="store_true",
+        help="Compile wanctl's Triton kernels into an empty cache ($TRITON_CACHE_DIR set to a "
+        "new folder), as the first decode on a machine does, and report that time.",
     )
     parser.add_argument(
         "--check-only",
@@ -128,6 +138,11 @@ def main() -> None:
     console = Console()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     console.print(f"{args.vae} VAE, latents {tuple(z.shape)}, {args.dtype} on {name}")
+    if args.cold_kernels:
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="wanctl-triton-")
+    kernels = warm_up(vae)
+    state = "empty cache: compiled" if args.cold_kernels else "cache as found"
+    console.print(f"wanctl kernel warm-up ({state}): {kernels:.2f} s")
 
     def diffusers_decode() -> torch.Tensor:
         with torch.inference_mode():
@@ -169,6 +184,7 @@ def main() -> None:
     wanctl_run, _ = measure(device, wanctl_decode)
     levels = np.abs(video.astype(np.int16) - to_uint8(reference).astype(np.int16))
     render(console, args, reference_run, wanctl_run, float_diff, levels)
+    console.print(f"kernel warm-up / wanctl decode: {kernels / wanctl_run.seconds:.2f}")
     for side, error in errors.items() if exact is not None else ():
         console.print(
             f"PSNR {side} {args.dtype} vs diffusers float32 (no TF32): "

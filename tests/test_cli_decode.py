@@ -84,6 +84,7 @@ def test_json_summary(cli: CliRunner, latents_file: Path, tmp_path: Path) -> Non
     assert summary["plan"] == {"ranks": 1, "chunk_t": 3, "device": "cpu", "dtype": "fp32",
                                "tiled": False, "step": "as asked"}  # fmt: skip
     assert summary["peak_allocated_gib"] == [None]
+    assert summary["warmup_seconds"] == 0.0  # no kernel to compile on the CPU
     assert summary["attempts"] == ["1 process, chunk_t=3, cpu fp32: ok"]
 
 

@@ -1,4 +1,11 @@
-"""The fused norm + SiLU gives the values of diffusers' WanRMS_norm followed by SiLU."""
+"""The fused norm + SiLU gives the values of diffusers' WanRMS_norm followed by SiLU, at
+any size, and `warm_up` compiles every kernel a decode launches."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,7 +54,10 @@ def test_the_producers_bias_is_added_before_the_norm() -> None:
     assert (out - expected).abs().max().item() < 1e-6
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton kernel)")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton)")
+
+
+@cuda
 @pytest.mark.parametrize("channels", [256, 512, 1024])
 def test_cuda_kernel_matches_in_bf16(channels: int) -> None:
     norm = a_norm(channels, "cuda").to(torch.bfloat16)
@@ -57,3 +67,57 @@ def test_cuda_kernel_matches_in_bf16(channels: int) -> None:
     eager = F.silu(F.rms_norm(pixels.float() + bias.float(), (channels,), weight.float(), eps=eps))
     got = pixels_last(fused(norm, x, bias)).float()  # Triton: float32 inside, rounded once
     torch.testing.assert_close(got, eager, atol=1e-2, rtol=1e-2)
+
+
+@cuda
+def test_past_two_to_the_31_elements_the_offsets_do_not_wrap() -> None:
+    """The size the 1280x704 decode reaches at chunk_t 10: 32-bit offsets wrapped there."""
+    channels = 1024
+    rows = 2**31 // channels + 4096
+    if torch.cuda.mem_get_info()[0] < 3 * rows * channels * 2:
+        pytest.skip("needs about 13 GiB of free GPU memory")
+    pixels = torch.randn(rows, channels, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(pixels)
+    weight = torch.rand(channels, device="cuda", dtype=torch.bfloat16) + 0.5
+    rms_norm_silu_into(pixels, weight, 1e-6, out)
+    tail = slice(rows - 8192, rows)  # rows past element 2**31
+    eager = F.silu(F.rms_norm(pixels[tail].float(), (channels,), weight.float(), eps=1e-6))
+    torch.testing.assert_close(out[tail].float(), eager, atol=1e-2, rtol=1e-2)
+
+
+WARM_UP_THEN_DECODE = """
+import json, os, torch
+from pathlib import Path
+from diffusers import AutoencoderKLWan
+from wanctl.vae.engine import decode_chunks, warm_up
+from wanctl.vae.load import TI2V_5B_CONFIG
+
+def compiled():
+    return len(list(Path(os.environ["TRITON_CACHE_DIR"]).iterdir()))
+
+config = {**TI2V_5B_CONFIG, "base_dim": 64, "decoder_base_dim": 64}  # channels 64 to 256
+vae = AutoencoderKLWan(**config).to("cuda", torch.bfloat16)
+seconds = warm_up(vae)
+after_warm_up = compiled()
+for _ in decode_chunks(vae, torch.randn(1, 48, 4, 4, 6), chunk_t=2):
+    pass
+torch.cuda.synchronize()
+print(json.dumps({"seconds": seconds, "after_warm_up": after_warm_up, "after_decode": compiled()}))
+"""
+
+
+@cuda
+def test_warm_up_compiles_what_the_decode_launches(tmp_path: Path) -> None:
+    """In a fresh process and an empty Triton cache, nothing is compiled after `warm_up`; a
+    second process finds everything in the cache."""
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path)}
+
+    def run() -> dict[str, float]:
+        command = [sys.executable, "-c", WARM_UP_THEN_DECODE]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.splitlines()[-1])
+
+    cold, warm = run(), run()
+    assert cold["seconds"] > 0 and cold["after_warm_up"] > 0
+    assert cold["after_decode"] == cold["after_warm_up"]
+    assert warm["after_warm_up"] == warm["after_decode"] == cold["after_decode"]

@@ -188,6 +188,7 @@ class GenerateSummary:
     load_s: float | None
     sampling_s: float | None
     decode_s: float | None
+    decode_warmup_s: float | None  # GPU kernels compiled or loaded before the decode
     total_s: float
     settings: Settings
     source: str
@@ -743,6 +744,7 @@ def _finish_diffusers(plan: GeneratePlan, result: RunResult, start: float) -> Ge
         load_s=seconds["load"],
         sampling_s=sum(steps),
         decode_s=seconds["vae_decode"],
+        decode_warmup_s=seconds["vae_warmup"],
         per_rank=[
             RankFigures(r["rank"], r["peak_allocated_gib"], r["peak_reserved_gib"]) for r in ranks
         ],
@@ -785,6 +787,7 @@ def _finish_wan_repo(
     return _summary(
         plan, start, seconds_per_step=None, first_step_s=None, text_encode_s=None, load_s=None,
         sampling_s=result.seconds, decode_s=decoded.seconds,
+        decode_warmup_s=decoded.warmup_seconds,
         per_rank=[
             RankFigures(rank, {"decode": allocated}, {"decode": reserved})
             for rank, (allocated, reserved) in enumerate(

@@ -36,7 +36,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
 )
 from torch import nn
 
-from wanctl.vae.fused import rms_norm_silu_into
+from wanctl.vae import fused
 
 
 class Halo(Protocol):
@@ -160,7 +160,9 @@ class ChunkDecoder:
         stream = self._stream(conv, x, cache)
         weight, eps = norm_weight(norm, x.dtype)
         keep = int(conv._padding[4])
-        rms_norm_silu_into(pixels_last(x), weight, eps, pixels_last(stream[:, :, keep:]), bias)
+        fused.rms_norm_silu_into(
+            pixels_last(x), weight, eps, pixels_last(stream[:, :, keep:]), bias
+        )
         cache.tails[conv] = stream[:, :, -keep:].clone()
         return self._convolve(conv, stream, with_bias=with_bias)
 
@@ -316,6 +318,19 @@ def norm_weight(norm: WanRMS_norm, dtype: torch.dtype) -> tuple[torch.Tensor, fl
         raise ValueError("WanRMS_norm with a bias is not a Wan2.2 decoder norm")
     channels = norm.gamma.shape[0]
     return norm.gamma.reshape(channels).to(dtype), 1e-24 / channels
+
+
+def warm_up(vae: AutoencoderKLWan) -> float:
+    """Compile (or load from Triton's cache) the fused norm + SiLU kernel for what the decoder
+    launches: each residual block's first norm without a bias, its second with the first
+    conv's, `norm_out` without. Returns the seconds it took."""
+    norm_out = cast(WanRMS_norm, vae.decoder.norm_out)
+    variants = [(norm_out.gamma.shape[0], False)]
+    for block in vae.decoder.modules():
+        if isinstance(block, WanResidualBlock):
+            variants.append((block.norm1.gamma.shape[0], False))
+            variants.append((block.norm2.gamma.shape[0], True))
+    return fused.warm_up(variants, vae.dtype, vae.device)
 
 
 def decode_chunks(

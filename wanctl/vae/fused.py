@@ -4,9 +4,16 @@ The decoder's largest tensors go through norm, SiLU and a copy into the conv's s
 cached frames in front of the new ones): three reads and writes of the whole tensor. A Triton
 kernel does all three in one, reducing in float32 and rounding once. Without Triton (the CPU,
 or a torch without it) the same values come from `F.rms_norm` and `F.silu`.
+
+Triton compiles the kernel on its first launch for each channel count, dtype and bias (about a
+second each, cached in ~/.triton or $TRITON_CACHE_DIR). `warm_up` does it before a decode, so
+that the first decode on a machine reports that cost apart instead of hiding it in its time.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +36,6 @@ def rms_norm_silu_into(
     rms_norm(v) = v / sqrt(mean(v**2) + eps); `pixels` and `out` are dense (..., C) of the same
     shape. `bias` is the producing convolution's, added here rather than in a pass of its own."""
     usable = triton is not None and pixels.is_cuda and pixels.shape[-1] in _BLOCKS
-    # The kernel's offsets are 32-bit: past 2**31 elements they wrap (an illegal address,
-    # seen on an H100 at chunk_t 10, 1280x704).
-    usable = usable and pixels.numel() < 2**31
     if usable and pixels.is_contiguous() and out.is_contiguous():
         _launch(pixels, weight, eps, out, bias)
         return
@@ -43,9 +47,28 @@ def rms_norm_silu_into(
 _BLOCKS = (64, 128, 256, 512, 1024, 2048)  # channel counts the kernel takes (powers of two)
 
 
-if triton is not None:
+def warm_up(
+    variants: Iterable[tuple[int, bool]], dtype: torch.dtype, device: torch.device
+) -> float:
+    """Compile, or load from Triton's cache, the kernel for every (channels, with a bias) in
+    `variants`, on a few rows; return the seconds it took (0 where the kernel is not used).
+    The compiled kernel fits any number of rows: `rows` is not specialised on."""
+    if triton is None or device.type != "cuda":
+        return 0.0
+    start = time.perf_counter()
+    for channels, with_bias in sorted(set(variants)):
+        if channels in _BLOCKS:
+            pixels = torch.zeros(16, channels, dtype=dtype, device=device)
+            weight = torch.ones(channels, dtype=dtype, device=device)
+            _launch(pixels, weight, 1e-6, torch.empty_like(pixels), weight if with_bias else None)
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
-    @triton.jit
+
+if triton is not None:
+    # `rows` unspecialised: one compiled kernel serves every tensor size, so `warm_up`'s few
+    # rows compile the kernel the decode launches.
+    @triton.jit(do_not_specialize=["rows"])
     def _rms_norm_silu_kernel(
         x_ptr,
         w_ptr,
@@ -57,7 +80,9 @@ if triton is not None:
         BLOCK_ROWS: tl.constexpr,
         HAS_BIAS: tl.constexpr,
     ):
-        row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)[:, None]
+        # 64-bit rows: `row * C` passes 2**31 in the largest chunks (1280x704, chunk_t 10).
+        first_row = tl.program_id(0).to(tl.int64) * BLOCK_ROWS
+        row = first_row + tl.arange(0, BLOCK_ROWS)[:, None]
         col = tl.arange(0, C)[None, :]
         mask = row < rows
         x = tl.load(x_ptr + row * C + col, mask=mask, other=0.0).to(tl.float32)

@@ -67,6 +67,7 @@ class DecodeSummary:
     fps: float
     seconds: float
     total_seconds: float
+    warmup_seconds: float  # compiling or loading GPU kernels, before `seconds`; slowest rank
     exact: bool
     plan: DecodePlan
     peak_allocated_gib: list[float | None]
@@ -100,6 +101,7 @@ def run_decode(
         fps=latents.fps,
         seconds=results[0].seconds,
         total_seconds=time.perf_counter() - start,
+        warmup_seconds=max(r.warmup_seconds for r in results),
         exact=plan.exact,
         plan=plan,
         peak_allocated_gib=[r.peak_allocated_gib for r in results],

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
-from wanctl.vae.engine import decode_chunks
+from wanctl.vae.engine import decode_chunks, warm_up
 from wanctl.vae.parallel import RowSplit
 from wanctl.vae.writers import FrameWriter, frames_behind, open_writer, to_uint8
 
@@ -27,13 +27,15 @@ GIB = 2**30
 
 @dataclass(frozen=True)
 class StreamResult:
-    """What one process did: frames it wrote (0 on ranks other than 0), wall seconds, and its
-    peak device memory in GiB (None on the CPU)."""
+    """What one process did: frames it wrote (0 on ranks other than 0), wall seconds, its
+    peak device memory in GiB (None on the CPU), and the seconds spent before the decode
+    compiling or loading its GPU kernels (not counted in `seconds`)."""
 
     frames: int
     seconds: float
     peak_allocated_gib: float | None
     peak_reserved_gib: float | None
+    warmup_seconds: float = 0.0
 
 
 def output_geometry(vae: AutoencoderKLWan, z: torch.Tensor) -> tuple[int, int, int]:
@@ -56,6 +58,7 @@ def decode_to_file(
     `Latents.for_decoder`), into `output` (.mp4 or .npy). With `split`, every rank of its group
     must call this with the same `z`; rank 0 writes and reports frames through `on_frames`."""
     device = vae.device
+    warmup = warm_up(vae)
     _reset_peak(device)
     start = time.perf_counter()
     writer = _writer(vae, z, output, fps) if split is None or split.rank == 0 else None
@@ -70,7 +73,7 @@ def decode_to_file(
         if writer is not None:
             writer.abort()
         raise
-    return _finish(writer, device, start)
+    return _finish(writer, device, start, warmup)
 
 
 def decode_tiled_to_file(
@@ -114,7 +117,9 @@ def _write(writer: FrameWriter, frames: np.ndarray, on_frames: FramesDone | None
         on_frames(len(frames))
 
 
-def _finish(writer: FrameWriter | None, device: torch.device, start: float) -> StreamResult:
+def _finish(
+    writer: FrameWriter | None, device: torch.device, start: float, warmup: float = 0.0
+) -> StreamResult:
     written = 0
     if writer is not None:
         writer.close()
@@ -126,8 +131,9 @@ def _finish(writer: FrameWriter | None, device: torch.device, start: float) -> S
             time.perf_counter() - start,
             torch.cuda.max_memory_allocated(device) / GIB,
             torch.cuda.max_memory_reserved(device) / GIB,
+            warmup,
         )
-    return StreamResult(written, time.perf_counter() - start, None, None)
+    return StreamResult(written, time.perf_counter() - start, None, None, warmup)
 
 
 def _reset_peak(device: torch.device) -> None:

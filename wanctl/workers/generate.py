@@ -154,6 +154,7 @@ def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> R
         decoded = decode(args, latents, device)
         if decoded is not None:  # the decode itself, without loading the VAE
             result.seconds["vae_decode"] = decoded.seconds
+            result.seconds["vae_warmup"] = decoded.warmup_seconds
     return result
 
 
