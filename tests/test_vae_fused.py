@@ -58,7 +58,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 @cuda
-@pytest.mark.parametrize("channels", [256, 512, 1024])
+@pytest.mark.parametrize("channels", [192, 256, 512, 1024])
 def test_cuda_kernel_matches_in_bf16(channels: int) -> None:
     norm = a_norm(channels, "cuda").to(torch.bfloat16)
     x = torch.randn(1, channels, 2, 33, 40, device="cuda", dtype=torch.bfloat16)
@@ -95,7 +95,7 @@ from wanctl.vae.load import TI2V_5B_CONFIG
 def compiled():
     return len(list(Path(os.environ["TRITON_CACHE_DIR"]).iterdir()))
 
-config = {**TI2V_5B_CONFIG, "base_dim": 64, "decoder_base_dim": 64}  # channels 64 to 256
+config = {**TI2V_5B_CONFIG, "base_dim": 64, "decoder_base_dim": 128}  # channels 128 to 512
 vae = AutoencoderKLWan(**config).to("cuda", torch.bfloat16)
 seconds = warm_up(vae)
 after_warm_up = compiled()
@@ -108,8 +108,9 @@ print(json.dumps({"seconds": seconds, "after_warm_up": after_warm_up, "after_dec
 
 @cuda
 def test_warm_up_compiles_what_the_decode_launches(tmp_path: Path) -> None:
-    """In a fresh process and an empty Triton cache, nothing is compiled after `warm_up`; a
-    second process finds everything in the cache."""
+    """In a fresh process and an empty Triton cache, nothing is compiled after `warm_up` (one
+    kernel for the norms of 256 and 512 channels, with and without a bias; those of 128 take
+    the eager path); a second process finds it in the cache."""
     env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path)}
 
     def run() -> dict[str, float]:

@@ -82,7 +82,8 @@ def render(summary: DecodeSummary, console: Console) -> None:
     table.add_row("decode", f"{summary.seconds:.1f} s ({summary.total_seconds:.1f} s in all)")
     if summary.warmup_seconds >= 0.05:
         warmup = f"{summary.warmup_seconds:.1f} s before the decode"
-        table.add_row("kernel warm-up", f"{warmup} (Triton compile; cached after the first run)")
+        how = "Triton kernel compiled on a machine's first decode, then loaded from its cache"
+        table.add_row("kernel warm-up", f"{warmup} ({how})")
     table.add_row("how", plan.describe())
     if not summary.exact:
         table.add_row("exact", "[yellow]no: diffusers tiling blends tiles at their seams[/]")

@@ -321,16 +321,10 @@ def norm_weight(norm: WanRMS_norm, dtype: torch.dtype) -> tuple[torch.Tensor, fl
 
 
 def warm_up(vae: AutoencoderKLWan) -> float:
-    """Compile (or load from Triton's cache) the fused norm + SiLU kernel for what the decoder
-    launches: each residual block's first norm without a bias, its second with the first
-    conv's, `norm_out` without. Returns the seconds it took."""
-    norm_out = cast(WanRMS_norm, vae.decoder.norm_out)
-    variants = [(norm_out.gamma.shape[0], False)]
-    for block in vae.decoder.modules():
-        if isinstance(block, WanResidualBlock):
-            variants.append((block.norm1.gamma.shape[0], False))
-            variants.append((block.norm2.gamma.shape[0], True))
-    return fused.warm_up(variants, vae.dtype, vae.device)
+    """Compile (or load from Triton's cache) the fused norm + SiLU kernel if the decoder's
+    norms will launch it. Returns the seconds it took."""
+    channels = [m.gamma.shape[0] for m in vae.decoder.modules() if isinstance(m, WanRMS_norm)]
+    return fused.warm_up(channels, vae.dtype, vae.device)
 
 
 def decode_chunks(
