@@ -84,6 +84,7 @@ def test_two_ranks_write_every_frame_and_keep_the_latents(two_ranks: tuple[Path,
                                     "steps": "3", "size": "64*64"}  # fmt: skip
     assert summary["ranks"] == 2 and summary["frames"] == FRAMES and summary["device"] == "cpu"
     assert summary["seconds_per_step"] > 0 and summary["decode_s"] > 0
+    assert summary["decode_warmup_s"] == 0.0  # no GPU kernel to compile on the CPU
     assert [rank["rank"] for rank in summary["per_rank"]] == [0, 1]
     assert sorted(p.name for p in output.parent.iterdir()) == ["fox.latents.safetensors",
                                                                "fox.mp4"]  # fmt: skip
@@ -132,6 +133,7 @@ def test_one_rank_samples_the_same_latents_as_two(
                       json_output=False)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "generated" in result.stdout and "s/step" in result.stdout  # the summary table
+    assert "decode warm-up" not in result.stdout  # nothing compiled on the CPU: not shown
     saved = load_latents(tmp_path / "fox.latents.safetensors")
     assert saved.source["size"] == "64*64"
     one = saved.tensor

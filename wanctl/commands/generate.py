@@ -234,8 +234,9 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
         table.add_row(
             "s/step", f"{summary.seconds_per_step:.2f} (first {summary.first_step_s:.2f})"
         )
+    warmup = summary.decode_warmup_s or None  # 0 where no kernel is compiled (the CPU)
     phases = (("text encode", summary.text_encode_s), ("load", summary.load_s),
-              ("sampling", summary.sampling_s), ("decode warm-up", summary.decode_warmup_s),
+              ("sampling", summary.sampling_s), ("decode warm-up", warmup),
               ("decode", summary.decode_s))  # fmt: skip
     shown = ", ".join(f"{name} {s:.1f}" for name, s in phases if s is not None)
     table.add_row("seconds", f"{shown}; total {summary.total_s:.1f}")
