@@ -122,3 +122,31 @@ def test_warm_up_compiles_what_the_decode_launches(tmp_path: Path) -> None:
     assert cold["seconds"] > 0 and cold["after_warm_up"] > 0
     assert cold["after_decode"] == cold["after_warm_up"]
     assert warm["after_warm_up"] == warm["after_decode"] == cold["after_decode"]
+
+
+DECODE_WITHOUT_A_BUILD = """
+import torch
+from diffusers import AutoencoderKLWan
+from wanctl.vae.engine import decode_chunks, warm_up
+from wanctl.vae.load import TI2V_5B_CONFIG
+
+torch.manual_seed(0)
+config = {**TI2V_5B_CONFIG, "base_dim": 64, "decoder_base_dim": 128}
+vae = AutoencoderKLWan(**config).to("cuda", torch.bfloat16)
+warm_up(vae)
+video = torch.cat(list(decode_chunks(vae, torch.randn(1, 48, 3, 4, 6), chunk_t=2)), dim=2)
+print("frames", video.shape[2], "finite", bool(video.isfinite().all()))
+"""
+
+
+@cuda
+def test_a_kernel_triton_cannot_build_leaves_the_decode_to_pytorch(tmp_path: Path) -> None:
+    """No C compiler and no writable cache: Triton cannot build; the decode runs eagerly and
+    says why, once."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {**os.environ, "CC": str(tmp_path / "no-cc"), "TRITON_CACHE_DIR": str(blocker / "x")}
+    command = [sys.executable, "-c", DECODE_WITHOUT_A_BUILD]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    assert "frames 9 finite True" in done.stdout
+    assert done.stderr.count("could not be built") == 1 and "C compiler" in done.stderr

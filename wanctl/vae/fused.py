@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -62,13 +63,37 @@ def warm_up(channels: Iterable[int], dtype: torch.dtype, device: torch.device) -
     torch.cuda.synchronize(device)  # not to time work queued before
     start = time.perf_counter()
     pixels = torch.zeros(1, BLOCK_C, dtype=dtype, device=device)
-    _launch(pixels, torch.ones(BLOCK_C, dtype=dtype, device=device), 1e-6, pixels.clone(), None)
-    torch.cuda.synchronize(device)
+    weight = torch.ones(BLOCK_C, dtype=dtype, device=device)
+    try:
+        _launch(pixels, weight, 1e-6, pixels.clone(), None)
+        torch.cuda.synchronize(device)
+    except Exception as error:  # Triton's failures have no common type
+        _give_up(error)
     return time.perf_counter() - start
 
 
+# Why the kernel could not be built in this process; the norms then run eagerly.
+_build_failures: list[str] = []
+
+
+def _give_up(error: Exception) -> None:
+    """Triton builds its launcher with a C compiler: a runtime-only image (no gcc) cannot.
+    The decode goes on without the kernel (same values, slower), and says so."""
+    first_line = next(iter(str(error).strip().splitlines()), "")
+    reason = f"{type(error).__name__}: {first_line}"
+    _build_failures.append(reason)
+    warnings.warn(
+        f"wanctl's fused norm + SiLU kernel could not be built ({reason}); decoding with "
+        "PyTorch's norm and SiLU instead (same frames, slower). Triton needs a C compiler: "
+        "install gcc, or point $CC at one.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def _usable(channels: int, device: torch.device) -> bool:
-    return triton is not None and device.type == "cuda" and channels % BLOCK_C == 0
+    on_cuda = triton is not None and device.type == "cuda" and not _build_failures
+    return on_cuda and channels % BLOCK_C == 0
 
 
 @functools.cache
