@@ -1,14 +1,32 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from wanctl.probe.fake import SCENARIOS, FakeProbe, scenario
 
 
+def crashed(result: Result) -> bool:
+    """Whether the command ended by an exception rather than an exit: the traceback a user
+    would see (CliRunner keeps it off `result.output`, so looking for one there finds none)."""
+    return result.exception is not None and not isinstance(result.exception, SystemExit)
+
+
+class Cli(CliRunner):
+    """A runner for which any command that crashes fails the test."""
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Result:
+        result = super().invoke(*args, **kwargs)
+        if crashed(result):
+            raise AssertionError(f"the command crashed: {result.exception!r}") from result.exception
+        return result
+
+
 @pytest.fixture
 def cli() -> CliRunner:
-    return CliRunner()
+    return Cli()
 
 
 @pytest.fixture(params=sorted(SCENARIOS))

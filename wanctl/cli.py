@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from wanctl import __version__
 from wanctl.commands import decode, doctor, generate, presets, tune
@@ -59,11 +60,12 @@ def handle_errors(command: F) -> F:
         except WanctlError as error:
             if _state["debug"]:
                 err_console().print(traceback.format_exc(), highlight=False, markup=False)
-            err_console().print(f"[bold red]error:[/] {error.message}", highlight=False)
+            # escaped: messages quote what the user typed, which may look like markup ("[/]")
+            err_console().print(f"[bold red]error:[/] {escape(error.message)}", highlight=False)
             if error.why:
-                err_console().print(f"[red]why:[/] {error.why}", highlight=False)
+                err_console().print(f"[red]why:[/] {escape(error.why)}", highlight=False)
             if error.fix:
-                err_console().print(f"[green]fix:[/] {error.fix}", highlight=False)
+                err_console().print(f"[green]fix:[/] {escape(error.fix)}", highlight=False)
             raise typer.Exit(error.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -507,7 +507,7 @@ class Workload:
             raise UsageError(
                 f"{self.frames} frames is not 4n+1",
                 why="the VAE turns 1 + 4n frames into n + 1 latent frames",
-                fix=f"use {nearest_frames(self.frames)} frames",
+                fix=f"use --frames {nearest_frames(self.frames)}",
             )
         if self.gpus < 1 or HEADS % self.gpus:
             raise UsageError(

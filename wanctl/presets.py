@@ -28,7 +28,7 @@ import platformdirs
 import tomli_w
 
 from wanctl import __version__
-from wanctl.errors import UsageError
+from wanctl.errors import UsageError, WanctlError
 from wanctl.memory import MEASUREMENTS, Card, MemoryPlan, Settings, Workload, plan, predict
 from wanctl.probe.base import GpuInventory, fingerprint
 from wanctl.probe.catalog import parse_rig
@@ -72,6 +72,11 @@ class Figures:
     reserved: float
     total: float
 
+    @classmethod
+    def rounded(cls, allocated: float, reserved: float, total: float) -> Figures:
+        """As stored: to the hundredth of a GiB."""
+        return cls(round(allocated, 2), round(reserved, 2), round(total, 2))
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -88,12 +93,13 @@ class Entry:
     measured: dict[str, Figures] = field(default_factory=dict)
     max_chunk_t: int = 0
 
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """The run it answers for: a preset holds one entry per key."""
+        return self.size, self.frames, self.gpus
+
     def matches(self, workload: Workload) -> bool:
-        return (self.size, self.frames, self.gpus) == (
-            workload.size,
-            workload.frames,
-            workload.gpus,
-        )
+        return self.key == (workload.size, workload.frames, workload.gpus)
 
 
 @dataclass(frozen=True)
@@ -160,11 +166,7 @@ def entry_of(memory_plan: MemoryPlan, *, created: str, source: str = "model") ->
         source=source,
         created=created,
         predicted={
-            phase.name: Figures(
-                round(phase.allocated_gib, 2),
-                round(phase.reserved_gib, 2),
-                round(phase.total_gib, 2),
-            )
+            phase.name: Figures.rounded(phase.allocated_gib, phase.reserved_gib, phase.total_gib)
             for phase in memory_plan.phases
         },
         max_chunk_t=memory_plan.max_chunk_t,
@@ -296,47 +298,69 @@ def save(
 ) -> Path:
     """Add or update the workload's entry in the rig's user preset (or `folder`). Refuses to
     replace a file it cannot read, or an entry whose settings differ, unless `force`."""
-    folder = folder or user_dir()
-    path = folder / f"{rig_fingerprint}.toml"
-    entries: tuple[Entry, ...] = ()
-    if path.exists():
-        try:
-            entries = read(path, origin="user").entries
-        except UsageError as error:
-            if not force:
-                raise UsageError(
-                    f"will not overwrite {path}", why=error.message,
-                    fix="look at it, then remove it or add --force",
-                ) from None  # fmt: skip
-    previous = next((e for e in entries if (e.size, e.frames, e.gpus) == _key(entry)), None)
+    path = preset_path(rig_fingerprint, folder)
+    kept = check_save(path, entry, force=force)
+    preset = Preset(rig_fingerprint, rig, __version__, (*kept, entry))
+    partial = path.with_suffix(".toml.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(to_toml(preset), encoding="utf-8")
+        partial.replace(path)
+    except OSError as error:
+        raise _unwritable(path, error) from None
+    return path
+
+
+def preset_path(rig_fingerprint: str, folder: Path | None = None) -> Path:
+    """The rig's user preset file (in `folder` rather than the user's presets folder)."""
+    return (folder or user_dir()) / f"{rig_fingerprint}.toml"
+
+
+def check_save(path: Path, entry: Entry, *, force: bool = False) -> tuple[Entry, ...]:
+    """The entries of `path` that saving `entry` keeps; raises what `save` would refuse, so
+    that a caller can ask before work whose result it means to save."""
+    if not path.exists():
+        return ()
+    try:
+        entries = read(path, origin="user").entries
+    except UsageError as error:
+        if force:
+            return ()
+        raise UsageError(
+            f"will not overwrite {path}", why=error.message,
+            fix="look at it, then remove it or add --force",
+        ) from None  # fmt: skip
+    previous = next((e for e in entries if e.key == entry.key), None)
     if previous and previous.settings != entry.settings and not force:
         raise UsageError(
             f"{path} already holds other settings for {entry.size}x{entry.frames} on "
             f"{entry.gpus} GPUs",
-            why=f"saved: {_describe(previous.settings)}; new: {_describe(entry.settings)}",
+            why=f"saved: {describe(previous.settings)}; new: {describe(entry.settings)}",
             fix="add --force to replace them",
         )
-    kept = tuple(e for e in entries if (e.size, e.frames, e.gpus) != _key(entry))
-    preset = Preset(rig_fingerprint, rig, __version__, (*kept, entry))
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".toml.partial")
-    partial.write_text(to_toml(preset), encoding="utf-8")
-    partial.replace(path)
-    return path
+    return tuple(e for e in entries if e.key != entry.key)
 
 
-def _key(entry: Entry) -> tuple[str, int, int]:
-    return entry.size, entry.frames, entry.gpus
-
-
-def _describe(settings: Settings) -> str:
+def describe(settings: Settings) -> str:
+    """`name=value, ...` for every setting."""
     return ", ".join(f"{f.name}={getattr(settings, f.name)}" for f in dataclasses.fields(settings))
 
 
+def require(rig_fingerprint: str) -> Preset:
+    """`load`, with a missing preset as the user's error."""
+    found = load(rig_fingerprint)
+    if found is None:
+        raise _missing(rig_fingerprint)
+    return found
+
+
 def remove(rig_fingerprint: str) -> Path:
-    path = user_dir() / f"{rig_fingerprint}.toml"
+    path = preset_path(rig_fingerprint)
     if path.is_file():
-        path.unlink()
+        try:
+            path.unlink()
+        except OSError as error:
+            raise _unwritable(path, error) from None
         return path
     if (shipped_dir() / f"{rig_fingerprint}.toml").is_file():
         raise UsageError(
@@ -344,7 +368,19 @@ def remove(rig_fingerprint: str) -> Path:
             why="shipped presets come with wanctl and are not removed",
             fix="a user preset saved with `wanctl tune --save` takes precedence over it",
         )
-    raise UsageError(f"no preset {rig_fingerprint}", fix="see `wanctl presets list`")
+    raise _missing(rig_fingerprint)
+
+
+def _missing(rig_fingerprint: str) -> UsageError:
+    return UsageError(f"no preset {rig_fingerprint}", fix="see `wanctl presets list`")
+
+
+def _unwritable(path: Path, error: OSError) -> WanctlError:
+    return WanctlError(
+        f"could not write {path}",
+        why=str(error),
+        fix=f"make {path.parent} writable, or set {CONFIG_DIR_ENV} to a folder you can write to",
+    )
 
 
 # What generate calls

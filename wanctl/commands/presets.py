@@ -7,10 +7,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from wanctl import presets
-from wanctl.errors import UsageError
 from wanctl.render import out_console, print_json
 
 
@@ -30,16 +31,17 @@ def list_presets(
         table.add_column(column, overflow="fold")
     for item in found:
         if item.preset is None:
-            table.add_row(item.fingerprint, item.origin, f"[red]{item.error}[/]", "", "")
+            table.add_row(Text(item.fingerprint), item.origin, Text(item.error or "", "red"))
             continue
         entries = item.preset.entries
-        table.add_row(
+        cells = (
             item.fingerprint,
             item.origin,
             item.preset.rig.description,
             "\n".join(f"{e.size}x{e.frames}/{e.gpus}" for e in entries),
             ", ".join(sorted({e.source for e in entries})),
         )
+        table.add_row(*map(Text, cells))  # text from files, not markup
     out_console().print(table)
 
 
@@ -48,9 +50,7 @@ def show(
     json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Show a preset: the rig, and for each run its settings, environment and figures."""
-    preset = presets.load(fingerprint)
-    if preset is None:
-        raise UsageError(f"no preset {fingerprint}", fix="see `wanctl presets list`")
+    preset = presets.require(fingerprint)
     if json:
         print_json(preset)
         return
@@ -68,7 +68,8 @@ def rm(
 def render(preset: presets.Preset, console: Console) -> None:
     rig = preset.rig
     console.print(
-        f"[bold]{preset.fingerprint}[/] ({preset.origin}, {preset.path}): {rig.description}, "
+        f"[bold]{escape(preset.fingerprint)}[/] ({preset.origin}, {preset.path}): "
+        f"{escape(rig.description)}, "
         f"{rig.memory_mib} MiB each, written by wanctl {preset.wanctl_version}",
         highlight=False,
     )
@@ -86,8 +87,11 @@ def render(preset: presets.Preset, console: Console) -> None:
                 phase, f"{figures.total:.2f}", f"{measured.total:.2f}" if measured else "-"
             )
         console.print(table)
-        settings = ", ".join(f"{k}={v}" for k, v in vars(entry.settings).items())
-        console.print(f"settings: {settings}; chunk_t up to {entry.max_chunk_t}", highlight=False)
+        console.print(
+            f"settings: {presets.describe(entry.settings)}; chunk_t up to {entry.max_chunk_t}",
+            highlight=False,
+            markup=False,
+        )
         for key, value in entry.env.items():
             console.print(f"  export {key}={value}", highlight=False, markup=False)
 

@@ -150,15 +150,13 @@ def tune(
 
 def resolve_rig(options: TuneOptions) -> tuple[str, presets.Rig, str]:
     """The rig's fingerprint, its description and the platform the run will be on."""
-    if options.rig and options.preset:
+    if options.rig is not None and options.preset is not None:
         raise UsageError("--rig and --preset both name a rig", fix="give one of them")
-    if options.rig:
+    if options.rig is not None:
         inventory, rig = presets.rig_of(options.rig)
         return fingerprint(inventory), rig, "linux"
-    if options.preset:
-        found = presets.load(options.preset)
-        if found is None:
-            raise UsageError(f"no preset {options.preset}", fix="see `wanctl presets list`")
+    if options.preset is not None:
+        found = presets.require(options.preset)
         return found.fingerprint, found.rig, "linux"
     probe = LocalProbe()
     inventory = probe.gpus()
@@ -199,11 +197,14 @@ def run(options: TuneOptions) -> TuneReport:
     if not chosen.runnable:
         return report
     entry = presets.entry_of(chosen, created=presets.now())
+    saving = options.save or options.measure
+    if saving:  # refused now, not after minutes of measuring
+        presets.check_save(presets.preset_path(rig_fingerprint), entry, force=options.force)
     if options.measure:
         report, entry = _measure(report, entry)
         if report.ran_out_of_memory:
             return report
-    if options.save or options.measure:
+    if saving:
         path = presets.save(rig_fingerprint, rig, entry, force=options.force)
         report = dataclasses.replace(report, written=str(path))
     return report
@@ -237,8 +238,7 @@ def _measure(report: TuneReport, entry: presets.Entry) -> tuple[TuneReport, pres
         for peak in measured.peaks
     )
     figures = {
-        p.phase: presets.Figures(round(p.allocated_gib, 2), round(p.reserved_gib, 2),
-                                 round(p.total_gib, 2))
+        p.phase: presets.Figures.rounded(p.allocated_gib, p.reserved_gib, p.total_gib)
         for p in phases
         if p.reserved_gib is not None and p.total_gib is not None
     }  # fmt: skip
