@@ -215,3 +215,19 @@ def test_an_unwritable_config_folder_is_a_clear_error(
     result = cli.invoke(app, [*USER_CASE, "--save"])
     assert result.exit_code == 1 and "could not write" in result.stderr
     assert presets.CONFIG_DIR_ENV in result.stderr
+
+
+def test_pinned_settings_are_planned_as_given(cli: CliRunner) -> None:
+    pins = ["--chunk-t", "2", "--decode-ranks", "1", "--no-offload", "--dit", "replicated"]
+    result = cli.invoke(app, [*USER_CASE, *pins, "--text-encoder", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads(result.stdout)["plan"]["settings"]
+    assert (settings["chunk_t"], settings["decode_ranks"], settings["offload"]) == (2, 1, False)
+    assert (settings["dit"], settings["text_encoder"]) == ("replicated", "cpu")
+
+
+def test_a_pin_that_does_not_fit_is_refused_with_the_pin_released(cli: CliRunner) -> None:
+    """The seed's rank-0 decode with chunk_t 20: tune names what fits instead."""
+    result = cli.invoke(app, [*USER_CASE, "--chunk-t", "20", "--decode-ranks", "1"])
+    assert result.exit_code == 1
+    assert "chunk_t 1 (instead of 20)" in result.output.replace("\n", " ")

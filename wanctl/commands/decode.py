@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from wanctl.commands.options import Json
 from wanctl.render import err_console, out_console, print_json
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def decode(
             min=1, help="Ranks to split each frame over (torchrun). Default: all visible GPUs."
         ),
     ] = None,
-    json: Annotated[bool, typer.Option("--json", help="One JSON summary on stdout.")] = False,
+    json: Json = False,
 ) -> None:
     """Decode latents to a video: exact (frame for frame what diffusers' decode gives), streamed
     to the file as it decodes, each frame split over every GPU. Out of GPU memory, it tries more

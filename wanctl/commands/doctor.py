@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wanctl.active import active_checks
+from wanctl.commands.options import Json
 from wanctl.doctor import DoctorReport, Status, diagnose
 from wanctl.launch import SubprocessRunner
 from wanctl.probe.base import GpuInventory
@@ -35,7 +36,7 @@ def doctor(
     full: Annotated[
         bool, typer.Option("--full", help="Also prove P2P copies and an NCCL all-reduce.")
     ] = False,
-    json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json: Json = False,
     timeout: Annotated[
         float, typer.Option(min=5, help="Seconds before an active check is called hung.")
     ] = 120.0,

@@ -12,6 +12,16 @@ from rich.console import Console
 from rich.table import Table
 
 from wanctl.attention import AttentionChoice
+from wanctl.commands.options import (
+    ChunkT,
+    DecodeDtypeOption,
+    DecodeRanks,
+    DitOption,
+    Json,
+    Offload,
+    TextEncoder,
+    option_value,
+)
 from wanctl.errors import UsageError
 from wanctl.generate import (
     GenerateOptions,
@@ -37,21 +47,6 @@ class Model(str, Enum):
 class Device(str, Enum):
     cuda = "cuda"
     cpu = "cpu"
-
-
-class DecodeDtype(str, Enum):
-    bf16 = "bf16"
-    fp32 = "fp32"
-
-
-class Placement(str, Enum):
-    gpu = "gpu"
-    cpu = "cpu"
-
-
-class Dit(str, Enum):
-    replicated = "replicated"
-    fsdp = "fsdp"
 
 
 def generate(
@@ -97,28 +92,12 @@ def generate(
     rdzv_endpoint: Annotated[
         str | None, typer.Option(help="HOST:PORT of the rendezvous (torchrun).")
     ] = None,
-    chunk_t: Annotated[
-        int | None, typer.Option(min=1, help="Override: latent frames per decoder call.")
-    ] = None,
-    decode_ranks: Annotated[
-        int | None, typer.Option(min=1, help="Override: ranks that decode.")
-    ] = None,
-    decode_dtype: Annotated[
-        DecodeDtype | None, typer.Option(help="Override: the decode's dtype.")
-    ] = None,
-    text_encoder: Annotated[
-        Placement | None, typer.Option(help="Override: where the text encoder runs.")
-    ] = None,
-    offload: Annotated[
-        bool | None,
-        typer.Option(
-            "--offload/--no-offload",
-            help="Override: the DiT to the CPU before the decode (wan-repo: --offload_model).",
-        ),  # fmt: skip
-    ] = None,
-    dit: Annotated[
-        Dit | None, typer.Option(help="Override: the DiT whole on each GPU, or sharded (FSDP).")
-    ] = None,
+    chunk_t: ChunkT = None,
+    decode_ranks: DecodeRanks = None,
+    decode_dtype: DecodeDtypeOption = None,
+    text_encoder: TextEncoder = None,
+    offload: Offload = None,
+    dit: DitOption = None,
     env: Annotated[
         list[str] | None,
         typer.Option(help="KEY=VALUE for the workers, over the preset's (repeatable)."),
@@ -132,7 +111,7 @@ def generate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the command and environment; run nothing.")
     ] = False,
-    json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json: Json = False,
 ) -> None:
     """Generate a video from a prompt on N GPUs: the rig's preset (or tune's plan), a doctor
     preflight, torchrun with Ulysses sampling, the latents saved before the decode, the decode
@@ -144,9 +123,8 @@ def generate(
         ckpt_dir=ckpt_dir, wan_repo=wan_repo, image=image, negative_prompt=negative_prompt,
         guidance=guidance, device=device.value if device else None, nnodes=nnodes,
         rdzv_endpoint=rdzv_endpoint, chunk_t=chunk_t, decode_ranks=decode_ranks,
-        decode_dtype=decode_dtype.value if decode_dtype else None,
-        text_encoder=text_encoder.value if text_encoder else None, offload=offload,
-        dit=dit.value if dit else None, env=parse_env(env or []),
+        decode_dtype=option_value(decode_dtype), text_encoder=option_value(text_encoder),
+        offload=offload, dit=option_value(dit), env=parse_env(env or []),
         preflight=not skip_preflight, timeout_s=timeout, json_stdout=json,
     )  # fmt: skip
     plan = prepare(options, probe=LocalProbe())

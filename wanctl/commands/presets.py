@@ -12,11 +12,12 @@ from rich.table import Table
 from rich.text import Text
 
 from wanctl import presets
+from wanctl.commands.options import Json
 from wanctl.render import out_console, print_json
 
 
 def list_presets(
-    json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json: Json = False,
 ) -> None:
     """List the presets: the user's (saved by `tune --save`) first, then those shipped with
     wanctl; unreadable files are listed with their error."""
@@ -47,7 +48,7 @@ def list_presets(
 
 def show(
     fingerprint: Annotated[str, typer.Argument(help="The rig fingerprint, as `list` shows it.")],
-    json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json: Json = False,
 ) -> None:
     """Show a preset: the rig, and for each run its settings, environment and figures."""
     preset = presets.require(fingerprint)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
-from enum import Enum
 from typing import Annotated
 
 import typer
@@ -14,6 +13,16 @@ from rich.console import Console
 from rich.table import Table
 
 from wanctl import presets
+from wanctl.commands.options import (
+    ChunkT,
+    DecodeDtypeOption,
+    DecodeRanks,
+    DitOption,
+    Json,
+    Offload,
+    TextEncoder,
+    option_value,
+)
 from wanctl.doctor import nccl_environment
 from wanctl.errors import UsageError, WanctlError
 from wanctl.memory import (
@@ -30,17 +39,6 @@ from wanctl.probe.local import LocalProbe
 from wanctl.render import err_console, show
 
 
-class Placement(str, Enum):
-    auto = "auto"
-    gpu = "gpu"
-    cpu = "cpu"
-
-
-class DecodeDtype(str, Enum):
-    bf16 = "bf16"
-    fp32 = "fp32"
-
-
 @dataclass(frozen=True)
 class TuneOptions:
     gpus: int | None
@@ -48,8 +46,7 @@ class TuneOptions:
     frames: int
     rig: str | None
     preset: str | None
-    text_encoder: str | None
-    decode_dtype: str
+    constraints: Constraints
     measure: bool
     save: bool
     force: bool
@@ -96,12 +93,12 @@ def tune(
     preset: Annotated[
         str | None, typer.Option(help="Plan for the rig of a preset (its fingerprint).")
     ] = None,
-    text_encoder: Annotated[
-        Placement, typer.Option(help="Where the text encoder runs; auto lets tune choose.")
-    ] = Placement.auto,
-    decode_dtype: Annotated[DecodeDtype, typer.Option(help="The VAE decode's dtype.")] = (
-        DecodeDtype.bf16
-    ),
+    chunk_t: ChunkT = None,
+    decode_ranks: DecodeRanks = None,
+    decode_dtype: DecodeDtypeOption = None,
+    text_encoder: TextEncoder = None,
+    offload: Offload = None,
+    dit: DitOption = None,
     measure: Annotated[
         bool,
         typer.Option(
@@ -116,7 +113,7 @@ def tune(
     force: Annotated[
         bool, typer.Option("--force", help="Replace a saved preset with other settings.")
     ] = False,
-    json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json: Json = False,
 ) -> None:
     """Will this run fit on the rig, and with which settings? Predicts the peak memory of
     each phase per GPU, chooses the decode chunk, decode ranks, offloading, text encoder
@@ -128,8 +125,14 @@ def tune(
         frames=frames,
         rig=rig,
         preset=preset,
-        text_encoder=None if text_encoder is Placement.auto else text_encoder.value,
-        decode_dtype=decode_dtype.value,
+        constraints=Constraints(
+            text_encoder=option_value(text_encoder),
+            offload=offload,
+            dit=option_value(dit),
+            decode_dtype=option_value(decode_dtype) or "bf16",
+            decode_ranks=decode_ranks,
+            chunk_t=chunk_t,
+        ),
         measure=measure,
         save=save,
         force=force,
@@ -181,7 +184,7 @@ def run(options: TuneOptions) -> TuneReport:
             fix=f"use --gpus {rig.gpus} or fewer, or plan for a larger rig with --rig",
         )
     workload = Workload(width, height, options.frames, gpus)
-    constraints = Constraints(text_encoder=options.text_encoder, decode_dtype=options.decode_dtype)
+    constraints = options.constraints
     chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env)
     saved, preset_error = _saved_entry(rig_fingerprint, workload)
     report = TuneReport(

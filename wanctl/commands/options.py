@@ -1,0 +1,48 @@
+"""Options that several commands share, declared once: `--json`, and the run settings that
+`tune` and `generate` let the user pin (None: the plan chooses)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+
+class DecodeDtype(str, Enum):
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+class Placement(str, Enum):
+    gpu = "gpu"
+    cpu = "cpu"
+
+
+class Dit(str, Enum):
+    replicated = "replicated"
+    fsdp = "fsdp"
+
+
+Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+ChunkT = Annotated[int | None, typer.Option(min=1, help="Pin the latent frames per decoder call.")]
+DecodeRanks = Annotated[int | None, typer.Option(min=1, help="Pin the ranks that decode.")]
+DecodeDtypeOption = Annotated[
+    DecodeDtype | None, typer.Option(help="Pin the decode's dtype (the plan's: bf16).")
+]
+TextEncoder = Annotated[Placement | None, typer.Option(help="Pin where the text encoder runs.")]
+Offload = Annotated[
+    bool | None,
+    typer.Option(
+        "--offload/--no-offload",
+        help="Pin whether the DiT goes to the CPU before the decode (wan-repo: --offload_model).",
+    ),
+]
+DitOption = Annotated[
+    Dit | None, typer.Option(help="Pin the DiT whole on each GPU, or sharded (FSDP).")
+]
+
+
+def option_value(choice: Enum | None) -> str | None:
+    """An enum option's value, None when not given."""
+    return None if choice is None else str(choice.value)
