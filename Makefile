@@ -31,7 +31,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check wanctl tests benchmarks
 	$(VENV)/bin/ruff format --check wanctl tests benchmarks
-	$(VENV)/bin/mypy wanctl
+	$(VENV)/bin/mypy wanctl benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -42,6 +42,8 @@ from wanctl.attention import (
     measure,
     pick,
 )
+from wanctl.memory import Workload, parse_size
+from wanctl.models.configs import DIT_TI2V_5B
 
 GIB = 2**30
 
@@ -94,15 +96,13 @@ def forward_table(
     memory, and the output's max abs difference from the default's."""
     from wanctl.models.configs import build_dit
 
-    width, height = (int(side) for side in args.size.split("*"))
-    latent = (1, 48, (args.frames - 1) // 4 + 1, height // 16, width // 16)
-    tokens = dit_tokens(args.size, args.frames, (1, 2, 2))
+    workload = Workload(*parse_size(args.size), args.frames, 1)
+    latent = (1, 48, *workload.latent)
+    tokens = dit_tokens(args.size, args.frames)
     generator = torch.Generator(device).manual_seed(0)
     hidden = torch.randn(latent, generator=generator, device=device).to(dtype)
-    text_dim = 4096
-    text = (0.1 * torch.randn((1, TEXT_TOKENS, text_dim), generator=generator, device=device)).to(
-        dtype
-    )
+    text_shape = (1, TEXT_TOKENS, DIT_TI2V_5B["text_dim"])
+    text = (0.1 * torch.randn(text_shape, generator=generator, device=device)).to(dtype)
     timestep = torch.full((1, tokens), 500.0, device=device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)

@@ -213,7 +213,7 @@ def recorded() -> int:
     worst: dict[str, float] = {}
     for (phase, width, height, frames, decoder, chunk_t), modes in setups.items():
         name = f"{phase} ({decoder}, chunk_t {chunk_t})" if phase == "decode" else str(phase)
-        cells = {}
+        cells: dict[tuple[str, bool], str] = {}
         for expandable, m in modes.items():
             workload, settings = memory.setup_of(m)
             predicted = next(p for p in memory.phases(workload, settings) if p.name == phase)
@@ -265,7 +265,7 @@ def trace_ulysses(degrees: tuple[int, ...] = (1, 2, 4)) -> list[memory.Row]:
             dit.enable_parallelism(config=ContextParallelConfig(ulysses_degree=degree, mesh=mesh))
         with meter.session():
             placed = place(dit, "cpu")
-            run, _ = dit_run(placed, workload, "cpu")  # the whole latent: diffusers splits it
+            run = dit_run(placed, workload, "cpu")  # the whole latent: diffusers splits it
             weights, allocated, _ = meter.peak([placed], run)
         dist.destroy_process_group()
         rows.append((

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -54,9 +53,7 @@ class Peak:
     weights_gib: float
     allocated_gib: float
     reserved_gib: float | None
-    seconds: float
     out_of_memory: bool = False
-    detail: str = ""
 
 
 class Meter(Protocol):
@@ -186,10 +183,9 @@ def share_rows(rows: int, ranks: int, multiple: int = 1) -> int:
 
 def dit_run(
     dit: torch.nn.Module, workload: Workload, device: str, ranks: int = 1
-) -> tuple[Callable[[], None], int]:
+) -> Callable[[], None]:
     """One forward of the TI2V DiT with its per-token (2-D) timestep, over `ranks`' share of
-    the latent's rows when `ranks` > 1 (one GPU standing for one Ulysses rank); and the number
-    of tokens it runs."""
+    the latent's rows when `ranks` > 1 (one GPU standing for one Ulysses rank)."""
     frames, height, width = workload.latent
     height = share_rows(height, ranks, multiple=2)
     tokens = frames * height * width // 4
@@ -201,7 +197,7 @@ def dit_run(
         with torch.no_grad():
             dit(latent, timestep, text, return_dict=False)
 
-    return run, tokens
+    return run
 
 
 def decode_run(vae: Any, workload: Workload, settings: Settings, device: str) -> Callable[[], None]:
@@ -250,17 +246,15 @@ def _drain(chunks: Iterator[torch.Tensor]) -> None:
             del pixels
 
 
-def _timed(meter: Meter, phase: str, held: list[Any], run: Callable[[], None], detail: str) -> Peak:
-    start = time.perf_counter()
+def _peak(meter: Meter, phase: str, held: list[Any], run: Callable[[], None]) -> Peak:
     try:
-        weights, allocated, reserved = meter.peak(held, run)
-        return Peak(phase, weights, allocated, reserved, time.perf_counter() - start, False, detail)
+        return Peak(phase, *meter.peak(held, run))
     except torch.cuda.OutOfMemoryError:
         pass
     # Out of the handler, the failed run's frames are gone: free what they held.
     gc.collect()
     torch.cuda.empty_cache()
-    return Peak(phase, 0.0, 0.0, None, time.perf_counter() - start, True, detail)
+    return _no_room(phase)
 
 
 @dataclass
@@ -285,17 +279,17 @@ def _build(meter: Meter, make_meta: Callable[[], Any]) -> Any:
     return None
 
 
-def _no_room(phase: str, what: str) -> Peak:
-    return Peak(phase, 0.0, 0.0, None, 0.0, True, f"the {what} weights do not fit")
+def _no_room(phase: str) -> Peak:
+    return Peak(phase, 0.0, 0.0, None, out_of_memory=True)
 
 
 def text_encode_peak(meter: Meter, models: Models) -> Peak:
     """UMT5-XXL built, run over a padded prompt, and freed."""
     encoder = _build(meter, lambda: build_text_encoder("meta", torch.bfloat16))
     if encoder is None:
-        return _no_room("text_encode", "text encoder")
+        return _no_room("text_encode")
     run = text_encode_run(encoder, meter.device)
-    peak = _timed(meter, "text_encode", [encoder, *models.held()], run, f"{TEXT_TOKENS} tokens")
+    peak = _peak(meter, "text_encode", [encoder, *models.held()], run)
     del encoder, run
     gc.collect()
     if meter.device == "cuda":  # as a run does (workers/generate.py) before loading the DiT,
@@ -307,16 +301,14 @@ def sampling_peak(meter: Meter, models: Models, workload: Workload) -> Peak:
     if models.dit is None:
         models.dit = _build(meter, lambda: build_dit("meta", torch.bfloat16))
         if models.dit is None:
-            return _no_room("sampling", "DiT")
-    run, tokens = dit_run(models.dit, workload, meter.device, workload.gpus)
-    detail = f"{tokens} tokens of {workload.tokens}"
-    return _timed(meter, "sampling", models.held(), run, detail)
+            return _no_room("sampling")
+    run = dit_run(models.dit, workload, meter.device, workload.gpus)
+    return _peak(meter, "sampling", models.held(), run)
 
 
 def decode_peak(meter: Meter, models: Models, workload: Workload, settings: Settings) -> Peak:
     run = decode_run(models.vae, workload, settings, meter.device)
-    detail = f"{settings.decoder}, chunk_t {settings.chunk_t}, 1/{settings.decode_ranks} frame"
-    return _timed(meter, "decode", models.held(), run, detail)
+    return _peak(meter, "decode", models.held(), run)
 
 
 def measure_phases(
