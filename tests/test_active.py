@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from wanctl.active import (
     transfer_checks,
 )
 from wanctl.doctor import Status
-from wanctl.launch import SubprocessRunner
+from wanctl.launch import LaunchSpec, RunResult, SubprocessRunner
 from wanctl.probe.catalog import MODELS
 from wanctl.probe.fake import describe_rig, scenario
 
@@ -91,8 +92,35 @@ def test_a_crashing_worker_names_its_error(tmp_path: Path) -> None:
 
 
 def test_active_checks_skip_without_gpus() -> None:
-    checks, env = active_checks(SubprocessRunner(), 5)(scenario("no_driver").gpus())
+    rig = scenario("no_driver")
+    checks, env = active_checks(SubprocessRunner(), 5)(rig.gpus(), rig.software())
     assert [c.status for c in checks] == [Status.SKIPPED] and env == {}
+
+
+@pytest.mark.parametrize(
+    ("visible", "torch_cuda", "reason"),
+    [
+        ("-1", "12.8", "CUDA_VISIBLE_DEVICES hides them"),
+        (None, None, "torch cannot use the GPUs"),
+    ],
+)
+def test_active_checks_skip_what_cuda_cannot_use(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, torch_cuda: str | None, reason: str
+) -> None:
+    """Nothing launched: a CPU torch would pass the all-reduce over gloo and copy nothing."""
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    rig = scenario("rtx4090x2_no_p2p")
+    software = dataclasses.replace(rig.software(), torch_cuda=torch_cuda)
+    checks, env = active_checks(Unlaunchable(), 5)(rig.gpus(), software)
+    assert [c.status for c in checks] == [Status.SKIPPED] and reason in checks[0].finding
+
+
+class Unlaunchable:
+    def run(self, spec: LaunchSpec) -> RunResult:
+        raise AssertionError(f"launched {spec.command}")
 
 
 def test_transfer_report_becomes_checks() -> None:

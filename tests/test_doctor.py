@@ -170,13 +170,13 @@ def test_old_diffusers_and_missing_ffmpeg_fail() -> None:
 def test_active_step_is_called_with_the_inventory_and_its_env_recommended() -> None:
     seen = []
 
-    def active(inventory):
-        seen.append(inventory)
+    def active(inventory, software):
+        seen.append((inventory, software))
         return [Check("nccl.allreduce", "active", Status.OK, "fine")], {"NCCL_P2P_DISABLE": "1"}
 
     probe = scenario("rtx4090x2_no_p2p")
     report = diagnose(probe, active)
-    assert seen == [probe.gpus()]
+    assert seen == [(probe.gpus(), probe.software())]
     assert report.recommended_env == {"NCCL_P2P_DISABLE": "1"}
     assert report.checks[-1].name == "nccl.allreduce"
 

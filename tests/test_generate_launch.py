@@ -31,9 +31,8 @@ from wanctl.generate import (
     classify,
     failure,
     prepare,
-    visible_gpus,
 )
-from wanctl.launch import RunResult
+from wanctl.launch import RunResult, visible_gpus
 from wanctl.memory import Settings, Workload, plan
 from wanctl.probe.base import fingerprint
 from wanctl.probe.catalog import MODELS
@@ -238,8 +237,13 @@ def test_the_cpu_runs_the_tiny_model_in_n_processes_without_a_preset(out: Path) 
 def test_gpus_default_to_every_visible_one(ckpt: Path, out: Path) -> None:
     launched = prepared(options(out, ckpt_dir=ckpt, gpus=None))
     assert launched.ranks == 2 and "--nproc-per-node=2" in launched.spec.argv
-    assert visible_gpus(H100X8.inventory, {"CUDA_VISIBLE_DEVICES": "0,3,5"}) == 3
-    assert visible_gpus(H100X8.inventory, {"CUDA_VISIBLE_DEVICES": ""}) == 0
+    live = len(H100X8.inventory.live_gpus())
+    assert visible_gpus(live, {"CUDA_VISIBLE_DEVICES": "0,3,5"}) == 3
+    assert visible_gpus(live, {"CUDA_VISIBLE_DEVICES": ""}) == 0
+    assert visible_gpus(live, {"CUDA_VISIBLE_DEVICES": "-1"}) == 0  # CUDA's "no GPU"
+    assert visible_gpus(live, {"CUDA_VISIBLE_DEVICES": "0,-1,2"}) == 1  # read up to the -1
+    assert visible_gpus(live, {"CUDA_VISIBLE_DEVICES": "GPU-8a1e,GPU-77c0"}) == 2
+    assert visible_gpus(live, {}) == 8
 
 
 def _cli(cli: CliRunner, monkeypatch: pytest.MonkeyPatch, probe: FakeProbe, *args: object):

@@ -6,6 +6,7 @@ and the `Runner` boundary.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import tempfile
@@ -14,8 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wanctl.doctor import Check, Status
-from wanctl.launch import LaunchSpec, Runner, RunResult, torchrun_argv, worker_error
-from wanctl.probe.base import GpuInventory
+from wanctl.launch import (
+    LaunchSpec,
+    Runner,
+    RunResult,
+    torchrun_argv,
+    visible_gpus,
+    worker_error,
+)
+from wanctl.probe.base import GpuInventory, Software
 
 ALLREDUCE_WORKER = "wanctl.workers.allreduce"
 TRANSFER_WORKER = "wanctl.workers.transfers"
@@ -219,9 +227,9 @@ def _pair_check(entry: dict[str, object], inventory: GpuInventory) -> Check:
 def transfer_check(runner: Runner, inventory: GpuInventory, timeout_s: float) -> list[Check]:
     with tempfile.TemporaryDirectory(prefix="wanctl-transfers-") as workdir:
         result_path = Path(workdir) / "transfers.json"
-        spec = LaunchSpec(
-            (sys.executable, "-m", TRANSFER_WORKER, "--result", str(result_path)), {}, timeout_s
-        )
+        command = (sys.executable, "-m", TRANSFER_WORKER, "--result", str(result_path))
+        # torch's GPU i is then NVML's GPU i, whose link the figures are compared with
+        spec = LaunchSpec(command, {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, timeout_s)
         result = runner.run(spec)
         if not result.ok or not result_path.exists():
             why = (
@@ -246,18 +254,29 @@ def transfer_check(runner: Runner, inventory: GpuInventory, timeout_s: float) ->
 
 def active_checks(
     runner: Runner, timeout_s: float
-) -> Callable[[GpuInventory], tuple[list[Check], dict[str, str]]]:
-    """The `active` step of `wanctl.doctor.diagnose`: copies, then the all-reduce."""
+) -> Callable[[GpuInventory, Software], tuple[list[Check], dict[str, str]]]:
+    """The `active` step of `wanctl.doctor.diagnose`: copies, then the all-reduce over NCCL,
+    on the GPUs CUDA_VISIBLE_DEVICES leaves."""
 
-    def run(inventory: GpuInventory) -> tuple[list[Check], dict[str, str]]:
-        count = len(inventory.live_gpus())
-        if count == 0:
-            reason = "no GPU to test" if not inventory.error else "no driver"
+    def run(inventory: GpuInventory, software: Software) -> tuple[list[Check], dict[str, str]]:
+        count = visible_gpus(len(inventory.live_gpus()), os.environ)
+        reason = _skip_reason(inventory, software, count)
+        if reason:
             return [
                 Check("active", "active", Status.SKIPPED, f"active checks skipped: {reason}")
             ], {}
         checks = transfer_check(runner, inventory, timeout_s)
-        allreduce, env = allreduce_check(runner, count, timeout_s)
+        allreduce, env = allreduce_check(runner, count, timeout_s, backend="nccl")
         return [*checks, allreduce], env
 
     return run
+
+
+def _skip_reason(inventory: GpuInventory, software: Software, count: int) -> str | None:
+    if inventory.error:
+        return "no driver"
+    if count == 0:
+        return "no GPU to test (CUDA_VISIBLE_DEVICES hides them)" if inventory.gpus else "no GPU"
+    if software.torch_cuda is None:
+        return "torch cannot use the GPUs (the torch check says why)"
+    return None

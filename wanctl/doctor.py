@@ -563,7 +563,7 @@ def nccl_environment(inventory: GpuInventory, system: System) -> dict[str, str]:
 
 def diagnose(
     probe: Probe,
-    active: Callable[[GpuInventory], tuple[list[Check], dict[str, str]]] | None = None,
+    active: Callable[[GpuInventory, Software], tuple[list[Check], dict[str, str]]] | None = None,
 ) -> DoctorReport:
     """Run every passive check, and the active ones when `active` is given."""
     start = time.monotonic()
@@ -571,7 +571,7 @@ def diagnose(
     checks = passive_checks(inventory, software, system)
     env = nccl_environment(inventory, system)
     if active is not None:
-        active_checks, active_env = active(inventory)
+        active_checks, active_env = active(inventory, software)
         checks += active_checks
         env.update(active_env)
     return DoctorReport(

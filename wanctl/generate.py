@@ -46,11 +46,12 @@ from wanctl.launch import (
     chunk_t,
     thread_env,
     torchrun_argv,
+    visible_gpus,
     worker_error,
 )
 from wanctl.memory import TEMPORAL, MemoryPlan, Settings, Workload, parse_size, ulysses_problem
 from wanctl.models.pipelines import FPS, NOTES, checkpoint_problem, vae_spec
-from wanctl.probe.base import GpuInventory, Probe
+from wanctl.probe.base import Probe
 from wanctl.workers.wan_hook import HOOK_DIR, LATENTS_ENV, RUN_DIR_ENV, SOURCE_ENV
 
 WORKER = "wanctl.workers.generate"
@@ -387,15 +388,6 @@ def check_disk(paths: RunPaths, workload: Workload, free_bytes: int) -> None:
         )
 
 
-def visible_gpus(inventory: GpuInventory, env: Mapping[str, str]) -> int:
-    """Live GPUs, as CUDA_VISIBLE_DEVICES narrows them; counted by NVML, never by CUDA."""
-    live = len(inventory.live_gpus())
-    if "CUDA_VISIBLE_DEVICES" not in env:
-        return live
-    listed = [d for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
-    return min(live, len(listed))
-
-
 def choose_device(options: GenerateOptions, report: DoctorReport, visible: int) -> str:
     """cuda when a GPU is visible and torch can use it; the CPU for the tiny model when not,
     or when asked. The 5B models on the CPU take hours per step: only when asked."""
@@ -645,7 +637,7 @@ def prepare(
     is a `UsageError` (or a `WanctlError` for a failed preflight check)."""
     check_request(options)
     report = diagnose(probe)
-    visible = visible_gpus(report.inventory, env)
+    visible = visible_gpus(len(report.inventory.live_gpus()), env)
     device = choose_device(options, report, visible)
     ranks = options.gpus or (visible if device == "cuda" else 1)
     options = dataclasses.replace(options, gpus=ranks)

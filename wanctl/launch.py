@@ -146,6 +146,21 @@ def check_output(output: Path, latents: Path | None = None) -> None:
         probe.unlink()
 
 
+def visible_gpus(live: int, env: Mapping[str, str]) -> int:
+    """How many of the `live` GPUs (NVML's count) CUDA_VISIBLE_DEVICES leaves to CUDA. CUDA
+    reads the list up to its first entry that is not an index or a UUID: "-1" hides every
+    GPU, "0,-1,2" leaves one."""
+    if "CUDA_VISIBLE_DEVICES" not in env:
+        return live
+    listed = 0
+    for entry in env["CUDA_VISIBLE_DEVICES"].split(","):
+        entry = entry.strip()
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        listed += 1
+    return min(live, listed)
+
+
 def child_environment(overrides: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
     """The environment a child sees: the inherited one (multicast-off variables included)
     with wanctl's settings on top."""

@@ -21,12 +21,19 @@ def _timed_copy(source: torch.Tensor, target: torch.Tensor, repeats: int) -> flo
     """GB/s of `target.copy_(source)` into a preallocated (pinned, for host) buffer, after
     one warm-up copy."""
     target.copy_(source, non_blocking=True)
-    torch.cuda.synchronize()
+    _wait(source, target)
     start = time.perf_counter()
     for _ in range(repeats):
         target.copy_(source, non_blocking=True)
-    torch.cuda.synchronize()
+    _wait(source, target)
     return source.numel() * source.element_size() * repeats / (time.perf_counter() - start) / 1e9
+
+
+def _wait(*tensors: torch.Tensor) -> None:
+    """Until the copies queued on the tensors' GPUs are done: a bare synchronize waits for the
+    current device (GPU 0) only, and would time GPU 1's copies as they are queued."""
+    for device in {t.device for t in tensors if t.is_cuda}:
+        torch.cuda.synchronize(device)
 
 
 def host_links(size_mib: int, repeats: int) -> list[dict[str, object]]:
@@ -72,7 +79,6 @@ def main() -> None:
     count = torch.cuda.device_count()
     pairs = [(i, j) for i in range(count) for j in range(count) if i != j]
     report = {
-        "device_count": count,
         "host": host_links(args.size_mib, args.repeats),
         "pairs": [pair_copy(i, j, args.size_mib, args.repeats) for i, j in pairs],
     }
