@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import crashed
+from PIL import Image
 from typer.testing import CliRunner
 
 import wanctl.commands.generate as generate_command
@@ -135,15 +136,17 @@ def test_wan_repo_backend_runs_the_official_script_with_the_users_flags(
     wan: tuple[Path, Path], out: Path
 ) -> None:
     repo, ckpt = wan
+    image = out / "first.png"
+    Image.new("RGB", (64, 32)).save(image)
     launched = prepared(options(out, backend="wan-repo", wan_repo=repo, ckpt_dir=ckpt, seed=7,
-                                text_encoder="cpu", image=ckpt / "config.json"))  # fmt: skip
+                                text_encoder="cpu", image=image))  # fmt: skip
     placeholder = out / ".cats.mp4.wanctl" / "official-placeholder.mp4"
     assert launched.spec.argv == (
         *TORCHRUN, "--standalone", "--nproc-per-node=2", str(repo / "generate.py"),
         "--task", "ti2v-5B", "--size", "1280*704", "--ckpt_dir", str(ckpt),
         "--ulysses_size", "2", "--offload_model", "True", "--convert_model_dtype", "--t5_cpu",
         "--frame_num", "121", "--sample_steps", "50", "--base_seed", "7",
-        "--image", str(ckpt / "config.json"), "--save_file", str(placeholder),
+        "--image", str(image), "--save_file", str(placeholder),
         "--prompt", "two cats box",
     )  # fmt: skip
     env = dict(launched.spec.env)
@@ -163,6 +166,10 @@ def test_the_hook_goes_before_the_users_pythonpath(wan: tuple[Path, Path], out: 
     launched = prepared(options(out, backend="wan-repo", wan_repo=repo, ckpt_dir=ckpt),
                         PYTHONPATH="/opt/mine")  # fmt: skip
     assert launched.spec.env["PYTHONPATH"] == f"{HOOK_DIR}:/opt/mine"
+    flag = (("PYTHONPATH", "/opt/flag"),)
+    flagged = prepared(options(out, backend="wan-repo", wan_repo=repo, ckpt_dir=ckpt, env=flag),
+                       PYTHONPATH="/opt/mine")  # fmt: skip
+    assert flagged.spec.env["PYTHONPATH"] == f"{HOOK_DIR}:/opt/flag"  # --env wins, as always
 
 
 def test_multi_node_flags_pass_through_and_the_ulysses_degree_spans_the_nodes(
@@ -308,6 +315,12 @@ REFUSALS = {
     "output is a folder": Refusal((*DIFFUSERS, "-o", "{tmp}/out"), "it is a folder"),
     "output type": Refusal((*DIFFUSERS, "-o", "{tmp}/out/v.avi"), "unknown video type '.avi'"),
     "missing image": Refusal((*DIFFUSERS, "--image", "{tmp}/cat.png"), "image not found"),
+    "image that is none": Refusal((*DIFFUSERS, "--image", "{ckpt}/model_index.json"),
+                                  "cannot read the image"),
+    "negative prompt to the official code": Refusal((*WAN_REPO, "--negative-prompt", "blur"),
+                                                    "--negative-prompt would not reach"),
+    "offload with diffusers": Refusal((*DIFFUSERS, "--no-offload"),
+                                      "is the official generate.py's --offload_model"),
     "synthetic-5b on the CPU": Refusal(("--model", "synthetic-5b", "--device", "cpu"),
                                        "synthetic-5b is for timing and memory on a GPU"),
     "no GPU for a checkpoint": Refusal(DIFFUSERS, "no GPU is visible", "no_driver"),
@@ -350,6 +363,16 @@ def test_refusals_exit_2_with_a_message_and_write_nothing(
     assert refusal.message in " ".join(result.stderr.split()), result.stderr
     assert not crashed(result)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [("{", "cannot be read"), ("[1, 2]", "is not a diffusers model index")],
+)
+def test_a_broken_model_index_is_refused(ckpt: Path, out: Path, index: str, message: str) -> None:
+    (ckpt / "model_index.json").write_text(index)
+    with pytest.raises(UsageError, match=message):
+        prepared(options(out, ckpt_dir=ckpt))
 
 
 def test_too_little_disk_is_refused(ckpt: Path, out: Path) -> None:

@@ -292,9 +292,24 @@ def check_request(options: GenerateOptions) -> None:
         _check_wan_repo(options)
     else:
         _check_diffusers_model(options)
-    if options.image is not None and not options.image.is_file():
-        raise UsageError(f"image not found: {options.image}", fix="pass an existing image file")
+    if options.image is not None:
+        check_image(options.image)
     check_output(options.output)
+
+
+def check_image(path: Path) -> None:
+    """An image PIL can read, checked here rather than by every rank after the models load."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise UsageError(f"image not found: {path}", fix="pass an existing image file")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise UsageError(
+            f"cannot read the image {path}", why=str(error), fix="pass a PNG, JPEG or WebP file"
+        ) from None
 
 
 def _check_diffusers_model(options: GenerateOptions) -> None:
@@ -324,6 +339,12 @@ def _check_wan_repo(options: GenerateOptions) -> None:
         raise UsageError(
             f"--model {options.model} runs with the diffusers backend only",
             fix="drop --backend wan-repo, or pass the official checkpoint with --ckpt-dir",
+        )
+    if options.negative_prompt is not None:
+        raise UsageError(
+            "--negative-prompt would not reach the official generate.py",
+            why="it takes the negative prompt of its config and has no option for it",
+            fix="drop --negative-prompt, or use the diffusers backend",
         )
     fix = "pass --wan-repo with a clone of github.com/Wan-Video/Wan2.2"
     if options.wan_repo is None:
@@ -465,6 +486,12 @@ def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, 
 
 
 def check_settings(settings: Settings, options: GenerateOptions, workload: Workload) -> None:
+    if options.backend == "diffusers" and options.offload is not None:
+        raise UsageError(
+            "--offload/--no-offload is the official generate.py's --offload_model",
+            why="wanctl's diffusers worker always frees the DiT before the decode",
+            fix="drop it, or use --backend wan-repo",
+        )
     if options.backend == "diffusers" and settings.dit == "fsdp":
         raise UsageError(
             "the diffusers backend keeps the whole DiT on every GPU, and these settings shard it"
@@ -659,7 +686,8 @@ def prepare(
     wanted = {**settings_env, **thread_env(device, ranks, env)}
     child_env, kept = launch_env(wanted, dict(options.env), env)
     if options.backend == "wan-repo":
-        child_env.update(hook_env(paths, options, env))
+        # the user's --env PYTHONPATH, like any --env, over the exported one
+        child_env.update(hook_env(paths, options, {**env, **dict(options.env)}))
     vae = model_vae(options)
     return GeneratePlan(
         options=options,

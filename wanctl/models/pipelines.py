@@ -140,7 +140,12 @@ def checkpoint_problem(folder: Path) -> str | None:
     missing = [name for name in CHECKPOINT_FILES if not (folder / name).exists()]
     if missing:
         return f"{folder} lacks {', '.join(missing)}"
-    index = json.loads((folder / "model_index.json").read_text())
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as error:
+        return f"{folder}/model_index.json cannot be read ({error}): a partial download?"
+    if not isinstance(index, dict):
+        return f"{folder}/model_index.json is not a diffusers model index"
     if (index.get("transformer_2") or [None])[0] is not None:
         return f"{folder} is a two-expert (A14B) model; wanctl runs the TI2V-5B"
     return None
