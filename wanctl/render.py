@@ -65,6 +65,12 @@ def show(value: T, render: Callable[[T, Console], None], as_json: bool) -> None:
         render(value, out_console())
 
 
+def warmup_worth_showing(seconds: float | None) -> bool:
+    """A kernel warm-up long enough to mention in a summary table (JSON always has it): none
+    on the CPU, milliseconds when nothing was compiled or loaded."""
+    return seconds is not None and seconds >= 0.05
+
+
 @contextmanager
 def progress_bar(
     label: str, unit: str, total: int, enabled: bool = True

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wanctl.commands.options import Json
-from wanctl.render import err_console, out_console, print_json
+from wanctl.render import err_console, out_console, print_json, warmup_worth_showing
 
 if TYPE_CHECKING:
     from wanctl.vae.job import DecodeSummary
@@ -81,7 +81,7 @@ def render(summary: DecodeSummary, console: Console) -> None:
     table.add_row("video", f"{summary.frames} frames, {summary.width}x{summary.height}, "
                   f"{summary.fps:g} fps")  # fmt: skip
     table.add_row("decode", f"{summary.seconds:.1f} s ({summary.total_seconds:.1f} s in all)")
-    if summary.warmup_seconds >= 0.05:
+    if warmup_worth_showing(summary.warmup_seconds):
         warmup = f"{summary.warmup_seconds:.1f} s before the decode"
         how = "Triton kernel compiled on a machine's first decode, then loaded from its cache"
         table.add_row("kernel warm-up", f"{warmup} ({how})")

@@ -31,7 +31,7 @@ from wanctl.generate import (
     run_generate,
 )
 from wanctl.probe.local import LocalProbe
-from wanctl.render import err_console, out_console, print_json
+from wanctl.render import err_console, out_console, print_json, warmup_worth_showing
 
 
 class Backend(str, Enum):
@@ -212,7 +212,7 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
         table.add_row(
             "s/step", f"{summary.seconds_per_step:.2f} (first {summary.first_step_s:.2f})"
         )
-    warmup = summary.decode_warmup_s or None  # 0 where no kernel is compiled (the CPU)
+    warmup = summary.decode_warmup_s if warmup_worth_showing(summary.decode_warmup_s) else None
     phases = (("text encode", summary.text_encode_s), ("load", summary.load_s),
               ("sampling", summary.sampling_s), ("decode warm-up", warmup),
               ("decode", summary.decode_s))  # fmt: skip
