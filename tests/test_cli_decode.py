@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -202,3 +205,23 @@ def test_the_vae_help_names_every_built_in_decoder(cli: CliRunner) -> None:
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
     assert "'synthetic'" in text and "'tiny'" in text
+
+
+def test_a_rank_that_fails_is_reported_without_tracebacks(
+    latents_file: Path, tmp_path: Path
+) -> None:
+    """Two ranks over gloo; rank 0's encoder dies (here: no ffmpeg). The user reads the error
+    and its fix, not the other rank's or torchrun's tracebacks; nothing is published and the
+    latents are untouched. A real process: CliRunner would hide what the workers print."""
+    before = digest(latents_file)
+    output = tmp_path / "v.mp4"
+    command = [sys.executable, "-m", "wanctl", "decode", str(latents_file), "-o", str(output),
+               "--vae", "tiny", "--device", "cpu", "--gpus", "2"]  # fmt: skip
+    env = {**os.environ, "IMAGEIO_FFMPEG_EXE": "/bin/false"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "error: could not write the video" in done.stderr and "fix:" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert digest(latents_file) == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "latents.safetensors"
+    ]

@@ -40,7 +40,7 @@ from wanctl.probe.catalog import MODELS
 from wanctl.probe.fake import FakeProbe, describe_rig, scenario
 
 PYTHON = sys.executable
-TORCHRUN = (PYTHON, "-m", "torch.distributed.run")
+TORCHRUN = (PYTHON, "-m", "wanctl.workers.torchrun")
 # The settings of the user preset these tests write for 2x RTX 5090: not the model's choice,
 # so that they can only come from the preset.
 PRESET = Settings(chunk_t=2, decode_ranks=2, decode_dtype="bf16", dit="replicated",
@@ -270,7 +270,7 @@ def test_dry_run_prints_the_command_and_runs_nothing(
     assert document["command"] == launched.spec.command_line()
     assert document["command"].startswith(
         "NCCL_P2P_DISABLE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
-        f"WAN_VAE_DECODE_CHUNK_T=2 {PYTHON} -m torch.distributed.run"
+        f"WAN_VAE_DECODE_CHUNK_T=2 {PYTHON} -m wanctl.workers.torchrun"
     )
     assert document["env"] == PRESET_ENV and document["settings"]["chunk_t"] == 2
     assert set(document["predicted_peak_gib"]) == {"text_encode", "sampling", "decode"}

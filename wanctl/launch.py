@@ -25,6 +25,8 @@ from wanctl.errors import UsageError
 
 # Variables that keep NVLink multicast off; a host that sets them wants every child to keep them.
 MULTICAST_OFF = ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS")
+# torch.distributed.run, without its traceback when a worker fails (wanctl reports why)
+TORCHRUN = "wanctl.workers.torchrun"
 # Latent frames per decoder call, read by wanctl's decode (and by the official Wan2.2 VAE).
 CHUNK_ENV = "WAN_VAE_DECODE_CHUNK_T"
 # What a video can be written as (`wanctl.vae.writers.SUFFIXES`, which imports torch).
@@ -68,9 +70,9 @@ def torchrun_argv(
     rdzv_endpoint: str | None = None,
     python: str = sys.executable,
 ) -> tuple[str, ...]:
-    """`python -m torch.distributed.run ... -m MODULE ARGS`: standalone on one node, or the
-    rendezvous flags passed through for several nodes."""
-    launcher = [python, "-m", "torch.distributed.run"]
+    """`python -m wanctl.workers.torchrun ... -m MODULE ARGS` (torchrun, see that module):
+    standalone on one node, or the rendezvous flags passed through for several nodes."""
+    launcher = [python, "-m", TORCHRUN]
     if nnodes is None and rdzv_endpoint is None:
         launcher.append("--standalone")
     else:

@@ -1,6 +1,6 @@
 """torchrun worker of `wanctl decode --gpus N`: one rank of the patch-parallel decode.
 
-    python -m torch.distributed.run --standalone --nproc-per-node=N -m wanctl.workers.decode \
+    python -m wanctl.workers.torchrun --standalone --nproc-per-node=N -m wanctl.workers.decode \
         --latents L.safetensors --output video.mp4 --vae DIR --device cuda --dtype bf16 \
         --chunk-t 1 --report report.json
 
@@ -20,11 +20,20 @@ import torch
 import torch.distributed as dist
 
 from wanctl.errors import WanctlError
+from wanctl.generate import classify
 from wanctl.latents import load_latents
 from wanctl.vae.fallback import DecodePlan
-from wanctl.vae.job import DecodeOptions, decode_here, write_failure, write_report
+from wanctl.vae.job import (
+    DEVICES,
+    DTYPES,
+    DecodeOptions,
+    decode_here,
+    write_failure,
+    write_report,
+)
 from wanctl.vae.parallel import RowSplit
 from wanctl.vae.stream import StreamResult
+from wanctl.workers.failures import expected
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -32,8 +41,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--latents", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--vae", required=True)
-    parser.add_argument("--device", choices=("cuda", "cpu"), required=True)
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), required=True)
+    parser.add_argument("--device", choices=DEVICES, required=True)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), required=True)
     parser.add_argument("--chunk-t", type=int, required=True)
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--no-progress", action="store_true")
@@ -57,6 +66,12 @@ def main(argv: list[str]) -> int:
         # one, and torchrun stops them when this rank exits.
         write_failure(args.report, rank, error)
         print(f"rank {rank}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if not expected(error):
+            raise  # a bug: the traceback says where
+        # This rank lost the others (one that failed first reported why): a line, no report.
+        print(f"rank {rank}: {classify(type(error).__name__, str(error))}", file=sys.stderr)
         return 1
     if rank == 0:
         write_report(args.report, results)

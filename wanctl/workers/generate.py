@@ -1,7 +1,7 @@
 """torchrun worker of `wanctl generate` (diffusers backend): one rank of the Ulysses sampling,
 then of the patch-parallel decode.
 
-    python -m torch.distributed.run --standalone --nproc-per-node=N -m wanctl.workers.generate \
+    python -m wanctl.workers.torchrun --standalone --nproc-per-node=N -m wanctl.workers.generate \
         --model tiny --prompt "..." --size 1280*704 --frames 121 --steps 50 --seed 42 \
         --device cuda --text-encoder gpu --latents out.latents.safetensors --output out.mp4 \
         --vae tiny --decode-dtype bf16 --chunk-t 1 --decode-ranks N --run-dir DIR
@@ -42,8 +42,7 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from wanctl.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
-from wanctl.errors import WanctlError
-from wanctl.generate import PEER_LOST, RankStatus, classify
+from wanctl.generate import RankStatus, classify
 from wanctl.latents import Latents, save_latents
 from wanctl.memory import parse_size
 from wanctl.models.pipelines import FPS, NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
@@ -52,11 +51,9 @@ from wanctl.vae.fallback import DecodePlan
 from wanctl.vae.job import DTYPES, DecodeOptions, decode_here
 from wanctl.vae.parallel import RowSplit
 from wanctl.vae.stream import StreamResult
+from wanctl.workers.failures import expected
 
 GIB = 2**30
-# Failures with a cause to name (out of memory, NCCL or gloo errors and timeouts, a user error);
-# anything else is a bug and keeps its traceback.
-EXPECTED_FAILURES = (torch.OutOfMemoryError, MemoryError, dist.DistError, WanctlError)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -125,13 +122,6 @@ def main(argv: list[str]) -> int:
     status.done()
     dist.destroy_process_group()
     return 0
-
-
-def expected(error: BaseException) -> bool:
-    """A failure with a cause to name, not a bug: out of memory, a user error, an error of the
-    collectives (gloo reports a peer that died as a RuntimeError)."""
-    cause = classify(type(error).__name__, str(error))
-    return isinstance(error, EXPECTED_FAILURES) or cause in (PEER_LOST, "collective timeout")
 
 
 def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> RankResult:
