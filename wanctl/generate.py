@@ -769,6 +769,7 @@ def _finish_diffusers(plan: GeneratePlan, result: RunResult, start: float) -> Ge
             RankFigures(r["rank"], r["peak_allocated_gib"], r["peak_reserved_gib"]) for r in ranks
         ],
         attention=AttentionChoice.from_dict(attention) if attention else None,
+        notes=[r["kernel_problem"] for r in ranks if r.get("kernel_problem")][:1],
     )
 
 
@@ -813,7 +814,8 @@ def _finish_wan_repo(
             for rank, (allocated, reserved) in enumerate(
                 zip(decoded.peak_allocated_gib, decoded.peak_reserved_gib, strict=True))
         ],
-        notes=["the official sampler: its seconds include loading the models; steps not timed"],
+        notes=["the official sampler: its seconds include loading the models; steps not timed",
+               *([decoded.kernel_problem] if decoded.kernel_problem else [])],
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from wanctl.commands.options import Json
 from wanctl.render import err_console, out_console, print_json, warmup_worth_showing
@@ -86,6 +87,8 @@ def render(summary: DecodeSummary, console: Console) -> None:
         how = "Triton kernel compiled on a machine's first decode, then loaded from its cache"
         table.add_row("kernel warm-up", f"{warmup} ({how})")
     table.add_row("how", plan.describe())
+    if summary.kernel_problem:
+        table.add_row("note", Text(summary.kernel_problem, "yellow"))
     if not summary.exact:
         table.add_row("exact", "[yellow]no: diffusers tiling blends tiles at their seams[/]")
     if plan.step != "as asked":

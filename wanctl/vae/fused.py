@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import time
-import warnings
 from collections.abc import Iterable
 
 import torch
@@ -48,8 +47,11 @@ def rms_norm_silu_into(
     shape. `bias` is the producing convolution's, added here rather than in a pass of its own."""
     usable = _usable(pixels.shape[-1], pixels.device)
     if usable and pixels.is_contiguous() and out.is_contiguous():
-        _launch(pixels, weight, eps, out, bias)
-        return
+        try:
+            _launch(pixels, weight, eps, out, bias)
+            return
+        except Exception as error:  # a build that failed (Triton's errors share no type)
+            _give_up(error)
     if bias is not None:
         pixels = pixels + bias
     out.copy_(F.silu(F.rms_norm(pixels, (pixels.shape[-1],), weight, eps=eps), inplace=True))
@@ -63,36 +65,35 @@ def warm_up(channels: Iterable[int], dtype: torch.dtype, device: torch.device) -
     torch.cuda.synchronize(device)  # not to time work queued before
     start = time.perf_counter()
     pixels = torch.zeros(1, BLOCK_C, dtype=dtype, device=device)
-    weight = torch.ones(BLOCK_C, dtype=dtype, device=device)
-    try:
-        _launch(pixels, weight, 1e-6, pixels.clone(), None)
-        torch.cuda.synchronize(device)
-    except Exception as error:  # Triton's failures have no common type
-        _give_up(error)
+    rms_norm_silu_into(pixels, torch.ones_like(pixels[0]), 1e-6, torch.empty_like(pixels))
+    torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
-# Why the kernel could not be built in this process; the norms then run eagerly.
-_build_failures: list[str] = []
+_build_problem: str | None = None
+
+
+def build_problem() -> str | None:
+    """Why the kernel could not be built in this process, None if it could (or was not
+    needed). Where it could not, the norms ran with PyTorch instead."""
+    return _build_problem
 
 
 def _give_up(error: Exception) -> None:
-    """Triton builds its launcher with a C compiler: a runtime-only image (no gcc) cannot.
-    The decode goes on without the kernel (same values, slower), and says so."""
+    """Triton builds its launcher with a C compiler and writes to its cache: a runtime-only
+    image (no gcc) or a read-only home cannot. The decode goes on without the kernel."""
+    global _build_problem
     first_line = next(iter(str(error).strip().splitlines()), "")
-    reason = f"{type(error).__name__}: {first_line}"
-    _build_failures.append(reason)
-    warnings.warn(
-        f"wanctl's fused norm + SiLU kernel could not be built ({reason}); decoding with "
-        "PyTorch's norm and SiLU instead (same frames, slower). Triton needs a C compiler: "
-        "install gcc, or point $CC at one.",
-        RuntimeWarning,
-        stacklevel=3,
+    _build_problem = (
+        f"the fused norm + SiLU kernel could not be built ({type(error).__name__}: "
+        f"{first_line}); PyTorch's norm and SiLU ran instead: the same video up to rounding, "
+        "about 10% slower. Triton needs a C compiler (install gcc, or set $CC) and a "
+        "writable cache ($TRITON_CACHE_DIR, else ~/.triton)"
     )
 
 
 def _usable(channels: int, device: torch.device) -> bool:
-    on_cuda = triton is not None and device.type == "cuda" and not _build_failures
+    on_cuda = triton is not None and device.type == "cuda" and _build_problem is None
     return on_cuda and channels % BLOCK_C == 0
 
 

@@ -68,6 +68,7 @@ class DecodeSummary:
     seconds: float
     total_seconds: float
     warmup_seconds: float  # compiling or loading GPU kernels, before `seconds`; slowest rank
+    kernel_problem: str | None  # why a GPU kernel could not be built (PyTorch ran instead)
     exact: bool
     plan: DecodePlan
     peak_allocated_gib: list[float | None]
@@ -102,6 +103,7 @@ def run_decode(
         seconds=results[0].seconds,
         total_seconds=time.perf_counter() - start,
         warmup_seconds=max(r.warmup_seconds for r in results),
+        kernel_problem=next((r.kernel_problem for r in results if r.kernel_problem), None),
         exact=plan.exact,
         plan=plan,
         peak_allocated_gib=[r.peak_allocated_gib for r in results],

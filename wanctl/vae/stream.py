@@ -18,6 +18,7 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
 from wanctl.vae.engine import decode_chunks, warm_up
+from wanctl.vae.fused import build_problem
 from wanctl.vae.parallel import RowSplit
 from wanctl.vae.writers import FrameWriter, frames_behind, open_writer, to_uint8
 
@@ -28,14 +29,16 @@ GIB = 2**30
 @dataclass(frozen=True)
 class StreamResult:
     """What one process did: frames it wrote (0 on ranks other than 0), wall seconds, its
-    peak device memory in GiB (None on the CPU), and the seconds spent before the decode
-    compiling or loading its GPU kernels (not counted in `seconds`)."""
+    peak device memory in GiB (None on the CPU), the seconds spent before the decode
+    compiling or loading its GPU kernels (not counted in `seconds`), and why a kernel could
+    not be built (`wanctl.vae.fused.build_problem`)."""
 
     frames: int
     seconds: float
     peak_allocated_gib: float | None
     peak_reserved_gib: float | None
     warmup_seconds: float = 0.0
+    kernel_problem: str | None = None
 
 
 def output_geometry(vae: AutoencoderKLWan, z: torch.Tensor) -> tuple[int, int, int]:
@@ -132,6 +135,7 @@ def _finish(
             torch.cuda.max_memory_allocated(device) / GIB,
             torch.cuda.max_memory_reserved(device) / GIB,
             warmup,
+            build_problem(),
         )
     return StreamResult(written, time.perf_counter() - start, None, None, warmup)
 

@@ -91,6 +91,7 @@ class RankResult:
     peak_reserved_gib: dict[str, float | None] = field(default_factory=dict)
     step_seconds: list[float] = field(default_factory=list)
     attention: dict[str, Any] | None = None  # an `AttentionChoice`, the same on every rank
+    kernel_problem: str | None = None  # why the decode's kernel could not be built
 
 
 @record
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> R
         if decoded is not None:  # the decode itself, without loading the VAE
             result.seconds["vae_decode"] = decoded.seconds
             result.seconds["vae_warmup"] = decoded.warmup_seconds
+            result.kernel_problem = decoded.kernel_problem
     return result
 
 
