@@ -34,16 +34,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from wanctl.memory import Workload, parse_size
+from wanctl.memory import HEADS, Workload, parse_size
+from wanctl.models.configs import DIT_TI2V_5B, TEXT_TOKENS
 
 if TYPE_CHECKING:
     import torch
 
 DEFAULT = "native"  # diffusers' default: torch's SDPA, PyTorch picking the kernel
-HEADS = 24  # TI2V-5B
-HEAD_DIM = 128
+HEAD_DIM = DIT_TI2V_5B["attention_head_dim"]
 TOKENS = 27_280  # 1280x704x121: 31 latent frames x 22 x 40 patches
-TEXT_TOKENS = 512
 TOLERANCE = 2e-2  # max abs difference from float32 attention, outputs of order 1
 LOGIT_STD = 3.0
 WARMUP = 2

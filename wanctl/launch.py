@@ -23,8 +23,6 @@ from typing import Protocol
 
 from wanctl.errors import UsageError
 
-# Variables that keep NVLink multicast off; a host that sets them wants every child to keep them.
-MULTICAST_OFF = ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS")
 # torch.distributed.run, without its traceback when a worker fails (wanctl reports why)
 TORCHRUN = "wanctl.workers.torchrun"
 # Latent frames per decoder call, read by wanctl's decode (and by the official Wan2.2 VAE).
@@ -163,12 +161,6 @@ def visible_gpus(live: int, env: Mapping[str, str]) -> int:
     return min(live, listed)
 
 
-def child_environment(overrides: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
-    """The environment a child sees: the inherited one (multicast-off variables included)
-    with wanctl's settings on top."""
-    return {**base, **overrides}
-
-
 _EXCEPTION_LINE = re.compile(r"(?:\[rank\d+\]:\s*)?(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)")
 
 
@@ -199,7 +191,8 @@ class SubprocessRunner:
         pipe = subprocess.PIPE if spec.capture_output else None
         process = subprocess.Popen(
             spec.argv,
-            env=child_environment(spec.env, os.environ),
+            # inherited (a host's NCCL_NVLS_ENABLE=0 and the like stay), wanctl's on top
+            env={**os.environ, **spec.env},
             stdout=pipe,
             stderr=subprocess.STDOUT if spec.capture_output else None,
             stdin=subprocess.DEVNULL,

@@ -42,12 +42,13 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from wanctl.errors import UsageError
+from wanctl.models.configs import DIT_TI2V_5B
 from wanctl.probe.base import GpuInventory
 from wanctl.probe.catalog import parse_rig
 
 GIB = 1024**3
 DTYPE_BYTES = {"bf16": 2, "fp32": 4}
-HEADS = 24  # the DiT's attention heads: the Ulysses degree must divide them
+HEADS = DIT_TI2V_5B["num_attention_heads"]  # the Ulysses degree must divide them
 SPATIAL = 16  # VAE spatial compression
 TEMPORAL = 4  # VAE temporal compression
 PATCH = 2  # the DiT's spatial patch (1, 2, 2)

@@ -25,14 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from wanctl.errors import UsageError
-from wanctl.models.configs import DIT_TI2V_5B
+from wanctl.models.configs import DIT_TI2V_5B, TEXT_TOKENS
 
 if TYPE_CHECKING:
     import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-BUILT_IN = ("tiny", "synthetic-5b")
-MAX_TEXT_TOKENS = 512  # Wan pads every prompt to 512 tokens
 SEED = 0  # the weights of the built-in models
 FPS = 24.0  # Wan2.2 TI2V-5B's frame rate (`sample_fps` of wan_ti2v_5B.py)
 # Wan's negative prompt when none is given (`sample_neg_prompt` of the official shared_config.py).
@@ -186,7 +184,7 @@ def encode_with(
     with torch.no_grad():
         embeds: tuple[torch.Tensor, torch.Tensor] = text_only.encode_prompt(
             prompt, negative, do_classifier_free_guidance=True,
-            max_sequence_length=MAX_TEXT_TOKENS, device=encoder.device,
+            max_sequence_length=TEXT_TOKENS, device=encoder.device,
         )  # fmt: skip
     return embeds
 
@@ -269,7 +267,7 @@ class Synthetic5B:
         import torch
 
         generator = torch.Generator("cpu").manual_seed(SEED)
-        shape = (2, MAX_TEXT_TOKENS, DIT_TI2V_5B["text_dim"])
+        shape = (2, TEXT_TOKENS, DIT_TI2V_5B["text_dim"])
         both = (0.1 * torch.randn(shape, generator=generator)).to(device, self.dtype)
         return both[:1], both[1:]
 

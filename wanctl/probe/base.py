@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 # nvidia-smi topo -m labels, best first; "NV<n>" is n bonded NVLinks.
-TOPO_LEVELS = ("X", "PIX", "PXB", "PHB", "NODE", "SYS")
 P2P_OK = "OK"
 # nvidia-smi topo -p2p status codes.
 P2P_STATUS_TEXT = {

@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from wanctl.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
-from wanctl.generate import RankStatus, classify
+from wanctl.generate import MODELS, RankStatus, classify
 from wanctl.latents import Latents, save_latents
 from wanctl.memory import parse_size
 from wanctl.models.pipelines import FPS, NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
@@ -59,7 +59,7 @@ GIB = 2**30
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m wanctl.workers.generate")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", choices=("tiny", "synthetic-5b"))
+    source.add_argument("--model", choices=MODELS)
     source.add_argument("--ckpt-dir", type=Path)
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt")
