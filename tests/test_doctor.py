@@ -23,6 +23,8 @@ def test_every_warning_and_failure_has_a_fix(any_rig: FakeProbe) -> None:
     for check in report.checks:
         if check.status in (Status.WARN, Status.FAIL):
             assert check.fix, check
+    names = [check.name for check in report.checks]  # scripts find a check by its name
+    assert len(names) == len(set(names))
 
 
 def test_a_check_without_fix_cannot_warn() -> None:
@@ -146,9 +148,19 @@ def test_iommu_translating_pcie_p2p_warns_and_recommends_p2p_disable() -> None:
     inventory = describe_rig(2, MODELS["l40s"])
     system = healthy_system(iommu="on")
     report = diagnose(FakeProbe(inventory, system_info=system))
-    assert "iommu=pt" in problems(report)["iommu"].fix
+    assert "iommu=pt" in problems(report)["topology.iommu"].fix
     assert nccl_environment(inventory, system) == {"NCCL_P2P_DISABLE": "1"}
     assert report.recommended_env == {"NCCL_P2P_DISABLE": "1"}
+    names = [check.name for check in report.checks]
+    assert len(names) == len(set(names))
+
+
+def test_the_p2p_disable_doctor_recommends_is_not_also_warned_against() -> None:
+    inventory = describe_rig(2, MODELS["l40s"])
+    software = healthy_software(env={"NCCL_P2P_DISABLE": "1"})
+    report = diagnose(FakeProbe(inventory, software, healthy_system(iommu="on")))
+    assert report.recommended_env == {"NCCL_P2P_DISABLE": "1"}
+    assert "env.p2p_disable" not in problems(report)
 
 
 def test_environment_checks() -> None:
@@ -183,3 +195,11 @@ def test_active_step_is_called_with_the_inventory_and_its_env_recommended() -> N
 
 def test_gpu_info_sm() -> None:
     assert GpuInfo(0, compute_capability=(12, 0)).sm == "sm_120"
+
+
+def test_a_torch_that_cannot_say_its_gpus_is_a_warning_not_a_missing_kernel() -> None:
+    unknown = healthy_software(torch_arch_list=None)
+    report = diagnose(FakeProbe(describe_rig(1, MODELS["h100"]), unknown))
+    torch_check = by_name(report)["torch"]
+    assert torch_check.status is Status.WARN and "importing it failed" in torch_check.finding
+    assert "get_arch_list" in torch_check.shell

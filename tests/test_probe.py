@@ -1,8 +1,11 @@
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 
 from wanctl.errors import UsageError
+from wanctl.probe import local
 from wanctl.probe.base import GpuInventory, fingerprint, interconnect, memory_class_gb, model_slug
 from wanctl.probe.catalog import MODELS, parse_rig
 from wanctl.probe.fake import describe_rig, scenario
@@ -99,3 +102,23 @@ def test_local_probe_does_not_initialise_cuda() -> None:
 
     LocalProbe().software()
     assert not torch.cuda.is_initialized()
+
+
+def test_an_arch_list_torch_cannot_give_is_unknown_and_asked_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A torch whose import fails: None (not "built for nothing"), remembered for this torch,
+    so that doctor and generate do not wait on it every run."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = tmp_path / "torch"
+    root.mkdir()
+    (root / "version.py").write_text("__version__ = '2.13.0'\n")
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    assert local._arch_list(root) is None
+    answers = tmp_path / "python-that-answers"
+    answers.write_text("#!/bin/sh\necho sm_90\n")
+    answers.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(answers))
+    assert local._arch_list(root) is None  # from the cache: not asked again
+    (root / "version.py").write_text("__version__ = '2.13.1'\n")  # another torch: asked
+    assert local._arch_list(root) == ("sm_90",)

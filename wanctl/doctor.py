@@ -248,13 +248,8 @@ def _pcie_width_check(gpu: GpuInfo) -> Check:
 # --- topology and P2P --------------------------------------------------------------------
 
 
-def _pairs(inventory: GpuInventory) -> list[tuple[int, int]]:
-    live = [gpu.index for gpu in inventory.live_gpus()]
-    return [(i, j) for i in live for j in live if i < j]
-
-
 def check_topology(inventory: GpuInventory, system: System) -> list[Check]:
-    pairs = _pairs(inventory)
+    pairs = inventory.live_pairs()
     if not pairs:
         count = "no GPU" if not inventory.live_gpus() else "one GPU"
         return [
@@ -267,10 +262,10 @@ def check_topology(inventory: GpuInventory, system: System) -> list[Check]:
             )
         ]
     checks = [_socket_check(inventory, pairs), _p2p_check(inventory, pairs)]
-    if system.iommu == "on" and interconnect(inventory) in ("pcie-p2p", "mixed"):
+    if _iommu_harms_p2p(inventory, system):
         checks.append(
             Check(
-                "iommu",
+                "topology.iommu",
                 "topology",
                 Status.WARN,
                 "PCIe P2P with the IOMMU translating: transfers can be redirected through the "
@@ -281,6 +276,12 @@ def check_topology(inventory: GpuInventory, system: System) -> list[Check]:
             )
         )
     return checks
+
+
+def _iommu_harms_p2p(inventory: GpuInventory, system: System) -> bool:
+    """PCIe P2P with the IOMMU translating: peer traffic can be redirected through the root
+    complex, and NCCL can hang."""
+    return system.iommu == "on" and interconnect(inventory) in ("pcie-p2p", "mixed")
 
 
 def _socket_check(inventory: GpuInventory, pairs: list[tuple[int, int]]) -> Check:
@@ -379,15 +380,25 @@ def _torch_check(inventory: GpuInventory, software: Software) -> Check:
             "; it cannot use the GPUs" if gpus else ""
         )
         return Check("torch", "software", status, finding, fix=TORCH_CUDA_INSTALL if gpus else "")
+    if software.torch_arch_list is None:
+        return Check(
+            "torch",
+            "software",
+            Status.WARN,
+            f"torch {software.torch} (CUDA {software.torch_cuda}) could not be asked which GPUs "
+            "it was built for: importing it failed",
+            fix="run the command below and fix what it prints (a broken install?)",
+            shell="python -c 'import torch; print(torch.cuda.get_arch_list())'",
+        )
+    arch_list = software.torch_arch_list
     uncovered = sorted(
         {
             g.sm or "?"
             for g in gpus
-            if g.compute_capability
-            and not _arch_covers(software.torch_arch_list, g.compute_capability)
+            if g.compute_capability and not _arch_covers(arch_list, g.compute_capability)
         }
     )
-    arch = " ".join(software.torch_arch_list) or "N/A"
+    arch = " ".join(arch_list) or "N/A"
     if uncovered:
         return Check(
             "torch",
@@ -451,7 +462,7 @@ def _diffusers_check(software: Software) -> Check:
     return Check("diffusers", "software", Status.OK, f"diffusers {software.diffusers}")
 
 
-def check_environment(inventory: GpuInventory, software: Software) -> list[Check]:
+def check_environment(inventory: GpuInventory, software: Software, system: System) -> list[Check]:
     env = software.env
     shown = ", ".join(f"{k}={v}" for k, v in env.items()) or "none set"
     checks = [
@@ -474,7 +485,9 @@ def check_environment(inventory: GpuInventory, software: Software) -> list[Check
                 fix="export CUDA_DEVICE_ORDER=PCI_BUS_ID",
             )
         )
-    if env.get("NCCL_P2P_DISABLE") == "1" and interconnect(inventory) in ("nvlink", "pcie-p2p"):
+    p2p_works = interconnect(inventory) in ("nvlink", "pcie-p2p")
+    wanted = "NCCL_P2P_DISABLE" in nccl_environment(inventory, system)
+    if env.get("NCCL_P2P_DISABLE") == "1" and p2p_works and not wanted:
         checks.append(
             Check(
                 "env.p2p_disable",
@@ -492,49 +505,47 @@ def check_environment(inventory: GpuInventory, software: Software) -> list[Check
 
 def check_system(inventory: GpuInventory, system: System) -> list[Check]:
     many = len(inventory.live_gpus()) > 1
-    checks: list[Check] = []
-    shm = system.shm_total_bytes
-    if shm is not None and shm < SHM_MIN_BYTES:
-        checks.append(
-            Check(
-                "shm",
-                "system",
-                Status.FAIL if many else Status.WARN,
-                f"/dev/shm is {shm / GIB:.2f} GiB: NCCL's shared-memory transport needs 1 GiB "
-                "or more",
-                fix="run the container with --shm-size=16g (or --ipc=host)",
-                shell="df -h /dev/shm",
-            )
-        )
-    else:
-        size = "N/A" if shm is None else f"{shm / GIB:.1f} GiB"
-        checks.append(Check("shm", "system", Status.OK, f"/dev/shm {size}", shell="df -h /dev/shm"))
+    shm = _at_least(
+        "shm", system.shm_total_bytes, SHM_MIN_BYTES, "/dev/shm", "df -h /dev/shm",
+        lambda gib: Check(
+            "shm", "system", Status.FAIL if many else Status.WARN,
+            f"/dev/shm is {gib:.2f} GiB: NCCL's shared-memory transport needs 1 GiB or more",
+            fix="run the container with --shm-size=16g (or --ipc=host)", shell="df -h /dev/shm",
+        ),
+    )  # fmt: skip
     memlock = "unlimited" if system.memlock_bytes is None else f"{system.memlock_bytes >> 10} KiB"
-    checks.append(
-        Check("memlock", "system", Status.OK, f"memlock limit {memlock}", shell="ulimit -l")
-    )
-    checks.append(
-        Check("iommu", "system", Status.OK, f"IOMMU {system.iommu}", shell="cat /proc/cmdline")
-    )
-    available = system.host_mem_available_bytes
-    if available is not None and available < HOST_RAM_MIN_BYTES:
-        checks.append(
-            Check(
-                "host_ram",
-                "system",
-                Status.WARN,
-                f"{available / GIB:.1f} GiB of host RAM free: offloading the DiT and the text "
-                "encoder needs about 24 GiB",
-                fix="close other programs, or plan without offloading (`wanctl tune`)",
-                shell="free -g",
-            )
-        )
-    else:
-        size = "N/A" if available is None else f"{available / GIB:.1f} GiB"
-        checks.append(
-            Check("host_ram", "system", Status.OK, f"host RAM free {size}", shell="free -g")
-        )
-    return checks
+    host_ram = _at_least(
+        "host_ram", system.host_mem_available_bytes, HOST_RAM_MIN_BYTES, "host RAM free",
+        "free -g",
+        lambda gib: Check(
+            "host_ram", "system", Status.WARN,
+            f"{gib:.1f} GiB of host RAM free: offloading the DiT and the text encoder needs "
+            "about 24 GiB",
+            fix="close other programs, or plan without offloading (`wanctl tune`)",
+            shell="free -g",
+        ),
+    )  # fmt: skip
+    return [
+        shm,
+        Check("memlock", "system", Status.OK, f"memlock limit {memlock}", shell="ulimit -l"),
+        Check("iommu", "system", Status.OK, f"IOMMU {system.iommu}", shell="cat /proc/cmdline"),
+        host_ram,
+    ]
+
+
+def _at_least(
+    name: str,
+    value: int | None,
+    minimum: int,
+    label: str,
+    shell: str,
+    too_little: Callable[[float], Check],
+) -> Check:
+    """`too_little(GiB)` below `minimum` bytes; else OK, with the size (N/A: unknown)."""
+    if value is not None and value < minimum:
+        return too_little(value / GIB)
+    size = "N/A" if value is None else f"{value / GIB:.1f} GiB"
+    return Check(name, "system", Status.OK, f"{label} {size}", shell=shell)
 
 
 # --- putting it together -----------------------------------------------------------------
@@ -546,7 +557,7 @@ def passive_checks(inventory: GpuInventory, software: Software, system: System) 
         checks += check_gpu(gpu)
     checks += check_topology(inventory, system)
     checks += check_software(inventory, software)
-    checks += check_environment(inventory, software)
+    checks += check_environment(inventory, software, system)
     checks += check_system(inventory, system)
     return checks
 
@@ -556,7 +567,7 @@ def nccl_environment(inventory: GpuInventory, system: System) -> dict[str, str]:
     GeForce) and uses SHM, and NCCL_P2P_DISABLE=1 where P2P works costs bandwidth: so it is
     set only where PCIe P2P is known harmful (the IOMMU translating peer traffic, which hangs
     NCCL). The active all-reduce check (`wanctl.active`) overrides this with what it proved."""
-    if system.iommu == "on" and interconnect(inventory) in ("pcie-p2p", "mixed"):
+    if _iommu_harms_p2p(inventory, system):
         return {"NCCL_P2P_DISABLE": "1"}
     return {}
 

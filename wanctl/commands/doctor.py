@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from wanctl.active import active_checks
 from wanctl.commands.options import Json
@@ -141,5 +142,9 @@ def checks_table(report: DoctorReport) -> Table:
         table.add_column(column, overflow="fold")
     for check in report.checks:
         style = STATUS_STYLE[check.status]
-        table.add_row(f"[{style}]{check.status.value}[/]", check.name, check.finding, check.fix)
+        fix = Text(check.fix)
+        if check.fix and check.shell:
+            fix.append(f"\nsee: {check.shell}", style="dim")
+        status = Text(check.status.value, style)
+        table.add_row(status, check.name, Text(check.finding), fix)  # text, not markup
     return table

@@ -108,6 +108,11 @@ class GpuInventory:
     def live_gpus(self) -> tuple[GpuInfo, ...]:
         return tuple(gpu for gpu in self.gpus if gpu.lost is None)
 
+    def live_pairs(self) -> list[tuple[int, int]]:
+        """Each pair of live GPUs once, (i, j) with i < j."""
+        live = [gpu.index for gpu in self.live_gpus()]
+        return [(i, j) for i in live for j in live if i < j]
+
     def link(self, i: int, j: int) -> str:
         try:
             return self.topology[i][j]
@@ -126,7 +131,7 @@ class Software:
     python: str
     torch: str | None = None
     torch_cuda: str | None = None  # CUDA version torch was built for; None for a CPU build
-    torch_arch_list: tuple[str, ...] = ()  # e.g. ("sm_80", "sm_90")
+    torch_arch_list: tuple[str, ...] | None = ()  # e.g. ("sm_80", "sm_90"); None: unreadable
     nccl: str | None = None  # "2.27.3"
     diffusers: str | None = None
     ffmpeg: str | None = None  # "path (version)"
@@ -195,8 +200,7 @@ def memory_class_gb(total_mib: int | None) -> int:
 
 def interconnect(inventory: GpuInventory) -> str:
     """'single', 'nvlink' (every pair), 'pcie-p2p' (every pair), 'pcie' (no P2P) or 'mixed'."""
-    live = [gpu.index for gpu in inventory.live_gpus()]
-    pairs = [(i, j) for i in live for j in live if i < j]
+    pairs = inventory.live_pairs()
     if not pairs:
         return "single"
     if all(inventory.link(i, j).startswith("NV") for i, j in pairs):

@@ -100,26 +100,28 @@ def _nccl_version(root: Path) -> str | None:
     return None
 
 
-def _arch_list(root: Path) -> tuple[str, ...]:
-    """torch's compiled CUDA arch list. Only torch itself knows it, and importing torch takes
-    seconds, so it is asked once per torch install, in a child (which does not initialise
-    CUDA either), and kept in the user cache."""
+def _arch_list(root: Path) -> tuple[str, ...] | None:
+    """torch's compiled CUDA arch list, None when torch cannot tell (its import fails). Only
+    torch itself knows it, and importing torch takes seconds, so it is asked once per torch
+    install, in a child (which does not initialise CUDA either), and the answer, a failure
+    included, is kept in the user cache."""
     stamp = f"{root}|{(root / 'version.py').stat().st_mtime_ns}"
     cache_file = Path(platformdirs.user_cache_dir("wanctl")) / "torch-arch-list.json"
     try:
         cached = json.loads(cache_file.read_text())
         if cached.get("stamp") == stamp:
-            return tuple(cached["archs"])
+            return None if cached["archs"] is None else tuple(cached["archs"])
     except (OSError, ValueError, KeyError):
         pass
     query = "import torch; print(torch._C._cuda_getArchFlags())"
+    archs: tuple[str, ...] | None
     try:
         output = subprocess.run(
             [sys.executable, "-c", query], capture_output=True, text=True, timeout=120, check=True
         ).stdout
+        archs = tuple(output.split())
     except (subprocess.SubprocessError, OSError):
-        return ()
-    archs = tuple(output.split())
+        archs = None
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         cache_file.write_text(json.dumps({"stamp": stamp, "archs": archs}))
