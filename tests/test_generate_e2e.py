@@ -163,7 +163,7 @@ def test_a_failed_decode_keeps_the_latents_and_gives_the_command_that_finishes(
 ) -> None:
     plan = _plan(tmp_path / "fox.mp4")
     with pytest.raises(DecodeFailed) as failed:
-        run_generate(plan, runner=FailingRank(tmp_path, "decode_here"))
+        run_generate(plan, runner=FailingRank(tmp_path, "decode_rank"))
     latents = tmp_path / "fox.latents.safetensors"
     assert load_latents(latents).frames == FRAMES and not plan.paths.output.exists()
     assert f"the sampled latents are kept in {latents}" in failed.value.message

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from wanctl.errors import UsageError, WanctlError
 from wanctl.latents import Latents, load_latents
@@ -158,6 +159,21 @@ def decode_here(
             split=split,
             on_frames=on_frames,
         )
+
+
+def decode_rank(
+    options: DecodeOptions,
+    latents: Latents,
+    device: torch.device,
+    ranks: int,
+    group: dist.ProcessGroup | None = None,
+) -> StreamResult:
+    """A torchrun worker's part of a decode over `ranks` ranks of `group` (all, by default),
+    with `options`' device, dtype and chunk_t."""
+    assert options.device and options.dtype and options.chunk_t, "a worker's options are whole"
+    plan = DecodePlan(ranks, options.chunk_t, options.device, options.dtype)
+    split = RowSplit.for_latents(latents.tensor.shape, group) if ranks > 1 else None
+    return decode_here(options, latents, plan, split, device)
 
 
 class _Job:

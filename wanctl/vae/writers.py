@@ -7,6 +7,7 @@ every frame is in, so a failed decode never leaves a truncated video under the o
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
@@ -196,5 +197,13 @@ class Mp4Writer(_Counted):
         self._publish()
 
     def abort(self) -> None:
-        self._encoder.close()
+        # The file is dropped: imageio-ffmpeg's warnings about it ("no frames have been
+        # written", "had to kill ffmpeg") would only alarm.
+        quiet = logging.getLogger("imageio_ffmpeg")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            self._encoder.close()
+        finally:
+            quiet.setLevel(level)
         self.partial.unlink(missing_ok=True)

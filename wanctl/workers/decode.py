@@ -22,16 +22,14 @@ import torch.distributed as dist
 from wanctl.errors import WanctlError
 from wanctl.generate import classify
 from wanctl.latents import load_latents
-from wanctl.vae.fallback import DecodePlan
 from wanctl.vae.job import (
     DEVICES,
     DTYPES,
     DecodeOptions,
-    decode_here,
+    decode_rank,
     write_failure,
     write_report,
 )
-from wanctl.vae.parallel import RowSplit
 from wanctl.vae.stream import StreamResult
 from wanctl.workers.failures import expected
 
@@ -59,7 +57,7 @@ def main(argv: list[str]) -> int:
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     rank = dist.get_rank()
     try:
-        results = decode_rank(args, device)
+        results = run_rank(args, device)
     except (torch.OutOfMemoryError, WanctlError) as error:
         # Reported, not raised: the parent falls back or shows the message, no traceback. The
         # process group is left as is: the other ranks may be blocked in an exchange with this
@@ -79,17 +77,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def decode_rank(args: argparse.Namespace, device: torch.device) -> list[StreamResult]:
+def run_rank(args: argparse.Namespace, device: torch.device) -> list[StreamResult]:
     """This rank's share of the decode; every rank's result, gathered on all."""
+    world = dist.get_world_size()
     options = DecodeOptions(
-        args.latents, args.output, args.vae, args.device, args.dtype, args.chunk_t,
-        dist.get_world_size(), progress=not args.no_progress,
+        args.latents, args.output, args.vae, args.device, args.dtype, args.chunk_t, world,
+        progress=not args.no_progress,
     )  # fmt: skip
-    plan = DecodePlan(dist.get_world_size(), args.chunk_t, args.device, args.dtype)
-    latents = load_latents(args.latents)
-    split = RowSplit.for_latents(latents.tensor.shape)
-    result = decode_here(options, latents, plan, split, device)
-    results: list[object] = [None] * split.world
+    result = decode_rank(options, load_latents(args.latents), device, world)
+    results: list[object] = [None] * world
     dist.all_gather_object(results, result)
     return [r for r in results if isinstance(r, StreamResult)]
 

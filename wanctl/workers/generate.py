@@ -47,9 +47,7 @@ from wanctl.latents import Latents, save_latents
 from wanctl.memory import parse_size
 from wanctl.models.pipelines import FPS, NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
 from wanctl.render import progress_bar
-from wanctl.vae.fallback import DecodePlan
-from wanctl.vae.job import DTYPES, DecodeOptions, decode_here
-from wanctl.vae.parallel import RowSplit
+from wanctl.vae.job import DTYPES, DecodeOptions, decode_rank
 from wanctl.vae.stream import StreamResult
 from wanctl.workers.failures import expected
 
@@ -251,9 +249,7 @@ def decode(args: argparse.Namespace, latents: Latents, device: torch.device) -> 
     options = DecodeOptions(
         args.latents, args.output, args.vae, device.type, args.decode_dtype, args.chunk_t, ranks
     )
-    plan = DecodePlan(ranks, args.chunk_t, device.type, args.decode_dtype)
-    split = RowSplit.for_latents(latents.tensor.shape, group) if ranks > 1 else None
-    return decode_here(options, latents, plan, split, device)
+    return decode_rank(options, latents, device, ranks, group)
 
 
 def enable_ulysses(transformer: Any, degree: int) -> None:
