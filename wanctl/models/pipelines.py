@@ -18,13 +18,11 @@ takes for the same weights.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from wanctl.errors import UsageError
 from wanctl.models.configs import DIT_TI2V_5B, TEXT_TOKENS
 
 if TYPE_CHECKING:
@@ -305,13 +303,6 @@ class DiffusersCheckpoint:
 
     def __post_init__(self) -> None:
         self.name = self.folder.name
-        if importlib.util.find_spec("accelerate") is None:
-            raise UsageError(
-                "loading a diffusers checkpoint needs the accelerate package",
-                why="diffusers 0.42 loads WanTransformer3DModel (whose norms stay in float32) "
-                "only with low_cpu_mem_usage, which accelerate provides",
-                fix="pip install accelerate",
-            )
 
     def encode_prompts(
         self, prompt: str, negative: str, device: torch.device
