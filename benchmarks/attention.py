@@ -15,7 +15,7 @@ has there):
 
 Needs torch, diffusers, transformers, rich and wanctl only. Each attention call is timed with
 CUDA events (median of 5 after 2 warm-up calls) and checked against float32 attention at 128
-sampled query rows (`wanctl.attention`); each forward is the median of 3 after one warm-up.
+sampled query rows (`wanctl.models.attention`); each forward is the median of 3 after one warm-up.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from wanctl.attention import (
+from wanctl.core.architectures import DIT_TI2V_5B, TEXT_TOKENS
+from wanctl.core.workload import HEADS, Workload, parse_size
+from wanctl.models.attention import (
     DEFAULT,
     HEAD_DIM,
-    HEADS,
     NATIVE,
-    TEXT_TOKENS,
     TOKENS,
     BackendTiming,
     candidate_backends,
@@ -42,8 +42,6 @@ from wanctl.attention import (
     measure,
     pick,
 )
-from wanctl.memory import Workload, parse_size
-from wanctl.models.configs import DIT_TI2V_5B
 
 GIB = 2**30
 

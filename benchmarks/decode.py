@@ -32,10 +32,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from wanctl.vae.engine import decode_chunks, warm_up
-from wanctl.vae.job import DTYPES
-from wanctl.vae.load import load_vae
-from wanctl.vae.writers import frames_behind, to_uint8
+from wanctl.decode.engine import decode_chunks, warm_up
+from wanctl.decode.load import load_vae
+from wanctl.decode.run import DTYPES
+from wanctl.decode.writers import frames_behind, to_uint8
 
 GIB = 2**30
 

@@ -15,8 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from wanctl.vae.engine import CausalCache, ChunkDecoder
-from wanctl.vae.load import load_vae
+from wanctl.decode.engine import CausalCache, ChunkDecoder
+from wanctl.decode.load import load_vae
 
 
 def timed(work, repeats: int = 5) -> float:

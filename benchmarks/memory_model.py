@@ -3,7 +3,7 @@
 On a GPU (default): measures the text encoder, the DiT forward and the VAE decode at three sizes
 with torch's peak statistics (default allocator and expandable segments) and prints predicted
 against measured with the error; then prints the rows as a `measured_run(...)` block to paste
-into `wanctl.memory.MEASUREMENTS` (below the previous run's: a later row of the same
+into `wanctl.tune.predict.MEASUREMENTS` (below the previous run's: a later row of the same
 configuration replaces an earlier one).
 
     python benchmarks/memory_model.py [--sizes 1280*704x121,...] [--phases sampling,decode]
@@ -41,8 +41,11 @@ import transformers  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from wanctl import memory  # noqa: E402
-from wanctl.measure import (  # noqa: E402
+from wanctl.core.settings import Settings
+from wanctl.core.workload import Workload
+from wanctl.models.configs import build_vae_decoder  # noqa: E402
+from wanctl.tune import predict as memory  # noqa: E402
+from wanctl.tune.measure import (  # noqa: E402
     CudaMeter,
     Meter,
     Models,
@@ -55,8 +58,8 @@ from wanctl.measure import (  # noqa: E402
     text_encode_peak,
     use_allocator,
 )
-from wanctl.memory import Card, Measurement, Settings, Workload  # noqa: E402
-from wanctl.models.configs import build_vae_decoder  # noqa: E402
+from wanctl.tune.measurements import Measurement
+from wanctl.tune.predict import Card
 
 SIZES = "832*480x81,1280*704x121,704*1280x49"
 DECODERS = ("wanctl", "diffusers")
@@ -169,10 +172,10 @@ def print_block(
     method: str,
     context: tuple[float, float] | None = None,
 ) -> None:
-    """The rows as a `measured_run(...)` block for `wanctl.memory.MEASUREMENTS`: paste it
+    """The rows as a `measured_run(...)` block for `wanctl.tune.predict.MEASUREMENTS`: paste it
     below the previous run's block (a later row of the same configuration replaces an earlier
     one) or in its place."""
-    print("    # rows for wanctl.memory.MEASUREMENTS")
+    print("    # rows for wanctl.tune.predict.MEASUREMENTS")
     print("    *measured_run(")
     for value in (device, versions(), datetime.date.today().isoformat()):
         print(f"        {value!r},".replace("'", '"'))
@@ -249,8 +252,8 @@ def trace_ulysses(degrees: tuple[int, ...] = (1, 2, 4)) -> list[memory.Row]:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from wanctl.measure import dit_run
     from wanctl.models.configs import build_dit, place
+    from wanctl.tune.measure import dit_run
 
     torch.accelerator.device_count = lambda: 1
     workload = Workload(1280, 704, 121, 1)

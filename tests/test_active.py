@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from wanctl.active import (
+from wanctl.core.launch import LaunchSpec, RunResult, SubprocessRunner
+from wanctl.doctor.active import (
     active_checks,
     allreduce_check,
     expected_pair_gbps,
     transfer_checks,
 )
-from wanctl.doctor import Status
-from wanctl.launch import LaunchSpec, RunResult, SubprocessRunner
+from wanctl.doctor.report import Status
 from wanctl.probe.catalog import MODELS
 from wanctl.probe.fake import describe_rig, scenario
 

@@ -1,4 +1,4 @@
-"""The attention backend choice (`wanctl.attention`): on the CPU, the default without timing;
+"""The attention backend choice (`wanctl.models.attention`): on the CPU, the default without timing;
 the timing and checking of real diffusers backends on the kernels PyTorch has there; the
 selection rules on small tables."""
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from wanctl.attention import (
+from wanctl.commands.generate import attention_line
+from wanctl.models.attention import (
     DEFAULT,
     AttentionChoice,
     BackendTiming,
@@ -26,7 +27,6 @@ from wanctl.attention import (
     time_backend,
     time_call,
 )
-from wanctl.commands.generate import attention_line
 from wanctl.render import to_jsonable
 
 SMALL = dict(heads=4, head_dim=16, tokens=256)

@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from wanctl.cli import app
-from wanctl.latents import Latents, load_latents, save_latents
-from wanctl.vae.engine import decode_chunks
-from wanctl.vae.load import load_vae
-from wanctl.vae.writers import to_uint8
+from wanctl.decode.engine import decode_chunks
+from wanctl.decode.latents import Latents, load_latents, save_latents
+from wanctl.decode.load import load_vae
+from wanctl.decode.writers import to_uint8
 
 T, H, W = 3, 3, 5  # 9 frames of 48x80
 
@@ -191,8 +191,8 @@ def test_an_output_folder_where_no_file_can_be_created_is_refused_before_decodin
 
 
 def test_a_worker_that_failed_of_a_bug_points_to_its_traceback(tmp_path: Path) -> None:
+    from wanctl.decode.run import read_report
     from wanctl.errors import WanctlError
-    from wanctl.vae.job import read_report
 
     with pytest.raises(WanctlError) as failed:
         read_report(tmp_path / "report.json", 2, 1)

@@ -10,9 +10,9 @@ from conftest import crashed
 from typer.testing import CliRunner
 
 import wanctl.commands.tune as tune_command
-from wanctl import presets
 from wanctl.cli import app
 from wanctl.probe.fake import scenario
+from wanctl.tune import presets
 
 USER_CASE = ["tune", "--rig", "2x RTX 5090 32GB", "--gpus", "2", "--size", "1280*704",
              "--frames", "121"]  # fmt: skip

@@ -4,7 +4,9 @@ import dataclasses
 
 import pytest
 
-from wanctl.doctor import Check, DoctorReport, Status, diagnose, nccl_environment
+from wanctl.doctor.passive import nccl_environment
+from wanctl.doctor.report import Check, DoctorReport, Status
+from wanctl.doctor.run import diagnose
 from wanctl.probe.base import GpuInfo, PcieLink
 from wanctl.probe.catalog import MODELS
 from wanctl.probe.fake import FakeProbe, describe_rig, healthy_software, healthy_system, scenario

@@ -17,10 +17,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from wanctl.cli import app
+from wanctl.core.launch import LaunchSpec, RunResult, SubprocessRunner
+from wanctl.decode.latents import load_latents
 from wanctl.errors import WanctlError
-from wanctl.generate import WORKER, DecodeFailed, GenerateOptions, prepare, run_generate
-from wanctl.latents import load_latents
-from wanctl.launch import LaunchSpec, RunResult, SubprocessRunner
+from wanctl.generate.failures import DecodeFailed
+from wanctl.generate.options import GenerateOptions
+from wanctl.generate.run import WORKER, prepare, run_generate
 from wanctl.models.pipelines import tiny_text_encoder, tiny_transformer, tiny_vae, wan_scheduler
 from wanctl.probe.local import LocalProbe
 

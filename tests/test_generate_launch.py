@@ -16,28 +16,22 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import wanctl.commands.generate as generate_command
-from wanctl import presets
 from wanctl.cli import app
+from wanctl.core.launch import CHUNK_ENV, RunResult, visible_gpus
+from wanctl.core.settings import Settings
+from wanctl.core.status import classify
+from wanctl.core.workload import Workload
 from wanctl.errors import UsageError, WanctlError
-from wanctl.generate import (
-    CHUNK_ENV,
-    HOOK_DIR,
-    LATENTS_ENV,
-    RUN_DIR_ENV,
-    SOURCE_ENV,
-    DecodeFailed,
-    GenerateOptions,
-    GeneratePlan,
-    RunPaths,
-    classify,
-    failure,
-    prepare,
-)
-from wanctl.launch import RunResult, visible_gpus
-from wanctl.memory import Settings, Workload, plan
+from wanctl.generate.failures import DecodeFailed, failure
+from wanctl.generate.options import GenerateOptions, RunPaths
+from wanctl.generate.plan import GeneratePlan
+from wanctl.generate.run import prepare
 from wanctl.probe.base import fingerprint
 from wanctl.probe.catalog import MODELS
 from wanctl.probe.fake import FakeProbe, describe_rig, scenario
+from wanctl.tune import presets
+from wanctl.tune.search import plan
+from wanctl.workers.wan_hook import HOOK_DIR, LATENTS_ENV, RUN_DIR_ENV, SOURCE_ENV
 
 PYTHON = sys.executable
 TORCHRUN = (PYTHON, "-m", "wanctl.workers.torchrun")
@@ -479,7 +473,7 @@ def test_refusals_say_how_to_fix_them(ckpt: Path, out: Path) -> None:
     with pytest.raises(UsageError) as chunk:
         prepared(options(out, ckpt_dir=ckpt, env=(("WAN_VAE_DECODE_CHUNK_T", "4"),)))
     assert chunk.value.fix == "use --chunk-t 4"
-    from wanctl.launch import check_output
+    from wanctl.core.launch import check_output
 
     with pytest.raises(UsageError) as proc:
         check_output(Path("/proc/x.mp4"))
@@ -506,9 +500,10 @@ def test_a_rank_that_failed_of_a_bug_points_to_its_traceback(ckpt: Path, out: Pa
 
 
 def test_generate_and_decode_share_one_check_and_one_name() -> None:
-    import wanctl.generate as generate
-    import wanctl.launch as launch
-    from wanctl.vae import job, writers
+    import wanctl.core.launch as launch
+    import wanctl.generate.run as generate
+    from wanctl.decode import run as job
+    from wanctl.decode import writers
 
     assert generate.check_output is job.check_output is launch.check_output
     assert generate.chunk_t is job.chunk_t is launch.chunk_t

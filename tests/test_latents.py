@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from wanctl.decode.latents import Latents, load_latents, save_latents
 from wanctl.errors import UsageError
-from wanctl.latents import Latents, load_latents, save_latents
 
 
 def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:

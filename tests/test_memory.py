@@ -6,24 +6,15 @@ import dataclasses
 
 import pytest
 
-from wanctl import memory
+from wanctl.core.settings import DTYPE_BYTES, Settings
+from wanctl.core.workload import Workload, ulysses_problem
 from wanctl.errors import UsageError
-from wanctl.memory import (
-    DTYPE_BYTES,
-    MEASUREMENTS,
-    SUPERSEDED,
-    Card,
-    Constraints,
-    Settings,
-    Workload,
-    alternatives,
-    coefficients,
-    in_effect,
-    plan,
-    predict,
-    ulysses_problem,
-)
 from wanctl.probe.catalog import MODELS
+from wanctl.tune import predict as memory
+from wanctl.tune.fit import coefficients, in_effect
+from wanctl.tune.measurements import MEASUREMENTS, SUPERSEDED
+from wanctl.tune.predict import Card, predict
+from wanctl.tune.search import Constraints, alternatives, plan
 
 RTX_5090 = Card(MODELS["rtx-5090"].name, MODELS["rtx-5090"].memory_total_mib)
 RTX_4090 = Card(MODELS["rtx-4090"].name, MODELS["rtx-4090"].memory_total_mib)
@@ -205,8 +196,8 @@ def test_the_model_scales_with_size_as_a_trace_does() -> None:
     the real architectures (seconds, no memory) at 832x480x81 over 1280x704x121 give the
     model's ratios. (A trace's own figures are below a GPU's: it sees no cuDNN workspace nor
     the allocator's rounding.)"""
-    from wanctl.measure import Models, TraceMeter, decode_peak, sampling_peak
     from wanctl.models.configs import build_vae_decoder
+    from wanctl.tune.measure import Models, TraceMeter, decode_peak, sampling_peak
 
     small, large = Workload(832, 480, 81, 1), Workload(1280, 704, 121, 1)
     meter = TraceMeter()

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from wanctl import presets
+from wanctl.core.settings import Settings
+from wanctl.core.workload import Workload
 from wanctl.errors import UsageError
-from wanctl.memory import Card, Settings, Workload, plan
 from wanctl.probe.base import fingerprint
+from wanctl.tune import presets
+from wanctl.tune.predict import Card
+from wanctl.tune.search import plan
 
 USER = Workload(1280, 704, 121, 2)
 
@@ -115,7 +118,7 @@ def test_shipped_presets_can_not_be_removed() -> None:
 
 
 def test_shipped_presets_are_the_models_current_output(tmp_path: Path) -> None:
-    """`python -m wanctl.presets --regenerate-shipped` must leave them unchanged."""
+    """`python -m wanctl.tune.presets --regenerate-shipped` must leave them unchanged."""
     written = presets.regenerate_shipped(tmp_path / "fresh")
     shipped = presets.shipped_dir()
     assert sorted(p.name for p in written) == sorted(p.name for p in shipped.glob("*.toml"))

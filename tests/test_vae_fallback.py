@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from wanctl.errors import UsageError, WanctlError
-from wanctl.latents import Latents
-from wanctl.vae.fallback import DecodeOutOfMemory, DecodePlan, fallback_plans, run_ladder
-from wanctl.vae.job import (
+from wanctl.core.launch import chunk_t
+from wanctl.decode.fallback import DecodeOutOfMemory, DecodePlan, fallback_plans, run_ladder
+from wanctl.decode.latents import Latents
+from wanctl.decode.run import (
     DecodeOptions,
-    chunk_t,
     first_plan,
     read_report,
     worker_args,
     write_failure,
     write_report,
 )
-from wanctl.vae.stream import StreamResult
+from wanctl.decode.stream import StreamResult
+from wanctl.errors import UsageError, WanctlError
 
 GPU = DecodePlan(ranks=1, chunk_t=4, device="cuda", dtype="bf16")
 LATENTS = Latents(torch.zeros(1, 48, 31, 44, 80), normalized=True)

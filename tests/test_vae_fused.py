@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 
-from wanctl.vae import fused as fused_module
-from wanctl.vae.engine import norm_weight, pixels_last
-from wanctl.vae.fused import rms_norm_silu_into
+from wanctl.decode import fused as fused_module
+from wanctl.decode.engine import norm_weight, pixels_last
+from wanctl.decode.fused import rms_norm_silu_into
 
 
 def reference(norm: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
@@ -114,8 +114,8 @@ WARM_UP_THEN_DECODE = """
 import json, os, torch
 from pathlib import Path
 from diffusers import AutoencoderKLWan
-from wanctl.vae.engine import decode_chunks, warm_up
-from wanctl.vae.load import TI2V_5B_CONFIG
+from wanctl.decode.engine import decode_chunks, warm_up
+from wanctl.decode.load import TI2V_5B_CONFIG
 
 def compiled():
     return len(list(Path(os.environ["TRITON_CACHE_DIR"]).iterdir()))
@@ -152,9 +152,9 @@ def test_warm_up_compiles_what_the_decode_launches(tmp_path: Path) -> None:
 DECODE_WITHOUT_A_BUILD = """
 import torch
 from diffusers import AutoencoderKLWan
-from wanctl.vae.engine import decode_chunks, warm_up
-from wanctl.vae.fused import build_problem
-from wanctl.vae.load import TI2V_5B_CONFIG
+from wanctl.decode.engine import decode_chunks, warm_up
+from wanctl.decode.fused import build_problem
+from wanctl.decode.load import TI2V_5B_CONFIG
 
 torch.manual_seed(0)
 config = {**TI2V_5B_CONFIG, "base_dim": 64, "decoder_base_dim": 128}

@@ -10,9 +10,9 @@ import pytest
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
+from wanctl.decode.engine import decode_chunks
+from wanctl.decode.load import TINY_CONFIG, load_vae, original_to_diffusers, random_vae
 from wanctl.errors import UsageError
-from wanctl.vae.engine import decode_chunks
-from wanctl.vae.load import TINY_CONFIG, load_vae, original_to_diffusers, random_vae
 
 # diffusers -> original (the official wan/modules/vae2_2.py), written out independently of the
 # mapping under test: Decoder3d has conv1, middle (resnet, attention, resnet), upsamples.{b}

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from wanctl.launch import LaunchSpec, SubprocessRunner, torchrun_argv
-from wanctl.vae.engine import decode_chunks
-from wanctl.vae.load import load_vae
-from wanctl.vae.parallel import RowSplit, split_dim, split_sizes
+from wanctl.core.launch import LaunchSpec, SubprocessRunner, torchrun_argv
+from wanctl.decode.engine import decode_chunks
+from wanctl.decode.load import load_vae
+from wanctl.decode.parallel import RowSplit, split_dim, split_sizes
 
 TESTS = Path(__file__).parent
 

@@ -17,9 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from wanctl.cli import app
-from wanctl.generate import HOOK_DIR, LATENTS_ENV, SOURCE_ENV
-from wanctl.latents import load_latents
-from wanctl.vae.load import TINY_CONFIG, random_vae
+from wanctl.decode.latents import load_latents
+from wanctl.decode.load import TINY_CONFIG, random_vae
+from wanctl.workers.wan_hook import HOOK_DIR, LATENTS_ENV, SOURCE_ENV
 
 FAKE_GENERATE = """
 import argparse, json, os

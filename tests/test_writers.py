@@ -7,8 +7,8 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
+from wanctl.decode.writers import open_writer
 from wanctl.errors import WanctlError
-from wanctl.vae.writers import open_writer
 
 
 def test_an_encoder_that_leaves_no_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -6,20 +6,11 @@ import dataclasses
 import enum
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 T = TypeVar("T")
 
@@ -69,21 +60,3 @@ def warmup_worth_showing(seconds: float | None) -> bool:
     """A kernel warm-up long enough to mention in a summary table (JSON always has it): none
     on the CPU, milliseconds when nothing was compiled or loaded."""
     return seconds is not None and seconds >= 0.05
-
-
-@contextmanager
-def progress_bar(
-    label: str, unit: str, total: int, enabled: bool = True
-) -> Iterator[Callable[..., None]]:
-    """A progress bar on stderr (done of total, time spent and left); yields `advance(n)`."""
-    columns = (
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    )  # fmt: skip
-    with Progress(*columns, console=err_console(), disable=not enabled) as progress:
-        task = progress.add_task(label, total=total)
-
-        def advance(done: int = 1) -> None:
-            progress.advance(task, done)
-
-        yield advance

@@ -18,7 +18,7 @@ from wanctl.commands.options import Json
 from wanctl.render import err_console, out_console, print_json, warmup_worth_showing
 
 if TYPE_CHECKING:
-    from wanctl.vae.job import DecodeSummary
+    from wanctl.decode.run import DecodeSummary
 
 
 def decode(
@@ -64,7 +64,7 @@ def decode(
     """Decode latents to a video: exact (frame for frame what diffusers' decode gives), streamed
     to the file as it decodes, each frame split over every GPU. Out of GPU memory, it tries more
     GPUs, chunk_t=1, diffusers tiling (approximate), then the CPU."""
-    from wanctl.vae.job import DecodeOptions, run_decode
+    from wanctl.decode.run import DecodeOptions, run_decode
 
     options = DecodeOptions(latents, output, vae, device, dtype, chunk_t, gpus)
     summary = run_decode(options, notify=lambda line: err_console().print(f"[yellow]{line}[/]"))

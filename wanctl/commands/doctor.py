@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 import typer
@@ -10,13 +9,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from wanctl.active import active_checks
 from wanctl.commands.options import Json
-from wanctl.doctor import DoctorReport, Status, diagnose
-from wanctl.launch import SubprocessRunner
+from wanctl.doctor.report import DoctorReport, Status
+from wanctl.doctor.run import DoctorOptions, run
 from wanctl.probe.base import GpuInventory
-from wanctl.probe.local import LocalProbe
-from wanctl.render import err_console, show
+from wanctl.render import show
 
 STATUS_STYLE = {
     Status.OK: "green",
@@ -24,13 +21,6 @@ STATUS_STYLE = {
     Status.FAIL: "bold red",
     Status.SKIPPED: "dim",
 }
-
-
-@dataclass(frozen=True)
-class DoctorOptions:
-    full: bool
-    json: bool
-    timeout_s: float
 
 
 def doctor(
@@ -48,13 +38,6 @@ def doctor(
     report = run(options)
     show(report, render, options.json)
     raise typer.Exit(1 if report.failed else 0)
-
-
-def run(options: DoctorOptions) -> DoctorReport:
-    if not options.full:
-        return diagnose(LocalProbe())
-    with err_console().status("running P2P copies and the NCCL all-reduce in child processes"):
-        return diagnose(LocalProbe(), active_checks(SubprocessRunner(), options.timeout_s))
 
 
 def render(report: DoctorReport, console: Console) -> None:

@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wanctl.attention import AttentionChoice
 from wanctl.commands.options import (
+    Backend,
+    BackendOption,
     ChunkT,
     DecodeDtypeOption,
     DecodeRanks,
@@ -23,20 +24,12 @@ from wanctl.commands.options import (
     option_value,
 )
 from wanctl.errors import UsageError
-from wanctl.generate import (
-    GenerateOptions,
-    GeneratePlan,
-    GenerateSummary,
-    prepare,
-    run_generate,
-)
+from wanctl.generate.options import GenerateOptions
+from wanctl.generate.plan import GeneratePlan, GenerateSummary
+from wanctl.generate.run import prepare, run_generate
+from wanctl.models.attention import AttentionChoice
 from wanctl.probe.local import LocalProbe
 from wanctl.render import err_console, out_console, print_json, warmup_worth_showing
-
-
-class Backend(str, Enum):
-    diffusers = "diffusers"
-    wan_repo = "wan-repo"
 
 
 class Model(str, Enum):
@@ -72,7 +65,7 @@ def generate(
             help="Checkpoint: Wan2.2-TI2V-5B-Diffusers (diffusers), Wan2.2-TI2V-5B (wan-repo)."
         ),  # fmt: skip
     ] = None,
-    backend: Annotated[Backend, typer.Option(help="Who samples.")] = Backend.diffusers,
+    backend: BackendOption = Backend.diffusers,
     wan_repo: Annotated[
         Path | None, typer.Option(help="A clone of Wan-Video/Wan2.2 (--backend wan-repo).")
     ] = None,

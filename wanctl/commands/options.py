@@ -9,6 +9,11 @@ from typing import Annotated
 import typer
 
 
+class Backend(str, Enum):
+    diffusers = "diffusers"
+    wan_repo = "wan-repo"
+
+
 class DecodeDtype(str, Enum):
     bf16 = "bf16"
     fp32 = "fp32"
@@ -24,6 +29,10 @@ class Dit(str, Enum):
     fsdp = "fsdp"
 
 
+BackendOption = Annotated[
+    Backend,
+    typer.Option(help="Who samples: wanctl's diffusers worker, or the official generate.py."),
+]
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 ChunkT = Annotated[int | None, typer.Option(min=1, help="Pin the latent frames per decoder call.")]
 DecodeRanks = Annotated[int | None, typer.Option(min=1, help="Pin the ranks that decode.")]
@@ -35,11 +44,12 @@ Offload = Annotated[
     bool | None,
     typer.Option(
         "--offload/--no-offload",
-        help="Pin whether the DiT goes to the CPU before the decode (wan-repo: --offload_model).",
+        help="wan-repo: pin --offload_model (UMT5 and the DiT back to the CPU after use).",
     ),
 ]
 DitOption = Annotated[
-    Dit | None, typer.Option(help="Pin the DiT whole on each GPU, or sharded (FSDP).")
+    Dit | None,
+    typer.Option(help="Pin the DiT whole on each GPU, or sharded (wan-repo: --dit_fsdp)."),
 ]
 
 

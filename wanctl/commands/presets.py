@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from wanctl import presets
 from wanctl.commands.options import Json
 from wanctl.render import out_console, print_json
+from wanctl.tune import presets
 
 
 def list_presets(

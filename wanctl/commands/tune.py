@@ -3,17 +3,15 @@ preset), rendered as tables or JSON."""
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-from dataclasses import dataclass
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from wanctl import presets
 from wanctl.commands.options import (
+    Backend,
+    BackendOption,
     ChunkT,
     DecodeDtypeOption,
     DecodeRanks,
@@ -23,60 +21,12 @@ from wanctl.commands.options import (
     TextEncoder,
     option_value,
 )
-from wanctl.doctor import nccl_environment
-from wanctl.errors import UsageError, WanctlError
-from wanctl.memory import (
-    Alternative,
-    Constraints,
-    MemoryPlan,
-    Workload,
-    alternatives,
-    parse_size,
-    plan,
-)
-from wanctl.probe.base import System, fingerprint
-from wanctl.probe.local import LocalProbe
+from wanctl.core.settings import describe
+from wanctl.errors import WanctlError
 from wanctl.render import err_console, show
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    gpus: int | None
-    size: str
-    frames: int
-    rig: str | None
-    preset: str | None
-    constraints: Constraints
-    measure: bool
-    save: bool
-    force: bool
-    json: bool
-
-
-@dataclass(frozen=True)
-class MeasuredPhase:
-    phase: str
-    allocated_gib: float
-    reserved_gib: float | None
-    total_gib: float | None
-    out_of_memory: bool
-
-
-@dataclass(frozen=True)
-class TuneReport:
-    fingerprint: str
-    rig: presets.Rig
-    plan: MemoryPlan
-    alternatives: tuple[Alternative, ...]
-    saved: presets.Entry | None  # what the rig's preset already holds for this workload
-    preset_error: str | None = None  # why the rig's preset could not be read
-    measured: tuple[MeasuredPhase, ...] = ()
-    measured_max_chunk_t: int | None = None
-    written: str | None = None  # the preset file written by --save / --measure
-
-    @property
-    def ran_out_of_memory(self) -> bool:
-        return any(phase.out_of_memory for phase in self.measured)
+from wanctl.tune.measure import MeasuredPhase
+from wanctl.tune.run import TuneOptions, TuneReport, refusal, run
+from wanctl.tune.search import Alternative, Constraints
 
 
 def tune(
@@ -93,6 +43,7 @@ def tune(
     preset: Annotated[
         str | None, typer.Option(help="Plan for the rig of a preset (its fingerprint).")
     ] = None,
+    backend: BackendOption = Backend.diffusers,
     chunk_t: ChunkT = None,
     decode_ranks: DecodeRanks = None,
     decode_dtype: DecodeDtypeOption = None,
@@ -103,8 +54,9 @@ def tune(
         bool,
         typer.Option(
             "--measure",
-            help="Run the phases on this GPU with synthetic weights (as the planned card when "
-            "this GPU is larger) and save the measured figures in the preset.",
+            help="Run the plan with the generate worker on this machine's GPUs (synthetic "
+            "weights, one step; each GPU acting as the planned card when larger) and save the "
+            "measured figures in the preset.",
         ),
     ] = False,
     save: Annotated[bool, typer.Option("--save", help="Save the plan as the rig's preset.")] = (
@@ -126,6 +78,7 @@ def tune(
         rig=rig,
         preset=preset,
         constraints=Constraints(
+            backend=backend.value,
             text_encoder=option_value(text_encoder),
             offload=offload,
             dit=option_value(dit),
@@ -138,7 +91,11 @@ def tune(
         force=force,
         json=json,
     )
-    report = run(options)
+    if options.measure:
+        with err_console().status("running the plan with the generate worker (synthetic weights)"):
+            report = run(options)
+    else:
+        report = run(options)
     show(report, render, options.json)
     if not report.plan.runnable:
         raise refusal(report)
@@ -147,138 +104,8 @@ def tune(
             "the measured run ran out of memory although the model predicted it would fit",
             why="the model's coefficients do not match this rig",
             fix="nothing was saved; run benchmarks/memory_model.py on this GPU and add its rows "
-            "to wanctl.memory.MEASUREMENTS, or pin --text-encoder cpu",
+            "to wanctl/tune/measurements.py, or pin --text-encoder cpu",
         )
-
-
-def resolve_rig(options: TuneOptions) -> tuple[str, presets.Rig, str]:
-    """The rig's fingerprint, its description and the platform the run will be on."""
-    if options.rig is not None and options.preset is not None:
-        raise UsageError("--rig and --preset both name a rig", fix="give one of them")
-    if options.rig is not None:
-        inventory, rig = presets.rig_of(options.rig)
-        return fingerprint(inventory), rig, "linux"
-    if options.preset is not None:
-        found = presets.require(options.preset)
-        return found.fingerprint, found.rig, "linux"
-    probe = LocalProbe()
-    inventory = probe.gpus()
-    if not inventory.live_gpus():
-        raise UsageError(
-            "no GPU on this machine to plan for",
-            why=inventory.error or "NVML reported no GPU",
-            fix='plan for a described rig: --rig "2x RTX 5090 32GB"',
-        )
-    system: System = probe.system()
-    rig = presets.rig_from_inventory(inventory, nccl_environment(inventory, system))
-    return fingerprint(inventory), rig, sys.platform
-
-
-def run(options: TuneOptions) -> TuneReport:
-    rig_fingerprint, rig, platform = resolve_rig(options)
-    width, height = parse_size(options.size)
-    gpus = rig.gpus if options.gpus is None else options.gpus
-    if gpus > rig.gpus:
-        raise UsageError(
-            f"--gpus {gpus} on a rig of {rig.gpus} GPU{'s' if rig.gpus > 1 else ''}",
-            fix=f"use --gpus {rig.gpus} or fewer, or plan for a larger rig with --rig",
-        )
-    workload = Workload(width, height, options.frames, gpus)
-    constraints = options.constraints
-    chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env)
-    saved, preset_error = _saved_entry(rig_fingerprint, workload)
-    report = TuneReport(
-        fingerprint=rig_fingerprint,
-        rig=rig,
-        plan=chosen,
-        alternatives=()
-        if chosen.runnable
-        else alternatives(workload, rig.card, constraints, platform=platform),
-        saved=saved,
-        preset_error=preset_error,
-    )
-    if not chosen.runnable:
-        return report
-    entry = presets.entry_of(chosen, created=presets.now())
-    saving = options.save or options.measure
-    if saving:  # refused now, not after minutes of measuring
-        presets.check_save(presets.preset_path(rig_fingerprint), entry, force=options.force)
-    if options.measure:
-        report, entry = _measure(report, entry)
-        if report.ran_out_of_memory:
-            return report
-    if saving:
-        path = presets.save(rig_fingerprint, rig, entry, force=options.force)
-        report = dataclasses.replace(report, written=str(path))
-    return report
-
-
-def _saved_entry(
-    rig_fingerprint: str, workload: Workload
-) -> tuple[presets.Entry | None, str | None]:
-    """What the rig's preset holds for this run; an unreadable preset does not stop planning
-    (saving over it is refused)."""
-    try:
-        existing = presets.load(rig_fingerprint)
-    except UsageError as error:
-        return None, error.message
-    return (existing.find(workload) if existing else None), None
-
-
-def _measure(report: TuneReport, entry: presets.Entry) -> tuple[TuneReport, presets.Entry]:
-    from wanctl.measure import measure_plan  # torch and diffusers: only when measuring
-
-    with err_console().status("running the phases on the GPU with synthetic weights"):
-        measured = measure_plan(report.plan)
-    phases = tuple(
-        MeasuredPhase(
-            peak.phase,
-            peak.allocated_gib,
-            peak.reserved_gib,
-            None if peak.reserved_gib is None else peak.reserved_gib + measured.context_gib,
-            peak.out_of_memory,
-        )
-        for peak in measured.peaks
-    )
-    figures = {
-        p.phase: presets.Figures.rounded(p.allocated_gib, p.reserved_gib, p.total_gib)
-        for p in phases
-        if p.reserved_gib is not None and p.total_gib is not None
-    }  # fmt: skip
-    entry = dataclasses.replace(
-        entry, source="measured", measured=figures, max_chunk_t=measured.max_chunk_t
-    )
-    report = dataclasses.replace(report, measured=phases, measured_max_chunk_t=measured.max_chunk_t)
-    return report, entry
-
-
-def refusal(report: TuneReport) -> WanctlError:
-    """Why the plan cannot run: Ulysses cannot split it over its GPUs (a bad request, exit 2,
-    like --gpus not dividing the heads), else nothing fits in memory (exit 1)."""
-    chosen = report.plan
-    nearest = "; ".join(alternative.change for alternative in report.alternatives)
-    if chosen.problem:
-        workload = chosen.workload
-        return UsageError(
-            f"{workload.size}x{workload.frames} cannot run on {workload.gpus} GPU(s)",
-            why=chosen.problem,
-            fix=f"nearest runs that fit: {nearest}"
-            if nearest
-            else "use another size, frame count or number of GPUs",
-        )
-    return no_fit(report)
-
-
-def no_fit(report: TuneReport) -> WanctlError:
-    chosen = report.plan
-    nearest = "; ".join(alternative.change for alternative in report.alternatives)
-    return WanctlError(
-        f"{chosen.workload.size}x{chosen.workload.frames} on {chosen.workload.gpus} GPU(s) "
-        f"does not fit on {chosen.card.name} ({chosen.card.gib:.1f} GiB)",
-        why=f"even the leanest settings need {chosen.peak_gib:.1f} GiB in {chosen.peak_phase}, "
-        f"and {chosen.budget_gib:.1f} GiB can be used",
-        fix=f"nearest runs that fit: {nearest}" if nearest else "use a larger GPU",
-    )
 
 
 def render(report: TuneReport, console: Console) -> None:
@@ -290,7 +117,8 @@ def render(report: TuneReport, console: Console) -> None:
         highlight=False,
     )
     table = Table(title="predicted peak per GPU (GiB)", title_justify="left")
-    for column in ("phase", "weights", "activations", "allocated", "reserved", "+context"):
+    table.add_column("phase")
+    for column in ("weights", "activations", "allocated", "reserved", "+context"):
         table.add_column(column, justify="right")
     measured = {phase.phase: phase for phase in report.measured}
     if measured:
@@ -327,19 +155,15 @@ def render(report: TuneReport, console: Console) -> None:
         highlight=False,
     )
     settings = chosen.settings
-    console.print(
-        f"settings: decode on {settings.decode_ranks} rank(s) in {settings.decode_dtype}, "
-        f"chunk_t {settings.chunk_t}, DiT {settings.dit}"
-        f"{', offloaded before the decode' if settings.offload else ''}, text encoder on "
-        f"{settings.text_encoder.upper()}",
-        highlight=False,
-    )
+    console.print(f"settings: {describe(settings)}", highlight=False, markup=False)
+    for phase in chosen.phases:
+        console.print(
+            f"  {phase.name}: {phase.placement.describe()}", highlight=False, markup=False
+        )
     for key, value in chosen.env.items():
         console.print(f"  export {key}={value}", highlight=False, markup=False)
     for note in chosen.notes:
         console.print(f"[dim]note: {note}[/]", highlight=False)
-    if report.measured_max_chunk_t is not None:
-        console.print(f"measured: chunk_t up to {report.measured_max_chunk_t} ran")
     if report.preset_error:
         console.print(f"[yellow]warning: {report.preset_error}[/]", highlight=False)
     if report.saved and report.saved.settings != settings:
@@ -359,12 +183,10 @@ def _render_alternatives(found: tuple[Alternative, ...], console: Console) -> No
     for column in ("change", "peak GiB", "settings"):
         nearest.add_column(column)
     for alternative in found:
-        s = alternative.plan.settings
         nearest.add_row(
             alternative.change,
             f"{alternative.plan.peak_gib:.2f}",
-            f"decode on {s.decode_ranks} in {s.decode_dtype}, text encoder {s.text_encoder}, "
-            f"offload {'on' if s.offload else 'off'}, DiT {s.dit}",
+            describe(alternative.plan.settings),
         )
     console.print(nearest)
 

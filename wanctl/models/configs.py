@@ -4,69 +4,19 @@ values), on a given device and dtype, or on the meta device (to count parameters
 model up before `place` allocates it).
 
 torch, diffusers and transformers are imported inside the builders: `wanctl tune` plans
-from the parameter counts recorded in `wanctl.memory` without importing them.
+from the parameter counts recorded in `wanctl.tune.predict` without importing them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from wanctl.core.architectures import DIT_TI2V_5B, UMT5_XXL, VAE_TI2V_5B
+
 if TYPE_CHECKING:
     import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5EncoderModel
-
-# diffusers `WanTransformer3DModel` of Wan2.2-TI2V-5B-Diffusers/transformer. The TI2V
-# "expand timesteps" is no constructor argument: the pipeline passes a 2-D timestep per token.
-DIT_TI2V_5B: dict[str, Any] = {
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 24,
-    "attention_head_dim": 128,
-    "in_channels": 48,
-    "out_channels": 48,
-    "text_dim": 4096,
-    "freq_dim": 256,
-    "ffn_dim": 14336,
-    "num_layers": 30,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
-    "rope_max_seq_len": 1024,
-}
-
-# transformers `UMT5EncoderModel` of google/umt5-xxl, Wan's text encoder (encoder half only).
-UMT5_XXL: dict[str, Any] = {
-    "d_model": 4096,
-    "d_kv": 64,
-    "d_ff": 10240,
-    "num_layers": 24,
-    "num_heads": 64,
-    "vocab_size": 256384,
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "feed_forward_proj": "gated-gelu",
-    "tie_word_embeddings": False,
-}
-
-# diffusers `AutoencoderKLWan` of Wan2.2-TI2V-5B-Diffusers/vae (normalisation statistics left
-# out: memory does not depend on them).
-VAE_TI2V_5B: dict[str, Any] = {
-    "base_dim": 160,
-    "decoder_base_dim": 256,
-    "z_dim": 48,
-    "dim_mult": [1, 2, 4, 4],
-    "num_res_blocks": 2,
-    "attn_scales": [],
-    "temperal_downsample": [False, True, True],
-    "is_residual": True,
-    "in_channels": 12,
-    "out_channels": 12,
-    "patch_size": 2,
-    "scale_factor_spatial": 16,
-    "scale_factor_temporal": 4,
-}
-
-TEXT_TOKENS = 512  # Wan pads every prompt to 512 tokens
 
 
 def build_dit(
@@ -143,13 +93,17 @@ def place(model: Any, device: torch.device | str) -> Any:
 def parameter_counts() -> dict[str, int]:
     """Parameters of each network, counted on the meta device (no memory, about a second)."""
     import torch
+    from diffusers import AutoencoderKLWan
 
     dit: Any = build_dit("meta", torch.bfloat16)
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(**VAE_TI2V_5B)
     return {
         "dit": _count(dit),
         "dit_block": _count(dit.blocks[0]),
         "text_encoder": _count(build_text_encoder("meta", torch.bfloat16)),
         "vae_decoder": _count(build_vae_decoder("meta", torch.bfloat16)),
+        "vae": _count(vae),
     }
 
 

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from wanctl.models.configs import DIT_TI2V_5B, TEXT_TOKENS
+from wanctl.core.architectures import DIT_TI2V_5B, TEXT_TOKENS
 
 if TYPE_CHECKING:
     import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 SEED = 0  # the weights of the built-in models
+MODELS = ("tiny", "synthetic-5b")  # the built-in models
 FPS = 24.0  # Wan2.2 TI2V-5B's frame rate (`sample_fps` of wan_ti2v_5B.py)
 # Wan's negative prompt when none is given (`sample_neg_prompt` of the official shared_config.py).
 NEGATIVE_PROMPT = (
@@ -71,8 +72,8 @@ SCHEDULER: dict[str, Any] = {
 # What a summary says about the built-in models.
 NOTES = {
     "tiny": "tiny model: the TI2V structure made narrow, random weights (seed 0)",
-    "synthetic-5b": "synthetic-5b: the TI2V-5B DiT with random weights, and random prompt "
-    "embeddings (seeded) in place of UMT5-XXL's",
+    "synthetic-5b": "synthetic-5b: the TI2V-5B DiT and UMT5-XXL with random weights (the "
+    "prompt's bytes as tokens; seeded random embeddings where UMT5 is on the CPU)",
 }
 # Files a diffusers-format Wan2.2 checkpoint must hold.
 CHECKPOINT_FILES = (
@@ -214,7 +215,7 @@ def tiny_vae() -> AutoencoderKLWan:
     """The tiny VAE whole (the encoder too), its decoder exactly `wanctl decode --vae tiny`'s."""
     from diffusers import AutoencoderKLWan
 
-    from wanctl.vae.load import TINY_CONFIG, random_vae
+    from wanctl.decode.load import TINY_CONFIG, random_vae
 
     vae = _seeded(lambda: AutoencoderKLWan(**TINY_CONFIG), SEED + 1)
     decoder = random_vae(TINY_CONFIG, seed=SEED).state_dict()
@@ -262,11 +263,31 @@ class Synthetic5B:
     def encode_prompts(
         self, prompt: str, negative: str, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """On a GPU, UMT5-XXL's real architecture with random weights (the same on every rank)
+        encodes the prompt's bytes as token ids, so that the text_encode phase holds and
+        computes what a checkpoint's does; elsewhere seeded random embeddings (a 5.7 B encoder
+        on the CPU is not what a timing run is for)."""
         import torch
 
-        generator = torch.Generator("cpu").manual_seed(SEED)
-        shape = (2, TEXT_TOKENS, DIT_TI2V_5B["text_dim"])
-        both = (0.1 * torch.randn(shape, generator=generator)).to(device, self.dtype)
+        if device.type != "cuda":
+            generator = torch.Generator("cpu").manual_seed(SEED)
+            shape = (2, TEXT_TOKENS, DIT_TI2V_5B["text_dim"])
+            both = (0.1 * torch.randn(shape, generator=generator)).to(device, self.dtype)
+            return both[:1], both[1:]
+        from wanctl.models.configs import build_text_encoder
+
+        with torch.random.fork_rng(devices=[device]):
+            torch.manual_seed(SEED)  # the same weights on every rank
+            encoder = build_text_encoder(device, self.dtype)
+        ids = torch.zeros(2, TEXT_TOKENS, dtype=torch.long)
+        for row, text in enumerate((prompt, negative)):
+            tokens = list(text.encode())[: TEXT_TOKENS - 1]
+            ids[row, : len(tokens) + 1] = torch.tensor([*tokens, 1]) + 2  # bytes, then </s>
+        mask = (ids > 0).to(device)
+        with torch.no_grad():
+            hidden = encoder(input_ids=ids.to(device), attention_mask=mask).last_hidden_state
+        both = (hidden * mask[..., None]).to(self.dtype)  # zeros past the prompt, as diffusers
+        del encoder, hidden
         return both[:1], both[1:]
 
     def transformer(self, device: torch.device) -> WanTransformer3DModel:
@@ -284,8 +305,8 @@ class Synthetic5B:
         import torch
         from diffusers import AutoencoderKLWan
 
+        from wanctl.decode.load import TI2V_5B_CONFIG
         from wanctl.models.configs import place
-        from wanctl.vae.load import TI2V_5B_CONFIG
 
         with torch.device("meta"):
             vae = AutoencoderKLWan(**TI2V_5B_CONFIG)

@@ -6,7 +6,7 @@
 
 NCCL on GPUs (rank r on cuda:LOCAL_RANK), gloo on CPUs. Rank 0 writes the video and, at the end,
 every rank's result into the report; a rank that fails writes why next to it (see
-`wanctl.vae.job.read_report`) and exits non-zero, and torchrun stops the others.
+`wanctl.decode.job.read_report`) and exits non-zero, and torchrun stops the others.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from wanctl.errors import WanctlError
-from wanctl.generate import classify
-from wanctl.latents import load_latents
-from wanctl.vae.job import (
+from wanctl.core.status import classify
+from wanctl.decode.latents import load_latents
+from wanctl.decode.run import (
     DEVICES,
     DTYPES,
     DecodeOptions,
@@ -30,7 +29,8 @@ from wanctl.vae.job import (
     write_failure,
     write_report,
 )
-from wanctl.vae.stream import StreamResult
+from wanctl.decode.stream import StreamResult
+from wanctl.errors import WanctlError
 from wanctl.workers.failures import expected
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from wanctl.core.status import PEER_LOST, classify
 from wanctl.errors import WanctlError
-from wanctl.generate import PEER_LOST, classify
 
 # Failures with a cause to name (out of memory, NCCL or gloo errors and timeouts, a user error);
 # anything else is a bug and keeps its traceback.

@@ -7,11 +7,12 @@ then of the patch-parallel decode.
         --vae tiny --decode-dtype bf16 --chunk-t 1 --decode-ranks N --run-dir DIR
 
 NCCL on GPUs (rank r on cuda:LOCAL_RANK), gloo on CPUs. The phases, each recorded in
-DIR/rank<r>.json as it starts (`wanctl.generate.RankStatus`):
+DIR/rank<r>.json as it starts (`wanctl.core.status.RankStatus`):
 - text_encode: the prompt and the negative prompt are encoded, then the encoder is dropped;
 - sampling: the DiT, Ulysses-parallel over all ranks, from the same seed (the same noise) on
   every rank; every rank ends with the whole latents. On GPUs the attention backend is chosen
-  first (`wanctl.attention`): every rank times the candidates on the shape it attends over, and
+  first (`wanctl.models.attention`): every rank times the candidates on the shape it attends
+  over, and
   all run the fastest that holds on every rank;
 - save: rank 0 writes the latents file while the others wait at a barrier, so that no decode
   starts (nor can fail) before the latents are safe;
@@ -41,14 +42,22 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from wanctl.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
-from wanctl.generate import MODELS, RankStatus, classify
-from wanctl.latents import Latents, save_latents
-from wanctl.memory import parse_size
-from wanctl.models.pipelines import FPS, NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
-from wanctl.render import progress_bar
-from wanctl.vae.job import DTYPES, DecodeOptions, decode_rank
-from wanctl.vae.stream import StreamResult
+from wanctl.core.progress import progress_bar
+from wanctl.core.status import RankStatus, classify
+from wanctl.core.worker import SUMMARY
+from wanctl.core.workload import parse_size
+from wanctl.decode.latents import Latents, save_latents
+from wanctl.decode.run import DTYPES, DecodeOptions, decode_rank
+from wanctl.decode.stream import StreamResult
+from wanctl.models.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
+from wanctl.models.pipelines import (
+    FPS,
+    MODELS,
+    NEGATIVE_PROMPT,
+    WanModel,
+    build_pipeline,
+    model_for,
+)
 from wanctl.workers.failures import expected
 
 GIB = 2**30
@@ -76,6 +85,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--chunk-t", type=int, required=True)
     parser.add_argument("--decode-ranks", type=int, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--memory-cap-gib", type=float)
     return parser.parse_args(argv)
 
 
@@ -89,6 +99,7 @@ class RankResult:
     peak_reserved_gib: dict[str, float | None] = field(default_factory=dict)
     step_seconds: list[float] = field(default_factory=list)
     attention: dict[str, Any] | None = None  # an `AttentionChoice`, the same on every rank
+    context_gib: float | None = None  # the CUDA context (and NCCL's buffers) on this GPU
     kernel_problem: str | None = None  # why the decode's kernel could not be built
 
 
@@ -104,6 +115,8 @@ def main(argv: list[str]) -> int:
     rank = dist.get_rank()
     status = RankStatus(args.run_dir, rank)
     try:
+        if args.memory_cap_gib is not None:
+            cap_memory(device, args.memory_cap_gib)
         result = run(args, device, status)
     except BaseException as error:
         status.failed(error)
@@ -117,10 +130,19 @@ def main(argv: list[str]) -> int:
     results: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(results, asdict(result))
     if rank == 0:
-        (args.run_dir / "summary.json").write_text(json.dumps({"ranks": results}))
+        (args.run_dir / SUMMARY).write_text(json.dumps({"ranks": results}))
     status.done()
     dist.destroy_process_group()
     return 0
+
+
+def cap_memory(device: torch.device, card_gib: float) -> None:
+    """Act as a card of `card_gib`: cap the caching allocator at what such a card leaves once
+    this process's context is made (`tune --measure` of a smaller card's plan)."""
+    torch.zeros(1, device=device)
+    free, total = torch.cuda.mem_get_info(device)
+    context = total - free - torch.cuda.memory_reserved(device)
+    torch.cuda.set_per_process_memory_fraction((card_gib * GIB - context) / total, device)
 
 
 def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> RankResult:
@@ -145,6 +167,9 @@ def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> R
             result.seconds["vae_decode"] = decoded.seconds
             result.seconds["vae_warmup"] = decoded.warmup_seconds
             result.kernel_problem = decoded.kernel_problem
+    if device.type == "cuda":  # what the GPU holds beyond torch's allocator: context, NCCL
+        free, total = torch.cuda.mem_get_info(device)
+        result.context_gib = (total - free - torch.cuda.memory_reserved(device)) / GIB
     return result
 
 
@@ -206,7 +231,7 @@ def choose_attention(
 ) -> AttentionChoice:
     """The attention backend every rank runs: each rank times the candidates on its own GPU at
     the shape it attends over (all the tokens, heads / world size), and the choice is the
-    fastest that holds on every rank (`wanctl.attention.combine`). A measurement that fails
+    fastest that holds on every rank (`wanctl.models.attention.combine`). A measurement that fails
     leaves diffusers' default, with the reason in the note."""
     world = dist.get_world_size()
     config = transformer.config

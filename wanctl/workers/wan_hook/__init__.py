@@ -50,7 +50,7 @@ def _recording(previous: Any) -> Any:
     def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
         run_dir, rank = os.environ.get(RUN_DIR_ENV), os.environ.get("RANK")
         if run_dir and rank is not None:
-            from wanctl.generate import RankStatus
+            from wanctl.core.status import RankStatus
 
             RankStatus(Path(run_dir), int(rank), phase="the official generate.py").failed(error)
         previous(kind, error, tb)
@@ -62,7 +62,7 @@ def save_instead_of_decode(self: Any, zs: Sequence[Any]) -> list[Any]:
     """`Wan2_2_VAE.decode(zs)` as wanctl runs it: save the latents, return a placeholder."""
     import torch
 
-    from wanctl.latents import Latents, save_latents
+    from wanctl.decode.latents import Latents, save_latents
 
     if len(zs) != 1:
         raise ValueError(f"wanctl's decode hook expects one video's latents, got {len(zs)}")
@@ -73,7 +73,29 @@ def save_instead_of_decode(self: Any, zs: Sequence[Any]) -> list[Any]:
     tensor = zs[0].detach().float().cpu().unsqueeze(0)
     save_latents(partial, Latents(tensor, normalized=True, fps=fps, source=source))
     partial.replace(path)
+    record_sampling_peak(zs[0].device)
     return [torch.zeros(3, 1, PLACEHOLDER_SIZE, PLACEHOLDER_SIZE)]
+
+
+SAMPLING_PEAK = "official-sampling-peak.json"
+
+
+def record_sampling_peak(device: Any) -> None:
+    """The official process's peak GPU memory up to its decode call (loading, text encoding
+    and sampling: its `sampling` phase as wanctl models it), for the summary to set against
+    the memory model's prediction."""
+    import torch
+
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    if not run_dir or device.type != "cuda":
+        return
+    free, total = torch.cuda.mem_get_info(device)
+    figures = {
+        "allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+        "context_gib": (total - free - torch.cuda.memory_reserved(device)) / 2**30,
+    }
+    (Path(run_dir) / SAMPLING_PEAK).write_text(json.dumps(figures))
 
 
 def run_shadowed_sitecustomize() -> None:

@@ -1,27 +1,23 @@
 """What is wrong with this rig, and how to fix it.
 
 `passive_checks` derives findings from a probe's readings alone (no CUDA in this process);
-`wanctl.active` adds the checks that need real transfers in child processes. Every check that
+`wanctl.doctor.active` adds the checks that need real transfers in child processes. Every check that
 warns or fails says how to fix it, and names the shell command that shows the same thing.
 """
 
 from __future__ import annotations
 
-import enum
 import re
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
+from wanctl.doctor.report import Check, Status
 from wanctl.probe.base import (
     P2P_STATUS_TEXT,
     GpuInfo,
     GpuInventory,
     P2PCaps,
-    Probe,
     Software,
     System,
-    fingerprint,
     interconnect,
 )
 
@@ -39,48 +35,6 @@ BAD_CLOCK_EVENTS = {
     "sw_thermal_slowdown": "software thermal slowdown",
 }
 TORCH_CUDA_INSTALL = "pip install -U torch --index-url https://download.pytorch.org/whl/cu128"
-
-
-class Status(str, enum.Enum):
-    OK = "ok"
-    WARN = "warn"
-    FAIL = "fail"
-    SKIPPED = "skipped"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One finding. Warnings and failures carry their fix; `shell` names the command that
-    shows the same thing."""
-
-    name: str
-    area: str
-    status: Status
-    finding: str
-    fix: str = ""
-    shell: str = ""
-
-    def __post_init__(self) -> None:
-        if self.status in (Status.WARN, Status.FAIL) and not self.fix:
-            raise ValueError(f"check {self.name!r} {self.status.value}s without a fix")
-
-
-@dataclass(frozen=True)
-class DoctorReport:
-    fingerprint: str
-    inventory: GpuInventory
-    software: Software
-    system: System
-    checks: tuple[Check, ...]
-    seconds: float
-    recommended_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> bool:
-        return any(check.status is Status.FAIL for check in self.checks)
-
-    def count(self, status: Status) -> int:
-        return sum(1 for check in self.checks if check.status is status)
 
 
 def _version_tuple(text: str | None) -> tuple[int, ...]:
@@ -566,31 +520,7 @@ def nccl_environment(inventory: GpuInventory, system: System) -> dict[str, str]:
     """NCCL settings from the readings alone. NCCL detects missing P2P by itself (CNS on
     GeForce) and uses SHM, and NCCL_P2P_DISABLE=1 where P2P works costs bandwidth: so it is
     set only where PCIe P2P is known harmful (the IOMMU translating peer traffic, which hangs
-    NCCL). The active all-reduce check (`wanctl.active`) overrides this with what it proved."""
+    NCCL). The active all-reduce check (`wanctl.doctor.active`) overrides this with what it proved."""
     if _iommu_harms_p2p(inventory, system):
         return {"NCCL_P2P_DISABLE": "1"}
     return {}
-
-
-def diagnose(
-    probe: Probe,
-    active: Callable[[GpuInventory, Software], tuple[list[Check], dict[str, str]]] | None = None,
-) -> DoctorReport:
-    """Run every passive check, and the active ones when `active` is given."""
-    start = time.monotonic()
-    inventory, software, system = probe.gpus(), probe.software(), probe.system()
-    checks = passive_checks(inventory, software, system)
-    env = nccl_environment(inventory, system)
-    if active is not None:
-        active_checks, active_env = active(inventory, software)
-        checks += active_checks
-        env.update(active_env)
-    return DoctorReport(
-        fingerprint=fingerprint(inventory),
-        inventory=inventory,
-        software=software,
-        system=system,
-        checks=tuple(checks),
-        seconds=time.monotonic() - start,
-        recommended_env=env,
-    )

@@ -15,9 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from wanctl.errors import UsageError, WanctlError
-from wanctl.latents import Latents, load_latents
-from wanctl.launch import (
+from wanctl.core.launch import (
     LaunchSpec,
     Runner,
     SubprocessRunner,
@@ -27,11 +25,13 @@ from wanctl.launch import (
     thread_env,
     torchrun_argv,
 )
-from wanctl.render import progress_bar
-from wanctl.vae.fallback import DecodeOutOfMemory, DecodePlan, fallback_plans, run_ladder
-from wanctl.vae.load import BUILT_IN, load_vae, vae_path
-from wanctl.vae.parallel import RowSplit, split_dim
-from wanctl.vae.stream import StreamResult, decode_tiled_to_file, decode_to_file
+from wanctl.core.progress import progress_bar
+from wanctl.decode.fallback import DecodeOutOfMemory, DecodePlan, fallback_plans, run_ladder
+from wanctl.decode.latents import Latents, load_latents
+from wanctl.decode.load import BUILT_IN, load_vae, vae_path
+from wanctl.decode.parallel import RowSplit, split_dim
+from wanctl.decode.stream import StreamResult, decode_tiled_to_file, decode_to_file
+from wanctl.errors import UsageError, WanctlError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEVICES = ("cuda", "cpu")

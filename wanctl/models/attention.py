@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from wanctl.memory import HEADS, Workload, parse_size
-from wanctl.models.configs import DIT_TI2V_5B, TEXT_TOKENS
+from wanctl.core.architectures import DIT_TI2V_5B, TEXT_TOKENS
+from wanctl.core.workload import HEADS, Workload, parse_size
 
 if TYPE_CHECKING:
     import torch

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
-from wanctl.vae.engine import decode_chunks, warm_up
-from wanctl.vae.fused import build_problem
-from wanctl.vae.parallel import RowSplit
-from wanctl.vae.writers import FrameWriter, frames_behind, open_writer, to_uint8
+from wanctl.decode.engine import decode_chunks, warm_up
+from wanctl.decode.fused import build_problem
+from wanctl.decode.parallel import RowSplit
+from wanctl.decode.writers import FrameWriter, frames_behind, open_writer, to_uint8
 
 FramesDone = Callable[[int], None]
 GIB = 2**30
@@ -31,7 +31,7 @@ class StreamResult:
     """What one process did: frames it wrote (0 on ranks other than 0), wall seconds, its
     peak device memory in GiB (None on the CPU), the seconds spent before the decode
     compiling or loading its GPU kernels (not counted in `seconds`), and why a kernel could
-    not be built (`wanctl.vae.fused.build_problem`)."""
+    not be built (`wanctl.decode.fused.build_problem`)."""
 
     frames: int
     seconds: float

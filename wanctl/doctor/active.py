@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from wanctl.doctor import Check, Status
-from wanctl.launch import (
+from wanctl.core.launch import (
     LaunchSpec,
     Runner,
     RunResult,
@@ -23,6 +22,7 @@ from wanctl.launch import (
     visible_gpus,
     worker_error,
 )
+from wanctl.doctor.report import Check, Status
 from wanctl.probe.base import GpuInventory, Software
 
 ALLREDUCE_WORKER = "wanctl.workers.allreduce"
@@ -255,7 +255,7 @@ def transfer_check(runner: Runner, inventory: GpuInventory, timeout_s: float) ->
 def active_checks(
     runner: Runner, timeout_s: float
 ) -> Callable[[GpuInventory, Software], tuple[list[Check], dict[str, str]]]:
-    """The `active` step of `wanctl.doctor.diagnose`: copies, then the all-reduce over NCCL,
+    """The `active` step of `wanctl.doctor.passive.diagnose`: copies, then the all-reduce over NCCL,
     on the GPUs CUDA_VISIBLE_DEVICES leaves."""
 
     def run(inventory: GpuInventory, software: Software) -> tuple[list[Check], dict[str, str]]:

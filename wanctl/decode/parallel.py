@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from wanctl.decode.engine import channels_last
 from wanctl.errors import UsageError
-from wanctl.vae.engine import channels_last
 
 
 def split_sizes(length: int, parts: int) -> list[int]:

@@ -27,7 +27,7 @@ from wanctl.errors import UsageError
 TORCHRUN = "wanctl.workers.torchrun"
 # Latent frames per decoder call, read by wanctl's decode (and by the official Wan2.2 VAE).
 CHUNK_ENV = "WAN_VAE_DECODE_CHUNK_T"
-# What a video can be written as (`wanctl.vae.writers.SUFFIXES`, which imports torch).
+# What a video can be written as (`wanctl.decode.writers.SUFFIXES`, which imports torch).
 VIDEO_SUFFIXES = (".mp4", ".npy")
 
 

@@ -6,7 +6,7 @@ them (predicted by the model, or measured) and when; plus the wanctl version tha
 User presets live in `<user config dir>/wanctl/presets/` (platformdirs; `WANCTL_CONFIG_DIR`
 replaces `<user config dir>/wanctl`). Presets for common rigs ship inside the package
 (`wanctl/presets_data/`, which the repository's `presets/` points to), generated from the model
-by `python -m wanctl.presets --regenerate-shipped`. A user preset wins over a shipped one.
+by `python -m wanctl.tune.presets --regenerate-shipped`. A user preset wins over a shipped one.
 
 A file that is not a wanctl preset, was written for another rig or by a newer schema is refused
 with a UsageError and never overwritten unless `force`; nor is a saved workload whose settings
@@ -28,11 +28,15 @@ import platformdirs
 import tomli_w
 
 from wanctl import __version__
+from wanctl.core.settings import Settings, describe
+from wanctl.core.workload import Workload
 from wanctl.errors import UsageError, WanctlError
-from wanctl.memory import MEASUREMENTS, Card, MemoryPlan, Settings, Workload, plan, predict
 from wanctl.probe.base import GpuInventory, fingerprint
 from wanctl.probe.catalog import parse_rig
 from wanctl.probe.fake import describe_rig
+from wanctl.tune.measurements import MEASUREMENTS
+from wanctl.tune.predict import Card, MemoryPlan, predict
+from wanctl.tune.search import Constraints, plan
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,12 +98,12 @@ class Entry:
     max_chunk_t: int = 0
 
     @property
-    def key(self) -> tuple[str, int, int]:
+    def key(self) -> tuple[str, int, int, str]:
         """The run it answers for: a preset holds one entry per key."""
-        return self.size, self.frames, self.gpus
+        return self.size, self.frames, self.gpus, self.settings.backend
 
-    def matches(self, workload: Workload) -> bool:
-        return self.key == (workload.size, workload.frames, workload.gpus)
+    def matches(self, workload: Workload, backend: str) -> bool:
+        return self.key == (workload.size, workload.frames, workload.gpus, backend)
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,8 @@ class Preset:
     origin: str = "user"  # "user" or "shipped": where it was read from (not stored)
     path: Path | None = None  # (not stored)
 
-    def find(self, workload: Workload) -> Entry | None:
-        return next((entry for entry in self.entries if entry.matches(workload)), None)
+    def find(self, workload: Workload, backend: str = "diffusers") -> Entry | None:
+        return next((entry for entry in self.entries if entry.matches(workload, backend)), None)
 
 
 @dataclass(frozen=True)
@@ -341,11 +345,6 @@ def check_save(path: Path, entry: Entry, *, force: bool = False) -> tuple[Entry,
     return tuple(e for e in entries if e.key != entry.key)
 
 
-def describe(settings: Settings) -> str:
-    """`name=value, ...` for every setting."""
-    return ", ".join(f"{f.name}={getattr(settings, f.name)}" for f in dataclasses.fields(settings))
-
-
 def require(rig_fingerprint: str) -> Preset:
     """`load`, with a missing preset as the user's error."""
     found = load(rig_fingerprint)
@@ -390,18 +389,20 @@ def resolve(
     inventory: GpuInventory,
     workload: Workload,
     *,
+    backend: str = "diffusers",
     nccl_env: dict[str, str],
     platform: str = sys.platform,
 ) -> MemoryPlan:
-    """The plan for `workload` on this rig: a preset's settings when one holds this workload
-    (user before shipped; figures re-predicted by the current model, its env as saved with
+    """The plan for `workload` with `backend` on this rig: a preset's settings when one holds
+    this workload for this backend (user before shipped; figures re-predicted by the current model, its env as saved with
     doctor's current `nccl_env` over it: today's finding wins, the file is not changed), else
     the model's own choice. `source` says which."""
     card = Card.smallest(inventory)
     preset = load(fingerprint(inventory))
-    entry = preset.find(workload) if preset else None
+    entry = preset.find(workload, backend) if preset else None
     if preset is None or entry is None:
-        return plan(workload, card, platform=platform, nccl_env=nccl_env)
+        constraints = Constraints(backend=backend)
+        return plan(workload, card, constraints, platform=platform, nccl_env=nccl_env)
     predicted = predict(workload, card, entry.settings, platform=platform, nccl_env=nccl_env)
     return dataclasses.replace(
         predicted,
@@ -442,7 +443,7 @@ def regenerate_shipped(folder: Path | None = None) -> list[Path]:
 
 _SHIPPED_HEADER = (
     '# Shipped with wanctl, derived from the memory model (source = "model"), not measured on\n'
-    "# this rig. Regenerate with: python -m wanctl.presets --regenerate-shipped\n"
+    "# this rig. Regenerate with: python -m wanctl.tune.presets --regenerate-shipped\n"
 )
 
 
@@ -453,6 +454,6 @@ def now() -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--regenerate-shipped"]:
-        sys.exit("usage: python -m wanctl.presets --regenerate-shipped")
+        sys.exit("usage: python -m wanctl.tune.presets --regenerate-shipped")
     for written_path in regenerate_shipped():
         print(written_path)

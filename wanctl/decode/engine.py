@@ -8,7 +8,7 @@ diffusers modules with their parameters, but:
 - a call decodes a chunk of latent frames (the first latent frame alone, then `chunk_t` at a
   time), and gives the same frames as the one-frame-at-a-time decode;
 - every spatial convolution gets its border from a `Halo`: zeros for a whole frame
-  (`WholeFrame`), or the neighbouring ranks' rows for a slab of it (`wanctl.vae.parallel`),
+  (`WholeFrame`), or the neighbouring ranks' rows for a slab of it (`wanctl.decode.parallel`),
   and the mid-block attention gets its keys and values through the same object.
 
 A causal conv treats its input as one stream: each chunk sees the stream's last frames before
@@ -36,7 +36,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
 )
 from torch import nn
 
-from wanctl.vae import fused
+from wanctl.decode import fused
 
 
 class Halo(Protocol):
@@ -155,7 +155,7 @@ class ChunkDecoder:
     ) -> torch.Tensor:
         """`_causal_conv(conv, silu(norm(x + bias)))`, with the bias of the conv that made `x`,
         norm and SiLU written by one kernel straight into the conv's stream
-        (`wanctl.vae.fused`). Without `with_bias`, the result lacks `conv`'s own bias, for the
+        (`wanctl.decode.fused`). Without `with_bias`, the result lacks `conv`'s own bias, for the
         next `_norm_silu_conv` to add."""
         stream = self._stream(conv, x, cache)
         weight, eps = norm_weight(norm, x.dtype)

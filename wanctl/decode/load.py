@@ -18,8 +18,8 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan, WanRMS_norm
 from safetensors.torch import load_file
 
+from wanctl.core.architectures import VAE_TI2V_5B
 from wanctl.errors import UsageError
-from wanctl.models.configs import VAE_TI2V_5B
 
 # Wan2.2 VAE normalisation (Wan2_2_VAE in the official vae2_2.py; `latents_mean`/`latents_std`
 # in the diffusers config of Wan2.2-TI2V-5B-Diffusers/vae).

@@ -1,0 +1,193 @@
+"""What a run does with GPU memory, as `tune` chooses it and `generate` executes it: the backend,
+and where each network is in each phase (`placements`). The memory model prices exactly these
+placements, so that a plan describes the run that will happen. Torch-free.
+
+The two backends place the networks differently (read from their code):
+
+- `diffusers` (`wanctl.workers.generate`): UMT5 encodes the prompt (on the GPU, or on the CPU)
+  and is freed; the DiT is then loaded in bf16, replicated on every rank (Ulysses splits the
+  tokens, not the weights), with the whole VAE in fp32 beside it only when an image conditions
+  the first frame; the DiT and that VAE are freed after sampling, and the decode loads the VAE
+  decoder alone, in the decode dtype.
+- `wan-repo` (the official `generate.py`, with `--convert_model_dtype`): the whole VAE in fp32
+  is on every rank's GPU from construction to exit; the DiT is on the GPU from construction
+  when several ranks run it (bf16, or with `--dit_fsdp` a 1/N shard of fp32 weights, two bf16
+  blocks gathered at a time; `--convert_model_dtype` is ignored under FSDP), else from the start
+  of sampling; UMT5 (bf16) moves to the GPU to encode and stays there unless `--offload_model`
+  sends it back (`--t5_cpu`: it never leaves the CPU). wanctl's hook takes the decode over: the
+  official process exits after saving the latents, and wanctl's engine decodes them in a process
+  of its own holding the VAE decoder alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wanctl.core.workload import Workload, ulysses_problem
+
+GIB = 1024**3
+DTYPE_BYTES = {"bf16": 2, "fp32": 4}
+BACKENDS = ("diffusers", "wan-repo")
+# The sizes the official generate.py runs ti2v-5B at (its SUPPORTED_SIZES)
+OFFICIAL_SIZES = ("1280*704", "704*1280")
+PHASES = ("text_encode", "sampling", "decode")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A run's memory settings. `backend` runs the sampler; `text_encoder` "gpu" or "cpu" is
+    where UMT5 encodes the prompt; `dit` "replicated" or "fsdp" (the official `--dit_fsdp`);
+    `offload` the official `--offload_model` (UMT5 back to the CPU after encoding, the DiT
+    after sampling); `chunk_t` latent frames per decoder call, `decode_ranks` ranks decoding in
+    parallel, in `decode_dtype`; `expandable_segments` the allocator setting exported.
+    `decoder` is wanctl's engine, which both backends decode with, or diffusers'
+    `AutoencoderKLWan` frame loop: the official decode that wanctl replaces, kept so that the
+    benchmarks can predict what it would have needed."""
+
+    backend: str = "diffusers"
+    chunk_t: int = 1
+    decode_ranks: int = 1
+    decode_dtype: str = "bf16"
+    dit: str = "replicated"
+    offload: bool = False
+    text_encoder: str = "gpu"
+    expandable_segments: bool = True
+    decoder: str = "wanctl"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.chunk_t < 1 or self.decode_ranks < 1:
+            raise ValueError("chunk_t and decode_ranks start at 1")
+        if self.decode_dtype not in DTYPE_BYTES:
+            raise ValueError(f"decode_dtype {self.decode_dtype!r} is not bf16 or fp32")
+        if self.dit not in ("replicated", "fsdp") or self.text_encoder not in ("gpu", "cpu"):
+            raise ValueError("dit is replicated or fsdp, text_encoder gpu or cpu")
+        if self.decoder not in ("wanctl", "diffusers"):
+            raise ValueError("decoder is wanctl or diffusers")
+
+    def unsupported(self) -> str | None:
+        """Why the backend cannot execute these settings, or None. The diffusers worker keeps
+        the whole DiT on every rank and frees it before the decode by itself: FSDP and
+        `--offload_model` are the official code's."""
+        if self.backend == "diffusers" and self.dit == "fsdp":
+            return (
+                "the diffusers backend keeps the whole DiT on every GPU (Ulysses splits the "
+                "tokens, not the weights); FSDP sharding is the official code's --dit_fsdp"
+            )
+        if self.backend == "diffusers" and self.offload:
+            return (
+                "--offload is the official generate.py's --offload_model; the diffusers worker "
+                "frees the DiT before the decode by itself"
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class Resident:
+    """One network's weights on a rank's GPU during a phase: whole, or a 1/`shards` FSDP shard."""
+
+    network: str  # "text encoder" | "DiT" | "VAE" (encoder and decoder) | "VAE decoder"
+    dtype: str
+    shards: int = 1
+
+    def describe(self) -> str:
+        share = f" 1/{self.shards} shard" if self.shards > 1 else ""
+        return f"{self.network} {self.dtype}{share}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What one phase holds on each rank's GPU, what it computes, and what happens after."""
+
+    phase: str
+    resident: tuple[Resident, ...]
+    computes: str
+    after: str
+
+    def describe(self) -> str:
+        held = ", ".join(r.describe() for r in self.resident) or "nothing"
+        return f"{held}; {self.computes}; {self.after}"
+
+
+def placements(settings: Settings, gpus: int, *, image: bool = False) -> tuple[Placement, ...]:
+    """The phases of a run on `gpus` ranks with `settings`, each with what it holds on a rank's
+    GPU. `text_encode` is listed only when UMT5 runs on the GPU (on the CPU it holds nothing
+    there that the next phase does not). `image`: an image conditions the first frame."""
+    if settings.backend == "wan-repo":
+        return _official(settings, gpus)
+    encoder = Resident("text encoder", "bf16")
+    dit = Resident("DiT", "bf16")
+    phases = []
+    if settings.text_encoder == "gpu":
+        phases.append(Placement("text_encode", (encoder,), "UMT5 over 512 tokens", "freed"))
+    vae = (Resident("VAE", "fp32"),) if image else ()
+    phases += [
+        Placement(
+            "sampling",
+            (dit, *vae),
+            f"one DiT forward over 1/{gpus} of the tokens" if gpus > 1 else "one DiT forward",
+            "DiT freed" + (", VAE freed" if image else ""),
+        ),
+        _decode(settings),
+    ]
+    return tuple(phases)
+
+
+def _official(settings: Settings, gpus: int) -> tuple[Placement, ...]:
+    vae = Resident("VAE", "fp32")
+    encoder = Resident("text encoder", "bf16")
+    sharded = settings.dit == "fsdp" and gpus > 1
+    dit = Resident("DiT", "fp32", gpus) if sharded else Resident("DiT", "bf16")
+    # several ranks (or FSDP) load the DiT onto the GPU at construction, before the encode
+    dit_early = (dit,) if gpus > 1 or sharded else ()
+    phases = []
+    if settings.text_encoder == "gpu":
+        after = "UMT5 back to the CPU" if settings.offload else "UMT5 stays on the GPU"
+        phases.append(
+            Placement("text_encode", (vae, *dit_early, encoder), "UMT5 over 512 tokens", after)
+        )
+    kept = (encoder,) if settings.text_encoder == "gpu" and not settings.offload else ()
+    computes = "one DiT forward" + (f" over 1/{gpus} of the tokens" if gpus > 1 else "")
+    if sharded:
+        computes += ", two bf16 blocks gathered at a time"
+    phases += [
+        Placement("sampling", (vae, dit, *kept), computes, "latents saved by wanctl's hook; exits"),
+        _decode(settings),
+    ]
+    return tuple(phases)
+
+
+def _decode(settings: Settings) -> Placement:
+    ranks = settings.decode_ranks
+    split = f" on 1/{ranks} of the rows" if ranks > 1 else ""
+    return Placement(
+        "decode",
+        (Resident("VAE decoder", settings.decode_dtype),),
+        f"wanctl's decode, {settings.chunk_t} latent frame(s) per call{split}",
+        "frames streamed to the file",
+    )
+
+
+def run_problem(workload: Workload, settings: Settings) -> str | None:
+    """Why the backend cannot run `workload` with `settings` whatever the memory, or None."""
+    if settings.backend == "wan-repo" and workload.size not in OFFICIAL_SIZES:
+        return (
+            f"the official generate.py runs ti2v-5B at {' and '.join(OFFICIAL_SIZES)} only "
+            f"(its SUPPORTED_SIZES), not {workload.size}"
+        )
+    return settings.unsupported() or ulysses_problem(workload, settings.backend)
+
+
+def describe(settings: Settings) -> str:
+    """The settings in a line: what a plan chose, what a preset holds."""
+    official = settings.backend == "wan-repo"
+    parts = [
+        settings.backend,
+        f"text encoder on {settings.text_encoder.upper()}",
+        f"DiT {settings.dit}" + (", --offload_model" if official and settings.offload else ""),
+        f"decode on {settings.decode_ranks} rank(s) in {settings.decode_dtype}, "
+        f"chunk_t {settings.chunk_t}",
+        "expandable segments" if settings.expandable_segments else "default allocator",
+    ]
+    return ", ".join(parts)

@@ -1,0 +1,176 @@
+"""Checks before launch: the request, the model's files, the image, the output, the disk, the
+device and doctor's preflight. Each refusal says what, why and the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from wanctl.core.launch import (
+    CHUNK_ENV,
+    check_output,
+)
+from wanctl.core.workload import HEADS, TEMPORAL, Workload, ulysses_degrees, ulysses_problem
+from wanctl.doctor.report import DoctorReport, Status
+from wanctl.errors import UsageError, WanctlError
+from wanctl.generate.options import BACKENDS, DEVICES, GenerateOptions, RunPaths
+from wanctl.generate.wan_repo import check_wan_repo
+from wanctl.models.pipelines import MODELS, checkpoint_problem
+
+# Checks that matter on the CPU (no driver is expected there).
+CPU_CHECKS = ("torch", "diffusers", "ffmpeg")
+
+
+DISK_MARGIN_BYTES = 64 * 2**20
+
+
+def check_request(options: GenerateOptions) -> None:
+    """The request alone: backend and model, files, output (reads only small JSON files)."""
+    if options.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {options.backend!r}", fix="use diffusers or wan-repo")
+    if options.device not in (None, *DEVICES):
+        raise UsageError(f"unknown device {options.device!r}", fix="use --device cuda or cpu")
+    if options.steps < 1:
+        raise UsageError(f"--steps is {options.steps}; it must be at least 1")
+    if (options.nnodes or 1) > 1 and not options.rdzv_endpoint:
+        raise UsageError(
+            f"--nnodes {options.nnodes} without --rdzv-endpoint",
+            why="the nodes find each other at the rendezvous endpoint; with none, torchrun "
+            "cannot bring them together",
+            fix="pass --rdzv-endpoint HOST:PORT, the same on every node",
+        )
+    if CHUNK_ENV in dict(options.env):
+        value = dict(options.env)[CHUNK_ENV]
+        raise UsageError(
+            f"--env {CHUNK_ENV}={value} would not reach the decode",
+            why=f"the decode's chunk_t is a setting of its own: wanctl passes it to the workers "
+            f"as --chunk-t and sets {CHUNK_ENV} from it",
+            fix=f"use --chunk-t {value}",
+        )
+    if options.backend == "wan-repo":
+        check_wan_repo(options)
+    else:
+        check_diffusers_model(options)
+    if options.image is not None:
+        check_image(options.image)
+    check_output(options.output)
+
+
+def check_image(path: Path) -> None:
+    """An image PIL can read, checked here rather than by every rank after the models load."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise UsageError(f"image not found: {path}", fix="pass an existing image file")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise UsageError(
+            f"cannot read the image {path}", why=str(error), fix="pass a PNG, JPEG or WebP file"
+        ) from None
+
+
+def check_diffusers_model(options: GenerateOptions) -> None:
+    if options.model is not None:
+        if options.model not in MODELS:
+            raise UsageError(f"unknown model {options.model!r}", fix="use tiny or synthetic-5b")
+        if options.ckpt_dir is not None:
+            raise UsageError("both --model and --ckpt-dir given", fix="pass one of them")
+        return
+    if options.ckpt_dir is None:
+        raise UsageError(
+            "no model: pass a checkpoint or a built-in model",
+            fix="--ckpt-dir Wan2.2-TI2V-5B-Diffusers, or --model tiny (runs anywhere)",
+        )
+    problem = checkpoint_problem(options.ckpt_dir)
+    if problem:
+        raise UsageError(
+            f"not a diffusers Wan2.2 TI2V-5B checkpoint: {problem}",
+            fix="download Wan-AI/Wan2.2-TI2V-5B-Diffusers (huggingface-cli download "
+            "Wan-AI/Wan2.2-TI2V-5B-Diffusers --local-dir DIR) and pass --ckpt-dir DIR; the "
+            "official (non-diffusers) checkpoint runs with --backend wan-repo",
+        )
+
+
+def check_tokens(workload: Workload, backend: str) -> None:
+    """The backend's Ulysses must split the heads (and for diffusers the tokens) in equal parts
+    (`wanctl.core.workload.ulysses_problem`); the fix names the GPU counts that divide the heads,
+    or the nearest frame counts whose tokens split."""
+    problem = ulysses_problem(workload, backend)
+    if problem is None:
+        return
+    if HEADS % workload.gpus:
+        degrees = [str(n) for n in ulysses_degrees() if n < workload.gpus]
+        raise UsageError(problem, fix=f"use --gpus {' or '.join(degrees[-3:])}")
+    nearby = range(workload.frames - 4 * TEMPORAL, workload.frames + 4 * TEMPORAL + 1, TEMPORAL)
+    fitting = [
+        frames
+        for frames in nearby
+        if frames > 0
+        and ulysses_problem(dataclasses.replace(workload, frames=frames), backend) is None
+    ]
+    raise UsageError(
+        problem,
+        fix=(f"use {' or '.join(map(str, fitting[:3]))} frames" if fitting
+             else "use another size, or a number of GPUs that divides the tokens"),
+    )  # fmt: skip
+
+
+def check_disk(paths: RunPaths, workload: Workload, free_bytes: int) -> None:
+    """Room for the latents (float32) and the video (raw for .npy; H.264 at Wan's quality
+    stays well under a tenth of the raw frames)."""
+    frames, height, width = workload.latent
+    latents = 48 * frames * height * width * 4
+    raw = workload.frames * workload.width * workload.height * 3
+    video = raw if paths.output.suffix == ".npy" else raw // 10
+    needed = latents + video + DISK_MARGIN_BYTES
+    if free_bytes < needed:
+        raise UsageError(
+            f"{free_bytes / 2**20:.0f} MiB free in {paths.output.parent}, "
+            f"{needed / 2**20:.0f} MiB needed",
+            why="the latents and the video are written there",
+            fix="free some space or write the output elsewhere",
+        )
+
+
+def choose_device(options: GenerateOptions, report: DoctorReport, visible: int) -> str:
+    """cuda when a GPU is visible and torch can use it; the CPU for the tiny model when not,
+    or when asked. The 5B models on the CPU take hours per step: only when asked."""
+    can_cuda = visible > 0 and report.software.torch_cuda is not None
+    device = options.device or ("cuda" if can_cuda or options.model != "tiny" else "cpu")
+    if device == "cpu" and options.model == "synthetic-5b":
+        raise UsageError(
+            "synthetic-5b is for timing and memory on a GPU",
+            fix="run it on a GPU machine, or use --model tiny on the CPU",
+        )
+    if device == "cpu" and options.backend == "wan-repo":
+        raise UsageError(
+            "the official generate.py runs on CUDA GPUs only",
+            why="it puts every model on cuda:LOCAL_RANK and its attention is flash-attn's",
+            fix="drop --device cpu, or use the diffusers backend (--model tiny runs on the CPU)",
+        )
+    if device == "cuda" and not visible:
+        raise UsageError(
+            "no GPU is visible",
+            why=report.inventory.error or "CUDA_VISIBLE_DEVICES hides them, or NVML sees none",
+            fix="check `nvidia-smi -L` and CUDA_VISIBLE_DEVICES; --model tiny runs on the CPU",
+        )
+    return device
+
+
+def check_preflight(report: DoctorReport, device: str) -> None:
+    """Refuse when a check that matters for this run failed (on the CPU: torch, diffusers,
+    ffmpeg)."""
+    failed = [
+        check
+        for check in report.checks
+        if check.status is Status.FAIL and (device == "cuda" or check.name in CPU_CHECKS)
+    ]
+    if failed:
+        raise WanctlError(
+            f"the preflight found {len(failed)} problem(s) that would stop the run",
+            why="; ".join(check.finding for check in failed),
+            fix="; ".join(check.fix for check in failed)
+            + " (`wanctl doctor` explains; --skip-preflight launches anyway)",
+        )

@@ -1,0 +1,52 @@
+"""The diffusers backend: the command line of `wanctl.workers.generate`, and the finish that
+reads what its ranks recorded."""
+
+from __future__ import annotations
+
+from wanctl.core.launch import (
+    RunResult,
+)
+from wanctl.core.settings import Settings
+from wanctl.core.worker import WorkerRequest, read_ranks
+from wanctl.generate.failures import failure, read_statuses
+from wanctl.generate.options import GenerateOptions, RunPaths
+from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, summary
+from wanctl.models.attention import AttentionChoice
+
+
+def worker_request(
+    options: GenerateOptions, device: str, settings: Settings, paths: RunPaths, vae: str
+) -> WorkerRequest:
+    """What `wanctl.workers.generate` is asked to run."""
+    o = options
+    return WorkerRequest(
+        prompt=o.prompt, size=o.size, frames=o.frames, steps=o.steps, seed=o.seed, device=device,
+        settings=settings, latents=paths.latents, output=paths.output, vae=vae,
+        run_dir=paths.run_dir, model=o.model, ckpt_dir=o.ckpt_dir,
+        negative_prompt=o.negative_prompt, image=o.image, guidance=o.guidance,
+    )  # fmt: skip
+
+
+def finish(plan: GeneratePlan, result: RunResult, start: float) -> GenerateSummary:
+    ranks = read_ranks(plan.paths.run_dir)
+    if ranks is None:  # rank 0 writes them once every rank has decoded its part
+        raise failure(plan, read_statuses(plan.paths.run_dir), result)
+    attention = ranks[0].get("attention")
+    steps = ranks[0]["step_seconds"]
+    seconds = ranks[0]["seconds"]
+    return summary(
+        plan,
+        start,
+        seconds_per_step=sum(steps[1:]) / (len(steps) - 1) if len(steps) > 1 else steps[0],
+        first_step_s=steps[0],
+        text_encode_s=seconds["text_encode"],
+        load_s=seconds["load"],
+        sampling_s=sum(steps),
+        decode_s=seconds["vae_decode"],
+        decode_warmup_s=seconds["vae_warmup"],
+        per_rank=[
+            RankFigures(r["rank"], r["peak_allocated_gib"], r["peak_reserved_gib"]) for r in ranks
+        ],
+        attention=AttentionChoice.from_dict(attention) if attention else None,
+        notes=[r["kernel_problem"] for r in ranks if r.get("kernel_problem")][:1],
+    )

@@ -1,0 +1,177 @@
+"""What `prepare` resolves before launch (`GeneratePlan`) and what a run reports
+(`GenerateSummary`), with its phases' predicted and measured peaks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wanctl.core.launch import (
+    LaunchSpec,
+)
+from wanctl.core.settings import Settings
+from wanctl.generate.options import GenerateOptions, RunPaths
+from wanctl.models.attention import AttentionChoice
+from wanctl.models.pipelines import FPS
+from wanctl.tune.predict import MemoryPlan
+
+
+@dataclass(frozen=True)
+class GeneratePlan:
+    """Everything resolved before launch: how many ranks, on what, with which settings (and
+    where each came from), the environment, and the command."""
+
+    options: GenerateOptions
+    device: str
+    ranks: int  # processes on this node
+    world: int  # all ranks: the Ulysses degree
+    settings: Settings
+    source: str  # where the settings come from: a preset, the model, the CPU defaults
+    overridden: tuple[str, ...]  # settings set by flags or by the environment
+    env: dict[str, str]  # what wanctl sets for the children
+    kept_env: dict[str, str]  # the user's own values, kept over the preset's
+    paths: RunPaths
+    vae: str  # the decoder `wanctl decode --vae` loads
+    spec: LaunchSpec
+    decode_command: str
+    predicted: MemoryPlan | None
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RankFigures:
+    """One rank's peak device memory per phase, GiB (None on the CPU or not measured)."""
+
+    rank: int
+    peak_allocated_gib: dict[str, float | None]
+    peak_reserved_gib: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class GenerateSummary:
+    output: Path
+    latents: Path
+    backend: str
+    model: str
+    device: str
+    ranks: int
+    frames: int
+    width: int
+    height: int
+    fps: float
+    steps: int
+    seconds_per_step: float | None  # mean over the steps after the first
+    first_step_s: float | None
+    text_encode_s: float | None
+    load_s: float | None
+    sampling_s: float | None
+    decode_s: float | None
+    decode_warmup_s: float | None  # GPU kernels compiled or loaded before the decode
+    total_s: float
+    settings: Settings
+    source: str
+    per_rank: list[RankFigures]
+    # The memory model's prediction of each phase against each rank's measured peak.
+    memory: list[PhaseCheck] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # The DiT's attention backend and the timings it was chosen from (diffusers on GPUs).
+    attention: AttentionChoice | None = None
+
+
+@dataclass(frozen=True)
+class PhaseCheck:
+    """One phase on one rank: the memory model's peak for the worst rank against the measured
+    one, GiB, and the relative errors (predicted / measured - 1)."""
+
+    phase: str
+    rank: int
+    predicted_allocated_gib: float
+    measured_allocated_gib: float
+    allocated_error: float
+    predicted_reserved_gib: float
+    measured_reserved_gib: float
+    reserved_error: float
+
+
+# Beyond this the model is told to be refitted (the model's own target, issue 11).
+MODEL_TOLERANCE = 0.10
+REFIT_COMMAND = (
+    "python benchmarks/memory_model.py on this GPU, then paste its rows into "
+    "wanctl/tune/measurements.py"
+)
+
+
+def memory_checks(predicted: MemoryPlan | None, per_rank: list[RankFigures]) -> list[PhaseCheck]:
+    """Each predicted phase against every rank that measured it (a rank past the decode ranks
+    does not decode)."""
+    if predicted is None:
+        return []
+    checks = []
+    for phase in predicted.phases:
+        for figures in per_rank:
+            allocated = figures.peak_allocated_gib.get(phase.name)
+            reserved = figures.peak_reserved_gib.get(phase.name)
+            skipped = phase.name == "decode" and figures.rank >= predicted.settings.decode_ranks
+            if allocated is None or reserved is None or skipped or not allocated:
+                continue
+            checks.append(
+                PhaseCheck(
+                    phase.name,
+                    figures.rank,
+                    round(phase.allocated_gib, 3),
+                    round(allocated, 3),
+                    round(phase.allocated_gib / allocated - 1, 4),
+                    round(phase.reserved_gib, 3),
+                    round(reserved, 3),
+                    round(phase.reserved_gib / reserved - 1, 4),
+                )  # fmt: skip
+            )
+    return checks
+
+
+def model_note(checks: list[PhaseCheck]) -> str | None:
+    """One line when a phase missed by more than `MODEL_TOLERANCE`, naming the worst."""
+    worst = max(
+        checks, key=lambda c: max(abs(c.allocated_error), abs(c.reserved_error)), default=None
+    )
+    if (
+        worst is None
+        or max(abs(worst.allocated_error), abs(worst.reserved_error)) <= MODEL_TOLERANCE
+    ):
+        return None
+    return (
+        f"the memory model missed {worst.phase} on rank {worst.rank} by "
+        f"{worst.allocated_error:+.0%} allocated, {worst.reserved_error:+.0%} reserved "
+        f"(predicted {worst.predicted_reserved_gib:.2f}, measured {worst.measured_reserved_gib:.2f} "
+        f"GiB reserved): refit with {REFIT_COMMAND}"
+    )
+
+
+def summary(
+    plan: GeneratePlan, start: float, *, notes: list[str] | None = None, **figures: Any
+) -> GenerateSummary:
+    options = plan.options
+    width, height = options.dimensions
+    checks = memory_checks(plan.predicted, figures.get("per_rank", []))
+    missed = model_note(checks)
+    return GenerateSummary(
+        output=plan.paths.output,
+        latents=plan.paths.latents,
+        backend=options.backend,
+        model=options.model or str(options.ckpt_dir),
+        device=plan.device,
+        ranks=plan.world,
+        frames=options.frames,
+        width=width,
+        height=height,
+        fps=FPS,
+        steps=options.steps,
+        total_s=time.perf_counter() - start,
+        settings=plan.settings,
+        source=plan.source,
+        notes=[*plan.notes, *(notes or []), *([missed] if missed else [])],
+        memory=checks,
+        **figures,
+    )

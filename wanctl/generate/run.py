@@ -1,0 +1,211 @@
+"""`wanctl generate` as a library: a prompt to a video on N GPUs, with the rig's settings, and
+never a finished sampling thrown away.
+
+`prepare` checks the request, runs doctor's quick checks, resolves the settings (the rig's
+preset, or the memory model's plan; flags override them, and the preset file is never touched)
+and builds the one `LaunchSpec` that runs it: torchrun over `wanctl.workers.generate` (diffusers
+backend) or over the official `generate.py` of a Wan2.2 checkout (wan-repo backend). It writes
+nothing: `--dry-run` renders that spec. `run_generate` executes it, reads what every rank
+recorded, and returns a `GenerateSummary` or raises a `WanctlError` that names the rank, the
+phase and the cause.
+
+The latents are saved (`<output stem>.latents.safetensors`, the `wanctl.decode.latents` format) before
+any decode starts. With the wan-repo backend an import hook (`wanctl.workers.wan_hook`) makes
+the official code save them instead of decoding on rank 0 alone; wanctl then decodes them on
+every GPU (`wanctl.decode.job.run_decode`). When a decode fails the latents stay, and the error
+gives the `wanctl decode` command that finishes the job.
+
+Nothing here imports torch: the parent process only launches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from wanctl.core.launch import (
+    LaunchSpec,
+    Runner,
+    SubprocessRunner,
+    check_gpus_visible,
+    thread_env,
+    torchrun_argv,
+    visible_gpus,
+)
+from wanctl.core.settings import Settings
+from wanctl.core.worker import GENERATE_WORKER
+from wanctl.core.workload import Workload
+from wanctl.doctor.run import diagnose
+from wanctl.generate import diffusers, wan_repo
+from wanctl.generate.checks import (
+    check_disk,
+    check_preflight,
+    check_request,
+    check_tokens,
+    choose_device,
+)
+from wanctl.generate.diffusers import worker_request
+from wanctl.generate.options import GenerateOptions, RunPaths
+from wanctl.generate.plan import GeneratePlan, GenerateSummary
+from wanctl.generate.settings import check_settings, launch_env, overrides_of, resolve_settings
+from wanctl.generate.wan_repo import WAN_VAE, hook_env, torchrun_script_argv, wan_repo_args
+from wanctl.models.pipelines import NOTES, vae_spec
+from wanctl.probe.base import Probe
+from wanctl.tune.predict import MemoryPlan
+
+# --- what a rank records ---------------------------------------------------------------
+
+
+# --- checks before launch ----------------------------------------------------------------
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+# --- the command line and environment (pure) ---------------------------------------------
+
+
+def decode_command(paths: RunPaths, vae: str, settings: Settings, device: str) -> str:
+    """The `wanctl decode` line that turns the kept latents into the video."""
+    argv = ["wanctl", "decode", str(paths.latents), "-o", str(paths.output), "--vae", vae,
+            "--gpus", str(settings.decode_ranks), "--chunk-t", str(settings.chunk_t),
+            "--dtype", settings.decode_dtype]  # fmt: skip
+    if device == "cpu":
+        argv += ["--device", "cpu"]
+    return shlex.join(argv)
+
+
+def build_spec(
+    options: GenerateOptions,
+    device: str,
+    settings: Settings,
+    paths: RunPaths,
+    env: Mapping[str, str],
+) -> LaunchSpec:
+    ranks = options.gpus or 1
+    if options.backend == "wan-repo":
+        world = ranks * (options.nnodes or 1)
+        script = Path(options.wan_repo or ".") / "generate.py"
+        argv = torchrun_script_argv(
+            script, wan_repo_args(options, settings, paths, world), ranks,
+            nnodes=options.nnodes, rdzv_endpoint=options.rdzv_endpoint,
+        )  # fmt: skip
+    else:
+        args = worker_request(options, device, settings, paths, model_vae(options)).argv()
+        nnodes = str(options.nnodes) if options.nnodes else None
+        argv = torchrun_argv(GENERATE_WORKER, args, ranks, nnodes=nnodes,
+                             rdzv_endpoint=options.rdzv_endpoint)  # fmt: skip
+    # The official code logs to stdout; wanctl's workers write to stderr only.
+    capture = options.json_stdout and options.backend == "wan-repo"
+    return LaunchSpec(argv, dict(env), options.timeout_s, capture_output=capture)
+
+
+def model_vae(options: GenerateOptions) -> str:
+    if options.backend == "wan-repo":
+        return str(Path(options.ckpt_dir or ".") / WAN_VAE)
+    return vae_spec(options.model, options.ckpt_dir)
+
+
+# --- putting it together -----------------------------------------------------------------
+
+
+def prepare(
+    options: GenerateOptions,
+    *,
+    probe: Probe,
+    env: Mapping[str, str] = os.environ,
+    disk_free: Callable[[Path], int] = lambda folder: shutil.disk_usage(folder).free,
+) -> GeneratePlan:
+    """Check everything that can be checked before launch and build the launch. Writes
+    nothing (but a probe file, created and removed at once, in the output's folder); a refusal
+    is a `UsageError` (or a `WanctlError` for a failed preflight check)."""
+    check_request(options)
+    report = diagnose(probe)
+    visible = visible_gpus(len(report.inventory.live_gpus()), env)
+    device = choose_device(options, report, visible)
+    ranks = options.gpus or (visible if device == "cuda" else 1)
+    options = dataclasses.replace(options, gpus=ranks)
+    if device == "cuda":
+        check_gpus_visible(ranks, visible)
+    world = ranks * (options.nnodes or 1)
+    width, height = options.dimensions
+    workload = Workload(width, height, options.frames, world, image=options.image is not None)
+    check_tokens(workload, options.backend)
+    if options.preflight:
+        check_preflight(report, device)
+    settings, source, predicted, settings_env = resolve_settings(
+        options, device, report, workload, env
+    )
+    check_settings(settings, options, workload)
+    paths = RunPaths.for_output(options.output)
+    check_disk(paths, workload, disk_free(paths.output.parent))
+    wanted = {**settings_env, **thread_env(device, ranks, env)}
+    child_env, kept = launch_env(wanted, dict(options.env), env)
+    if options.backend == "wan-repo":
+        # the user's --env PYTHONPATH, like any --env, over the exported one
+        child_env.update(hook_env(paths, options, {**env, **dict(options.env)}))
+    vae = model_vae(options)
+    return GeneratePlan(
+        options=options,
+        device=device,
+        ranks=ranks,
+        world=world,
+        settings=settings,
+        source=source,
+        overridden=tuple(sorted(overrides_of(options, env))),
+        env=child_env,
+        kept_env=kept,
+        paths=paths,
+        vae=vae,
+        spec=build_spec(options, device, settings, paths, child_env),
+        decode_command=decode_command(paths, vae, settings, device),
+        predicted=predicted,
+        notes=_notes(options, device, world, predicted, kept),
+    )
+
+
+def _notes(
+    options: GenerateOptions,
+    device: str,
+    world: int,
+    predicted: MemoryPlan | None,
+    kept: Mapping[str, str],
+) -> tuple[str, ...]:
+    notes = [NOTES[options.model]] if options.model in NOTES else []
+    if device == "cpu":
+        notes.append(f"on the CPU: {world} process(es) over gloo, no preset")
+    notes += [f"{key}={value} kept from your environment" for key, value in kept.items()]
+    if predicted is not None and not predicted.fits:
+        notes.append(
+            f"the memory model predicts a peak of {predicted.peak_gib:.1f} GiB "
+            f"({predicted.peak_phase}) on a {predicted.card.gib:.0f} GiB card: it may not fit "
+            "(`wanctl tune` shows what would)"
+        )
+    return tuple(notes)
+
+
+def run_generate(
+    plan: GeneratePlan,
+    *,
+    runner: Runner | None = None,
+    notify: Callable[[str], None] = lambda _: None,
+) -> GenerateSummary:
+    """Launch the plan, and return the summary or raise what failed, rank and phase named."""
+    runner = runner or SubprocessRunner()
+    start = time.perf_counter()
+    plan.paths.run_dir.mkdir(exist_ok=True)
+    try:
+        result = runner.run(plan.spec)
+        if plan.options.backend == "wan-repo":
+            return wan_repo.finish(plan, result, runner, notify, start)
+        return diffusers.finish(plan, result, start)
+    finally:
+        shutil.rmtree(plan.paths.run_dir, ignore_errors=True)
+
+
+# --- failures ----------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""Where a run's settings come from: the rig's preset or the memory model's plan for this
+backend, then the user's flags and exported variables over them; the children's environment."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from wanctl.core.launch import (
+    CHUNK_ENV,
+    chunk_t,
+)
+from wanctl.core.settings import Settings
+from wanctl.core.workload import Workload
+from wanctl.doctor.report import DoctorReport
+from wanctl.errors import UsageError
+from wanctl.generate.options import GenerateOptions
+from wanctl.tune import presets
+from wanctl.tune.predict import MemoryPlan, predict
+
+# Variables the user may have exported under another name.
+ALIASES = {"PYTORCH_CUDA_ALLOC_CONF": ("PYTORCH_ALLOC_CONF",)}
+
+
+def resolve_settings(
+    options: GenerateOptions,
+    device: str,
+    report: DoctorReport,
+    workload: Workload,
+    env: Mapping[str, str],
+) -> tuple[Settings, str, MemoryPlan | None, dict[str, str]]:
+    """(settings, where they come from, the memory plan of exactly these settings, the
+    environment they export). On GPUs: the rig's preset for this workload and backend, else the
+    memory model's plan for the backend; flags, then the user's WAN_VAE_DECODE_CHUNK_T, over
+    them, and the plan re-predicted for what will run. On the CPU: float32 decode on every
+    rank, no plan (the CPU has no memory model)."""
+    overrides = overrides_of(options, env)
+    if device != "cuda":
+        settings = Settings(
+            backend=options.backend, decode_ranks=workload.gpus, decode_dtype="fp32",
+            text_encoder="cpu",
+        )  # fmt: skip
+        settings = dataclasses.replace(settings, **overrides)
+        return settings, "CPU defaults", None, {CHUNK_ENV: str(settings.chunk_t)}
+    resolved = presets.resolve(
+        report.inventory, workload, backend=options.backend, nccl_env=report.recommended_env
+    )
+    source = resolved.source
+    if source == "model":
+        source = f"memory model (no preset for {report.fingerprint} at this size)"
+    settings = dataclasses.replace(resolved.settings, **overrides)
+    plan = resolved
+    if settings != resolved.settings:  # the plan describes the run that will happen
+        plan = predict(workload, resolved.card, settings, nccl_env=report.recommended_env)
+        plan = dataclasses.replace(plan, env={**resolved.env, **plan.env}, source=source)
+    settings_env = {**plan.env, CHUNK_ENV: str(settings.chunk_t)}
+    return settings, source, plan, settings_env
+
+
+def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the user chose: flags first, then an exported WAN_VAE_DECODE_CHUNK_T and
+    allocator configuration."""
+    chosen = {
+        name: getattr(options, name)
+        for name in ("chunk_t", "decode_ranks", "decode_dtype", "text_encoder", "offload", "dit")
+        if getattr(options, name) is not None
+    }
+    if "chunk_t" not in chosen and CHUNK_ENV in env:
+        chosen["chunk_t"] = chunk_t(None, env)
+    allocator = allocator_in_force(dict(options.env), env)
+    if allocator is not None:
+        chosen["expandable_segments"] = "expandable_segments:true" in allocator.lower()
+    return chosen
+
+
+def allocator_in_force(flags: Mapping[str, str], env: Mapping[str, str]) -> str | None:
+    """The allocator configuration the children will read, when the user set one (`--env`
+    over an exported value; either of PyTorch's names): the plan is made for it."""
+    for source in (flags, env):
+        for name in ("PYTORCH_CUDA_ALLOC_CONF", *ALIASES["PYTORCH_CUDA_ALLOC_CONF"]):
+            if name in source:
+                return source[name]
+    return None
+
+
+def check_settings(settings: Settings, options: GenerateOptions, workload: Workload) -> None:
+    """Settings the backend executes (`Settings.unsupported`) and a decode split it can make."""
+    problem = settings.unsupported()
+    if problem:
+        source = "your flags" if options.dit or options.offload is not None else "the preset"
+        raise UsageError(
+            f"the {settings.backend} backend cannot run these settings ({source})",
+            why=problem,
+            fix="drop --dit fsdp and --offload (`wanctl tune` says what fits), or use "
+            "--backend wan-repo",
+        )
+    _, height, width = workload.latent
+    rows = max(height, width)
+    if not 1 <= settings.decode_ranks <= min(workload.gpus, rows):
+        raise UsageError(
+            f"decode on {settings.decode_ranks} ranks is not possible here",
+            why=f"the run has {workload.gpus} ranks and the frame {rows} latent rows",
+            fix=f"use --decode-ranks 1 to {min(workload.gpus, rows)}",
+        )
+
+
+def launch_env(
+    wanted: Mapping[str, str],
+    flags: Mapping[str, str],
+    base: Mapping[str, str],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(the variables wanctl sets, the user's exported values it keeps). A variable the user
+    exported wins over the settings' (accelerate does the same for NCCL); `--env` wins over
+    both."""
+    kept = {
+        key: base[name]
+        for key in wanted
+        for name in (key, *ALIASES.get(key, ()))
+        if name in base and key not in flags
+    }
+    env = {k: v for k, v in wanted.items() if k not in kept}
+    return {**env, **flags}, {k: v for k, v in kept.items() if v != wanted[k]}

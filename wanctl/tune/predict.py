@@ -1,0 +1,294 @@
+"""The memory model: per-rank peak GPU memory of each phase of a Wan2.2 TI2V-5B run, and the
+search for settings that fit a card.
+
+A run goes through three phases; in each, the worst rank holds the weights of the models on its
+GPU and the phase's activations:
+
+- `text_encode` (only with the text encoder on the GPU): UMT5-XXL's bf16 weights and its
+  activations at 512 tokens. The encoder is freed once the prompt is encoded (it runs once).
+- `sampling`: the DiT's bf16 weights (replicated, or 1/N plus two unsharded blocks under FSDP)
+  and the activations of one forward over this rank's tokens. Ulysses splits the sequence: the
+  activations are `tokens x (per_local / N + per_global)`, the second part being what every rank
+  computes over the whole sequence (rotary tables, the gathered output).
+- `decode`: the VAE decoder's weights and the activations of one decoder call of `chunk_t`
+  latent frames over this rank's rows (patch-parallel decode: rows split over the decode ranks,
+  one halo row each side at the decoder's top resolution). Decoded frames go to the host.
+
+The VAE decoder stays on the GPU throughout. The DiT is loaded once the prompt is encoded and
+the text encoder freed, and stays for the decode unless `offload` moves it to the CPU first.
+Allocated memory is weights plus activations; the allocator reserves a ratio of the activations
+(`Coefficients.ratio`: the caching allocator keeps freed blocks; per phase and allocator
+setting, and for the decode per decoder and chunk_t); the CUDA context (and NCCL's buffers with
+several GPUs) comes on top. A plan fits when every phase leaves `SAFETY_MARGIN` of the card
+free.
+
+Every coefficient is fitted from `MEASUREMENTS`, which records what was measured, where, with
+which versions and how ("cuda": torch.cuda peak statistics on a GPU; "trace": live tensor bytes
+of the same run on fake tensors, `wanctl.tune.measure.TraceMeter`; "estimate": not measured, named as
+such). GPU rows win over traces. Paste the block `benchmarks/memory_model.py` prints and the
+fits follow (a later row of the same configuration replaces an earlier one); tests/test_memory.py
+checks that the model reproduces every GPU row within 10%. Rows no longer fitted stay in
+`SUPERSEDED`, with why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from wanctl.core.settings import (
+    DTYPE_BYTES,
+    GIB,
+    Placement,
+    Resident,
+    Settings,
+    placements,
+    run_problem,
+)
+from wanctl.core.workload import Workload, decode_pixels
+from wanctl.errors import UsageError
+from wanctl.probe.base import GpuInventory
+from wanctl.probe.catalog import parse_rig
+from wanctl.tune.fit import coefficients
+
+# A plan fits when its worst phase leaves this share of the card free (policy, not a
+# measurement): the fits below match their GPU rows within 6%, and a desktop session or
+# another process may hold a few hundred MiB.
+SAFETY_MARGIN = 0.05
+
+
+@dataclass(frozen=True)
+class Card:
+    """The GPU a plan is for: the smallest of the rig."""
+
+    name: str
+    memory_mib: int
+
+    @property
+    def gib(self) -> float:
+        return self.memory_mib / 1024
+
+    @classmethod
+    def described(cls, description: str) -> tuple[int, Card]:
+        """'2x RTX 5090 32GB' -> (2, the card): NVML's size for the model when the memory is
+        its own or not given, else the size given."""
+        count, model, memory_gb = parse_rig(description)
+        own = memory_gb in (None, round(model.memory_total_mib / 1024))
+        return count, cls(model.name, model.memory_total_mib if own else (memory_gb or 0) * 1024)
+
+    @classmethod
+    def smallest(cls, inventory: GpuInventory) -> Card:
+        sized = [gpu for gpu in inventory.live_gpus() if gpu.memory_total_mib]
+        if not sized:
+            raise UsageError(
+                "no GPU with a known memory size on this rig",
+                why=inventory.error or "NVML reported no usable GPU",
+                fix='plan for a described rig: --rig "2x RTX 5090 32GB"',
+            )
+        gpu = min(sized, key=lambda g: g.memory_total_mib or 0)
+        return cls(gpu.name or "GPU", gpu.memory_total_mib or 0)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase's peak on the worst rank, GiB. `parts` names what the weights and the
+    activations are."""
+
+    name: str
+    weights_gib: float
+    activations_gib: float
+    allocated_gib: float
+    reserved_gib: float
+    total_gib: float  # reserved + CUDA context (+ NCCL buffers)
+    parts: dict[str, float]
+    placement: Placement
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    workload: Workload
+    card: Card
+    settings: Settings
+    phases: tuple[Phase, ...]
+    peak_phase: str  # the phase with the largest total
+    peak_gib: float
+    budget_gib: float  # the card less the safety margin
+    headroom_gib: float  # the card less the peak
+    fits: bool
+    max_chunk_t: int  # the largest chunk_t that would still fit (0: none)
+    env: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    source: str = "model"
+    problem: str | None = None  # why the run cannot go whatever the memory (`ulysses_problem`)
+
+    @property
+    def runnable(self) -> bool:
+        """It fits, and diffusers' Ulysses can split it over its GPUs."""
+        return self.fits and self.problem is None
+
+
+def _gib(n_bytes: float) -> float:
+    return n_bytes / GIB
+
+
+def resident_gib(resident: Resident) -> float:
+    """GiB of one network's weights (or its FSDP shard) on a rank's GPU."""
+    if resident.network == "DiT" and resident.dtype == "bf16":  # diffusers keeps a few in fp32
+        n_bytes = (PARAMS["dit"] - DIT_FP32_PARAMS) * 2 + DIT_FP32_PARAMS * 4
+    else:
+        n_bytes = PARAMS[_PARAM_KEYS[resident.network]] * DTYPE_BYTES[resident.dtype]
+    return _gib(n_bytes / resident.shards)
+
+
+_PARAM_KEYS = {"DiT": "dit", "text encoder": "text_encoder", "VAE": "vae",
+               "VAE decoder": "vae_decoder"}  # fmt: skip
+
+
+def activations_gib(placement: Placement, workload: Workload, settings: Settings) -> float:
+    """GiB of a phase's activations on the worst rank: UMT5 at 512 tokens; one DiT forward over
+    this rank's share of the tokens (plus the two bf16 blocks FSDP gathers at a time); one
+    decoder call of `chunk_t` latent frames over this rank's rows."""
+    c = coefficients()
+    if placement.phase == "text_encode":
+        return c.text_encode_gib
+    if placement.phase == "sampling":
+        n_bytes = workload.tokens * (c.dit_local / workload.gpus + c.dit_global)
+        if any(r.network == "DiT" and r.shards > 1 for r in placement.resident):
+            n_bytes += 2 * PARAMS["dit_block"] * 2
+        return _gib(n_bytes)
+    fixed, per_frame = c.decode[settings.decoder]
+    pixels = decode_pixels(workload.width, workload.height, settings.decode_ranks)
+    return _gib(
+        pixels * DTYPE_BYTES[settings.decode_dtype] * (fixed + per_frame * settings.chunk_t)
+    )
+
+
+def phases(workload: Workload, settings: Settings, *, image: bool = False) -> tuple[Phase, ...]:
+    """Each phase's peak on the worst rank, from what the backend holds in it
+    (`wanctl.core.settings.placements`): the weights, the activations, the allocator's reserve
+    and the context."""
+    c = coefficients()
+    overhead = c.context_gib + (c.nccl_gib if workload.gpus > 1 else 0.0)
+    result = []
+    for placement in placements(settings, workload.gpus, image=image):
+        on_gpu = {r.describe(): resident_gib(r) for r in placement.resident}
+        weights_gib = sum(on_gpu.values())
+        activation = activations_gib(placement, workload, settings)
+        ratio = c.ratio(
+            placement.phase, settings.expandable_segments, settings.decoder, settings.chunk_t
+        )
+        reserved = weights_gib + ratio * activation
+        result.append(
+            Phase(
+                name=placement.phase,
+                weights_gib=weights_gib,
+                activations_gib=activation,
+                allocated_gib=weights_gib + activation,
+                reserved_gib=reserved,
+                total_gib=reserved + overhead,
+                parts={**on_gpu, "activations": activation, "context": overhead},
+                placement=placement,
+            )
+        )
+    return tuple(result)
+
+
+def allocator_conf(platform: str) -> str | None:
+    """`PYTORCH_CUDA_ALLOC_CONF`: expandable segments (the fix for fragmentation OOMs) except
+    where they are known to misbehave: on Windows a failed mapping leaves the allocator broken
+    (pytorch#188008). Never with max_split_size_mb: the two together trip an internal assert
+    (pytorch#119452), and max_split_size_mb is a last resort that no measurement here needs."""
+    return None if platform.startswith("win") else "expandable_segments:True"
+
+
+def environment(
+    settings: Settings, platform: str, nccl_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The variables to export for a run with `settings`."""
+    env = {"WAN_VAE_DECODE_CHUNK_T": str(settings.chunk_t)}
+    conf = allocator_conf(platform)
+    if conf:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = conf
+    return {**env, **(nccl_env or {})}
+
+
+def predict(
+    workload: Workload,
+    card: Card,
+    settings: Settings,
+    *,
+    platform: str = "linux",
+    nccl_env: Mapping[str, str] | None = None,
+) -> MemoryPlan:
+    """The plan of `settings` on `card`, fitting or not."""
+    if not 1 <= settings.decode_ranks <= workload.gpus:
+        raise UsageError(
+            f"{settings.decode_ranks} decode ranks for a run on {workload.gpus} GPUs",
+            fix=f"decode on 1 to {workload.gpus} ranks",
+        )
+    budget = card.gib * (1 - SAFETY_MARGIN)
+    result = phases(workload, settings)
+    peak = max(result, key=lambda phase: phase.total_gib)
+    return MemoryPlan(
+        workload=workload,
+        card=card,
+        settings=settings,
+        phases=result,
+        peak_phase=peak.name,
+        peak_gib=peak.total_gib,
+        budget_gib=budget,
+        headroom_gib=card.gib - peak.total_gib,
+        fits=peak.total_gib <= budget,
+        max_chunk_t=_max_chunk_t(workload, settings, budget),
+        env=environment(settings, platform, nccl_env),
+        notes=_notes(settings),
+        problem=run_problem(workload, settings),
+    )
+
+
+def _max_chunk_t(workload: Workload, settings: Settings, budget: float) -> int:
+    """The largest chunk_t whose plan still fits (decoding everything at once at most)."""
+    best = 0
+    for chunk_t in range(1, max(1, workload.latent[0] - 1) + 1):
+        trial = dataclasses.replace(settings, chunk_t=chunk_t)
+        if max(phase.total_gib for phase in phases(workload, trial)) > budget:
+            break
+        best = chunk_t
+    return best
+
+
+def _notes(settings: Settings) -> tuple[str, ...]:
+    notes = []
+    if settings.chunk_t == 1:
+        notes.append(
+            "chunk_t 1: more latent frames per decoder call buy no speed and each costs a "
+            "frame of activations"
+        )
+    if settings.text_encoder == "gpu" and settings.backend == "diffusers":
+        notes.append(
+            "the text encoder is freed from the GPU once the prompt is encoded, before the DiT "
+            "is loaded"
+        )
+    if settings.backend == "wan-repo":
+        notes.append(
+            "the official code keeps its fp32 VAE on the GPU throughout"
+            + (", and UMT5 too unless --offload_model" if settings.text_encoder == "gpu" else "")
+            + "; wanctl decodes in a process of its own once it has exited"
+        )
+    return tuple(notes)
+
+
+# Parameters of each network: `wanctl.models.configs.parameter_counts()` on the meta device
+# (diffusers 0.42.1, transformers of this venv); tests/test_memory.py checks them against it.
+PARAMS = {
+    "dit": 4_999_787_712,
+    "dit_block": 163_656_704,
+    "text_encoder": 5_680_910_336,
+    "vae_decoder": 555_051_580,
+    "vae": 704_688_668,  # encoder and decoder: what the pipelines hold to encode an image
+}
+
+
+# Of the DiT's parameters, diffusers keeps these in fp32 (`_keep_in_fp32_modules`).
+DIT_FP32_PARAMS = 10_973_184

@@ -1,0 +1,163 @@
+"""`wanctl tune` as a library: `run` takes `TuneOptions` and returns the `TuneReport` (the
+plan, what would fit instead, the preset saved, the figures measured)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+
+from wanctl.core.workload import Workload, parse_size
+from wanctl.doctor.passive import nccl_environment
+from wanctl.errors import UsageError, WanctlError
+from wanctl.probe.base import System, fingerprint
+from wanctl.probe.local import LocalProbe
+from wanctl.tune import presets
+from wanctl.tune.measure import MeasuredPhase, measure_plan
+from wanctl.tune.predict import MemoryPlan
+from wanctl.tune.search import Alternative, Constraints, alternatives, plan
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    gpus: int | None
+    size: str
+    frames: int
+    rig: str | None
+    preset: str | None
+    constraints: Constraints
+    measure: bool
+    save: bool
+    force: bool
+    json: bool
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    fingerprint: str
+    rig: presets.Rig
+    plan: MemoryPlan
+    alternatives: tuple[Alternative, ...]
+    saved: presets.Entry | None  # what the rig's preset already holds for this workload
+    preset_error: str | None = None  # why the rig's preset could not be read
+    measured: tuple[MeasuredPhase, ...] = ()
+    written: str | None = None  # the preset file written by --save / --measure
+
+    @property
+    def ran_out_of_memory(self) -> bool:
+        return any(phase.out_of_memory for phase in self.measured)
+
+
+def resolve_rig(options: TuneOptions) -> tuple[str, presets.Rig, str]:
+    """The rig's fingerprint, its description and the platform the run will be on."""
+    if options.rig is not None and options.preset is not None:
+        raise UsageError("--rig and --preset both name a rig", fix="give one of them")
+    if options.rig is not None:
+        inventory, rig = presets.rig_of(options.rig)
+        return fingerprint(inventory), rig, "linux"
+    if options.preset is not None:
+        found = presets.require(options.preset)
+        return found.fingerprint, found.rig, "linux"
+    probe = LocalProbe()
+    inventory = probe.gpus()
+    if not inventory.live_gpus():
+        raise UsageError(
+            "no GPU on this machine to plan for",
+            why=inventory.error or "NVML reported no GPU",
+            fix='plan for a described rig: --rig "2x RTX 5090 32GB"',
+        )
+    system: System = probe.system()
+    rig = presets.rig_from_inventory(inventory, nccl_environment(inventory, system))
+    return fingerprint(inventory), rig, sys.platform
+
+
+def run(options: TuneOptions) -> TuneReport:
+    rig_fingerprint, rig, platform = resolve_rig(options)
+    width, height = parse_size(options.size)
+    gpus = rig.gpus if options.gpus is None else options.gpus
+    if gpus > rig.gpus:
+        raise UsageError(
+            f"--gpus {gpus} on a rig of {rig.gpus} GPU{'s' if rig.gpus > 1 else ''}",
+            fix=f"use --gpus {rig.gpus} or fewer, or plan for a larger rig with --rig",
+        )
+    workload = Workload(width, height, options.frames, gpus)
+    constraints = options.constraints
+    chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env)
+    saved, preset_error = _saved_entry(rig_fingerprint, workload)
+    report = TuneReport(
+        fingerprint=rig_fingerprint,
+        rig=rig,
+        plan=chosen,
+        alternatives=()
+        if chosen.runnable
+        else alternatives(workload, rig.card, constraints, platform=platform),
+        saved=saved,
+        preset_error=preset_error,
+    )
+    if not chosen.runnable:
+        return report
+    entry = presets.entry_of(chosen, created=presets.now())
+    saving = options.save or options.measure
+    if saving:  # refused now, not after minutes of measuring
+        presets.check_save(presets.preset_path(rig_fingerprint), entry, force=options.force)
+    if options.measure:
+        report, entry = _measure(report, entry)
+        if report.ran_out_of_memory:
+            return report
+    if saving:
+        path = presets.save(rig_fingerprint, rig, entry, force=options.force)
+        report = dataclasses.replace(report, written=str(path))
+    return report
+
+
+def _saved_entry(
+    rig_fingerprint: str, workload: Workload
+) -> tuple[presets.Entry | None, str | None]:
+    """What the rig's preset holds for this run; an unreadable preset does not stop planning
+    (saving over it is refused)."""
+    try:
+        existing = presets.load(rig_fingerprint)
+    except UsageError as error:
+        return None, error.message
+    return (existing.find(workload) if existing else None), None
+
+
+def _measure(report: TuneReport, entry: presets.Entry) -> tuple[TuneReport, presets.Entry]:
+    """The plan run by the generate worker on this machine's GPUs; the figures go with it."""
+    phases = measure_plan(report.plan, LocalProbe().gpus())
+    figures = {
+        p.phase: presets.Figures.rounded(p.allocated_gib, p.reserved_gib, p.total_gib)
+        for p in phases
+        if p.reserved_gib is not None and p.total_gib is not None
+    }  # fmt: skip
+    entry = dataclasses.replace(entry, source="measured", measured=figures)
+    return dataclasses.replace(report, measured=phases), entry
+
+
+def refusal(report: TuneReport) -> WanctlError:
+    """Why the plan cannot run: Ulysses cannot split it over its GPUs (a bad request, exit 2,
+    like --gpus not dividing the heads), else nothing fits in memory (exit 1)."""
+    chosen = report.plan
+    nearest = "; ".join(alternative.change for alternative in report.alternatives)
+    if chosen.problem:
+        workload = chosen.workload
+        return UsageError(
+            f"{workload.size}x{workload.frames} cannot run on {workload.gpus} GPU(s)",
+            why=chosen.problem,
+            fix=f"nearest runs that fit: {nearest}"
+            if nearest
+            else "use another size, frame count or number of GPUs",
+        )
+    return no_fit(report)
+
+
+def no_fit(report: TuneReport) -> WanctlError:
+    chosen = report.plan
+    nearest = "; ".join(alternative.change for alternative in report.alternatives)
+    return WanctlError(
+        f"{chosen.workload.size}x{chosen.workload.frames} on {chosen.workload.gpus} GPU(s) "
+        f"does not fit on {chosen.card.name} ({chosen.card.gib:.1f} GiB)",
+        why=f"even the leanest settings need {chosen.peak_gib:.1f} GiB in {chosen.peak_phase}, "
+        f"and {chosen.budget_gib:.1f} GiB can be used",
+        fix=f"nearest runs that fit: {nearest}" if nearest else "use a larger GPU",
+    )
