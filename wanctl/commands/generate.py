@@ -224,6 +224,24 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
     for note in summary.notes:
         table.add_row("note", note)
     console.print(table)
+    if summary.memory:
+        console.print(memory_table(summary))
+
+
+def memory_table(summary: GenerateSummary) -> Table:
+    """Each phase on each rank: the memory model's peak against the measured one."""
+    table = Table(title="memory model: predicted / measured peak GiB (error)", title_justify="left")
+    for column in ("phase", "rank", "allocated", "error", "reserved", "error"):
+        table.add_column(column, justify="right")
+    for check in summary.memory:
+        table.add_row(
+            check.phase, str(check.rank),
+            f"{check.predicted_allocated_gib:.2f} / {check.measured_allocated_gib:.2f}",
+            f"{check.allocated_error:+.1%}",
+            f"{check.predicted_reserved_gib:.2f} / {check.measured_reserved_gib:.2f}",
+            f"{check.reserved_error:+.1%}",
+        )  # fmt: skip
+    return table
 
 
 def attention_line(choice: AttentionChoice) -> str:

@@ -83,7 +83,7 @@ def fit(rows: tuple[Measurement, ...] = MEASUREMENTS) -> Coefficients:
     """Fit the coefficients: GPU measurements where there are some, traces for the structure
     GPUs have not measured yet (how Ulysses splits the DiT's activations), per decoder.
     """
-    rows = in_effect(rows)
+    rows = tuple(m for m in in_effect(rows) if not m.held_out)
     decode_rows = {
         decoder: [m for m in _rows("decode", rows, "cuda") if m.decoder == decoder]
         or [m for m in _rows("decode", rows) if m.decoder == decoder]

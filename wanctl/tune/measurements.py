@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,13 @@ class Measurement:
     date: str
     source: str
     decoder: str = "diffusers"  # decode rows: "diffusers" (AutoencoderKLWan) or "wanctl"
+    # A row kept to judge the fit on a size it never saw: `fit` leaves it out.
+    held_out: bool = False
 
 
 # The columns of a run's rows (`measured_run`): phase, width, height, frames, ranks, chunk_t,
 # dtype, expandable segments, decoder, allocated GiB, reserved GiB (None for a trace), weights GiB.
-Row = tuple[str, int, int, int, int, int, str, bool, str, float, float | None, float]
+Row = tuple[Any, ...]  # the columns above, and `held_out` last where it is True
 
 
 def measured_run(
@@ -63,9 +66,9 @@ def measured_run(
         *(
             Measurement(phase, width, height, frames, ranks, chunk_t, dtype, expandable,
                         allocated, reserved, weights, method, device, versions, date, source,
-                        decoder)
+                        decoder, *held_out)
             for (phase, width, height, frames, ranks, chunk_t, dtype, expandable, decoder,
-                 allocated, reserved, weights) in rows
+                 allocated, reserved, weights, *held_out) in rows
         ),
     )  # fmt: skip
 

@@ -50,7 +50,7 @@ from wanctl.core.workload import Workload, decode_pixels
 from wanctl.errors import UsageError
 from wanctl.probe.base import GpuInventory
 from wanctl.probe.catalog import parse_rig
-from wanctl.tune.fit import coefficients
+from wanctl.tune.fit import Coefficients, coefficients
 
 # A plan fits when its worst phase leaves this share of the card free (policy, not a
 # measurement): the fits below match their GPU rows within 6%, and a desktop session or
@@ -145,7 +145,9 @@ _PARAM_KEYS = {"DiT": "dit", "text encoder": "text_encoder", "VAE": "vae",
                "VAE decoder": "vae_decoder"}  # fmt: skip
 
 
-def activations_gib(placement: Placement, workload: Workload, settings: Settings) -> float:
+def activations_gib(
+    placement: Placement, workload: Workload, settings: Settings, c: Coefficients | None = None
+) -> float:
     """GiB of a phase's activations on the worst rank: UMT5 at 512 tokens; one DiT forward over
     this rank's share of the tokens (plus the two bf16 blocks FSDP gathers at a time); one
     decoder call of `chunk_t` latent frames over this rank's rows."""
@@ -164,17 +166,19 @@ def activations_gib(placement: Placement, workload: Workload, settings: Settings
     )
 
 
-def phases(workload: Workload, settings: Settings, *, image: bool = False) -> tuple[Phase, ...]:
+def phases(
+    workload: Workload, settings: Settings, c: Coefficients | None = None
+) -> tuple[Phase, ...]:
     """Each phase's peak on the worst rank, from what the backend holds in it
     (`wanctl.core.settings.placements`): the weights, the activations, the allocator's reserve
     and the context."""
-    c = coefficients()
+    c = c or coefficients()
     overhead = c.context_gib + (c.nccl_gib if workload.gpus > 1 else 0.0)
     result = []
-    for placement in placements(settings, workload.gpus, image=image):
+    for placement in placements(settings, workload.gpus, image=workload.image):
         on_gpu = {r.describe(): resident_gib(r) for r in placement.resident}
         weights_gib = sum(on_gpu.values())
-        activation = activations_gib(placement, workload, settings)
+        activation = activations_gib(placement, workload, settings, c)
         ratio = c.ratio(
             placement.phase, settings.expandable_segments, settings.decoder, settings.chunk_t
         )
