@@ -36,7 +36,11 @@ def build_text_encoder(
     from transformers import UMT5Config, UMT5EncoderModel
 
     config = UMT5Config(**{**UMT5_XXL, **({"num_layers": num_layers} if num_layers else {})})
-    return _materialise(lambda: UMT5EncoderModel(config), device, dtype)
+    encoder: Any = _materialise(lambda: UMT5EncoderModel(config), device, dtype)
+    # One embedding table, as a checkpoint loads it: some transformers versions leave the
+    # encoder's copy untied after `to_empty` (1.96 GiB more, seen on the device's 2026-12 image).
+    encoder.encoder.embed_tokens.weight = encoder.shared.weight
+    return encoder
 
 
 def build_vae_decoder(device: torch.device | str, dtype: torch.dtype) -> AutoencoderKLWan:
