@@ -47,13 +47,15 @@ ALLOCATORS = {"expandable": "expandable_segments:True", "default": "expandable_s
 TOLERANCE = 0.10
 
 
-def run_once(width: int, height: int, frames: int, allocator: str, folder: Path) -> GenerateSummary:
+def run_once(
+    width: int, height: int, frames: int, allocator: str, folder: Path, chunk_t: int = 1
+) -> GenerateSummary:
     """One `wanctl generate` on one GPU: the worker's own phases, measured."""
     options = GenerateOptions(
         prompt="a red fox running through fresh snow at golden hour",
         output=folder / f"x{width}x{height}x{frames}-{allocator}.npy",
         size=f"{width}*{height}", frames=frames, steps=1, gpus=1, model="synthetic-5b",
-        env=(("PYTORCH_CUDA_ALLOC_CONF", ALLOCATORS[allocator]),),
+        env=(("PYTORCH_CUDA_ALLOC_CONF", ALLOCATORS[allocator]),), chunk_t=chunk_t,
     )  # fmt: skip
     summary = run_generate(prepare(options, probe=LocalProbe()))
     for path in (summary.output, summary.latents):
@@ -93,6 +95,7 @@ def rows_of(
             held_out=held_out,
         )  # fmt: skip
         for name in weights
+        if only in (None, name)
     ]
 
 
@@ -165,6 +168,11 @@ def measure(allocators: list[str], out: Path | None, console: Console) -> int:
                     summary = run_once(width, height, frames, allocator, Path(scratch))
                     summaries.append(summary)
                     rows += rows_of(summary, held_out, device, versions)
+            for width, height, frames in FIT:  # what each more latent frame per call costs
+                console.print(f"run {width}*{height}x{frames} {allocator} chunk_t 2")
+                summary = run_once(width, height, frames, allocator, Path(scratch), chunk_t=2)
+                summaries.append(summary)
+                rows += rows_of(summary, False, device, versions, only="decode")
     if out:
         out.write_text(json.dumps(to_jsonable(summaries), indent=1))
     console.print(block(rows, device, versions), highlight=False, markup=False)

@@ -18,11 +18,12 @@ from typer.testing import CliRunner
 
 from wanctl.cli import app
 from wanctl.core.launch import LaunchSpec, RunResult, SubprocessRunner
+from wanctl.core.worker import GENERATE_WORKER
 from wanctl.decode.latents import load_latents
 from wanctl.errors import WanctlError
 from wanctl.generate.failures import DecodeFailed
 from wanctl.generate.options import GenerateOptions
-from wanctl.generate.run import WORKER, prepare, run_generate
+from wanctl.generate.run import prepare, run_generate
 from wanctl.models.pipelines import tiny_text_encoder, tiny_transformer, tiny_vae, wan_scheduler
 from wanctl.probe.local import LocalProbe
 
@@ -53,7 +54,7 @@ class FailingRank:
 
     def run(self, spec: LaunchSpec) -> RunResult:
         (self.folder / "failing_worker.py").write_text(FAILING_WORKER)
-        argv = tuple("failing_worker" if arg == WORKER else arg for arg in spec.argv)
+        argv = tuple("failing_worker" if arg == GENERATE_WORKER else arg for arg in spec.argv)
         env = {**spec.env, "PYTHONPATH": str(self.folder), "FAIL_FUNCTION": self.function}
         return SubprocessRunner().run(dataclasses.replace(spec, argv=argv, env=env))
 

@@ -81,12 +81,9 @@ _TRACE = dict(
 
 
 MEASUREMENTS: tuple[Measurement, ...] = (
-    # `python benchmarks/memory_model.py` on one H100: text encoder, DiT forward and VAE decode
-    # (wanctl's engine and diffusers' loop, chunk_t 1 and 2) at three sizes, each phase alone,
-    # with the default allocator and with expandable segments. Paste a new run's block below
-    # this one (a later row of the same configuration replaces an earlier one) or in its place.
-    # Its wanctl rows measured the engine before commit 66b69bb: the block after it replaces
-    # them.
+    # `python benchmarks/memory_model.py` on one H100 (a harness of its own: each phase alone):
+    # its text encoder rows, and diffusers' decode loop (what the official decode would need),
+    # which no run of wanctl's measures.
     *measured_run(
         "NVIDIA H100 80GB HBM3",
         "torch 2.11.0+cu130, diffusers 0.42.1, transformers 5.17.0",
@@ -96,65 +93,45 @@ MEASUREMENTS: tuple[Measurement, ...] = (
             # phase, width, height, frames, ranks, chunk_t, dtype, expandable, decoder,
             # allocated, reserved, weights (GiB)
             ("text_encode", 0, 0, 0, 1, 0, "bf16", False, "diffusers", 11.878, 11.906, 11.62),
-            ("decode", 832, 480, 81, 1, 1, "bf16", False, "wanctl", 5.088, 6.633, 1.069),
-            ("decode", 832, 480, 81, 1, 2, "bf16", False, "wanctl", 7.205, 10.4, 1.07),
             ("decode", 832, 480, 81, 1, 1, "bf16", False, "diffusers", 5.468, 7.998, 1.069),
             ("decode", 832, 480, 81, 1, 2, "bf16", False, "diffusers", 7.969, 10.906, 1.07),
-            ("decode", 1280, 704, 121, 1, 1, "bf16", False, "wanctl", 10.127, 13.426, 1.07),
-            ("decode", 1280, 704, 121, 1, 2, "bf16", False, "wanctl", 14.854, 23.578, 1.072),
             ("decode", 1280, 704, 121, 1, 1, "bf16", False, "diffusers", 10.988, 14.896, 1.07),
             ("decode", 1280, 704, 121, 1, 2, "bf16", False, "diffusers", 16.575, 23.207, 1.072),
-            ("decode", 704, 1280, 49, 1, 1, "bf16", False, "wanctl", 10.127, 13.426, 1.07),
-            ("decode", 704, 1280, 49, 1, 2, "bf16", False, "wanctl", 14.854, 23.578, 1.072),
             ("decode", 704, 1280, 49, 1, 1, "bf16", False, "diffusers", 10.988, 14.896, 1.07),
             ("decode", 704, 1280, 49, 1, 2, "bf16", False, "diffusers", 16.575, 23.207, 1.072),
-            ("sampling", 832, 480, 81, 1, 0, "bf16", False, "diffusers", 11.938, 12.818, 10.411),
-            ("sampling", 1280, 704, 121, 1, 0, "bf16", False, "diffusers", 15.498, 16.443, 10.419),
-            ("sampling", 704, 1280, 49, 1, 0, "bf16", False, "diffusers", 12.545, 13.887, 10.413),
             ("text_encode", 0, 0, 0, 1, 0, "bf16", True, "diffusers", 11.874, 11.912, 11.648),
-            ("decode", 832, 480, 81, 1, 1, "bf16", True, "wanctl", 5.082, 6.053, 1.067),
-            ("decode", 832, 480, 81, 1, 2, "bf16", True, "wanctl", 7.2, 8.162, 1.067),
             ("decode", 832, 480, 81, 1, 1, "bf16", True, "diffusers", 5.463, 6.502, 1.067),
             ("decode", 832, 480, 81, 1, 2, "bf16", True, "diffusers", 7.963, 9.863, 1.067),
-            ("decode", 1280, 704, 121, 1, 1, "bf16", True, "wanctl", 10.123, 11.873, 1.067),
-            ("decode", 1280, 704, 121, 1, 2, "bf16", True, "wanctl", 14.85, 17.031, 1.068),
             ("decode", 1280, 704, 121, 1, 1, "bf16", True, "diffusers", 10.984, 13.299, 1.067),
             ("decode", 1280, 704, 121, 1, 2, "bf16", True, "diffusers", 16.571, 20.838, 1.068),
-            ("decode", 704, 1280, 49, 1, 1, "bf16", True, "wanctl", 10.123, 11.873, 1.067),
-            ("decode", 704, 1280, 49, 1, 2, "bf16", True, "wanctl", 14.85, 17.031, 1.068),
             ("decode", 704, 1280, 49, 1, 1, "bf16", True, "diffusers", 10.984, 13.299, 1.067),
             ("decode", 704, 1280, 49, 1, 2, "bf16", True, "diffusers", 16.571, 20.838, 1.068),
-            ("sampling", 832, 480, 81, 1, 0, "bf16", True, "diffusers", 11.933, 12.385, 10.407),
-            ("sampling", 1280, 704, 121, 1, 0, "bf16", True, "diffusers", 15.49, 16.643, 10.414),
-            ("sampling", 704, 1280, 49, 1, 0, "bf16", True, "diffusers", 12.539, 13.029, 10.408),
         ),
     ),
-    # `python benchmarks/memory_model.py --phases decode` on the same H100, re-measuring
-    # wanctl's engine as of 9e78095 (channels-last, fused norm + SiLU, sub-pixel upsample
-    # convs). Only its wanctl rows: the diffusers rows of that run ran after the engine had
-    # turned the shared VAE's conv weights channels-last in place, so they are in SUPERSEDED
-    # and the diffusers rows above stay in effect.
+    # `python benchmarks/memory_model.py --allocators expandable` on one H200: `wanctl generate
+    # --model synthetic-5b --steps 1` at the fit's sizes and at held-out ones (`held_out` True:
+    # the fit leaves them out, to judge it on sizes it never saw), each phase's peak as the
+    # worker reached it; the weights are the placement's, from the parameter counts. Its
+    # text_encode rows are not kept: that run's synthetic UMT5 held a second, untied copy of
+    # the embedding table (1.96 GiB) that no checkpoint has (fixed since).
     *measured_run(
-        "NVIDIA H100 80GB HBM3",
-        "torch 2.11.0+cu130, diffusers 0.42.1, transformers 5.17.0",
-        "2026-11-24",
-        context_gib=0.604,
-        context_after_gib=0.679,
+        "NVIDIA H200",
+        "torch 2.11.0+cu130, diffusers 0.42.1",
+        "2026-12-01",
+        source="benchmarks/memory_model.py: wanctl generate --model synthetic-5b --steps 1",
         rows=(
             # phase, width, height, frames, ranks, chunk_t, dtype, expandable, decoder,
-            # allocated, reserved, weights (GiB)
-            ("decode", 832, 480, 81, 1, 1, "bf16", False, "wanctl", 3.997, 5.834, 1.038),
-            ("decode", 832, 480, 81, 1, 2, "bf16", False, "wanctl", 5.329, 8.223, 1.069),
-            ("decode", 1280, 704, 121, 1, 1, "bf16", False, "wanctl", 7.594, 11.014, 1.07),
-            ("decode", 1280, 704, 121, 1, 2, "bf16", False, "wanctl", 10.587, 16.615, 1.07),
-            ("decode", 704, 1280, 49, 1, 1, "bf16", False, "wanctl", 7.594, 11.014, 1.07),
-            ("decode", 704, 1280, 49, 1, 2, "bf16", False, "wanctl", 10.587, 16.615, 1.07),
-            ("decode", 832, 480, 81, 1, 1, "bf16", True, "wanctl", 3.987, 4.803, 1.066),
-            ("decode", 832, 480, 81, 1, 2, "bf16", True, "wanctl", 5.32, 6.621, 1.066),
-            ("decode", 1280, 704, 121, 1, 1, "bf16", True, "wanctl", 7.586, 9.219, 1.066),
-            ("decode", 1280, 704, 121, 1, 2, "bf16", True, "wanctl", 10.579, 12.91, 1.067),
-            ("decode", 704, 1280, 49, 1, 1, "bf16", True, "wanctl", 7.586, 9.219, 1.066),
-            ("decode", 704, 1280, 49, 1, 2, "bf16", True, "wanctl", 10.579, 12.91, 1.067),
+            # allocated, reserved, weights (GiB), held out
+            ("sampling", 1280, 704, 121, 1, 1, "bf16", True, "wanctl", 14.509, 15.83, 9.333, False),
+            ("decode", 1280, 704, 121, 1, 1, "bf16", True, "wanctl", 7.176, 10.711, 1.034, False),
+            ("sampling", 832, 480, 81, 1, 1, "bf16", True, "wanctl", 10.918, 11.377, 9.333, False),
+            ("decode", 832, 480, 81, 1, 1, "bf16", True, "wanctl", 3.806, 5.162, 1.034, False),
+            ("sampling", 704, 1280, 49, 1, 1, "bf16", True, "wanctl", 11.529, 12.1, 9.333, True),
+            ("decode", 704, 1280, 49, 1, 1, "bf16", True, "wanctl", 7.176, 9.91, 1.034, True),
+            ("sampling", 1280, 704, 241, 1, 1, "bf16", True, "wanctl", 19.475, 20.947, 9.333, True),
+            ("decode", 1280, 704, 241, 1, 1, "bf16", True, "wanctl", 7.176, 10.672, 1.034, True),
+            ("sampling", 960, 544, 81, 1, 1, "bf16", True, "wanctl", 11.392, 11.924, 9.333, True),
+            ("decode", 960, 544, 81, 1, 1, "bf16", True, "wanctl", 4.627, 6.354, 1.034, True),
         ),
     ),
     # The same H100 under `--simulate`: the context once earlier phases had run in the process
@@ -215,6 +192,49 @@ _FACTS_VAE = dict(_H100, source="shared/notes/facts.md; the full AutoencoderKLWa
 # tests/test_memory.py checks the model's extrapolation in chunk_t and dtype against them. And
 # GPU rows set aside unfitted, each with why.
 SUPERSEDED: tuple[Measurement, ...] = (
+    # The sampling and wanctl decode rows of `benchmarks/memory_model.py`'s earlier harness
+    # (each phase alone, the VAE decoder held through sampling; the decode engine before and
+    # after 9e78095): replaced by runs of `wanctl generate` itself, which is what a plan
+    # describes. Their 704*1280x49 rows are now a held-out size of the fit.
+    *measured_run(
+        "NVIDIA H100 80GB HBM3",
+        "torch 2.11.0+cu130, diffusers 0.42.1, transformers 5.17.0",
+        "2026-11-24",
+        rows=(
+            # phase, width, height, frames, ranks, chunk_t, dtype, expandable, decoder,
+            # allocated, reserved, weights (GiB)
+            ("decode", 832, 480, 81, 1, 1, "bf16", False, "wanctl", 5.088, 6.633, 1.069),
+            ("decode", 832, 480, 81, 1, 2, "bf16", False, "wanctl", 7.205, 10.4, 1.07),
+            ("decode", 1280, 704, 121, 1, 1, "bf16", False, "wanctl", 10.127, 13.426, 1.07),
+            ("decode", 1280, 704, 121, 1, 2, "bf16", False, "wanctl", 14.854, 23.578, 1.072),
+            ("decode", 704, 1280, 49, 1, 1, "bf16", False, "wanctl", 10.127, 13.426, 1.07),
+            ("decode", 704, 1280, 49, 1, 2, "bf16", False, "wanctl", 14.854, 23.578, 1.072),
+            ("sampling", 832, 480, 81, 1, 0, "bf16", False, "diffusers", 11.938, 12.818, 10.411),
+            ("sampling", 1280, 704, 121, 1, 0, "bf16", False, "diffusers", 15.498, 16.443, 10.419),
+            ("sampling", 704, 1280, 49, 1, 0, "bf16", False, "diffusers", 12.545, 13.887, 10.413),
+            ("decode", 832, 480, 81, 1, 1, "bf16", True, "wanctl", 5.082, 6.053, 1.067),
+            ("decode", 832, 480, 81, 1, 2, "bf16", True, "wanctl", 7.2, 8.162, 1.067),
+            ("decode", 1280, 704, 121, 1, 1, "bf16", True, "wanctl", 10.123, 11.873, 1.067),
+            ("decode", 1280, 704, 121, 1, 2, "bf16", True, "wanctl", 14.85, 17.031, 1.068),
+            ("decode", 704, 1280, 49, 1, 1, "bf16", True, "wanctl", 10.123, 11.873, 1.067),
+            ("decode", 704, 1280, 49, 1, 2, "bf16", True, "wanctl", 14.85, 17.031, 1.068),
+            ("sampling", 832, 480, 81, 1, 0, "bf16", True, "diffusers", 11.933, 12.385, 10.407),
+            ("sampling", 1280, 704, 121, 1, 0, "bf16", True, "diffusers", 15.49, 16.643, 10.414),
+            ("sampling", 704, 1280, 49, 1, 0, "bf16", True, "diffusers", 12.539, 13.029, 10.408),
+            ("decode", 832, 480, 81, 1, 1, "bf16", False, "wanctl", 3.997, 5.834, 1.038),
+            ("decode", 832, 480, 81, 1, 2, "bf16", False, "wanctl", 5.329, 8.223, 1.069),
+            ("decode", 1280, 704, 121, 1, 1, "bf16", False, "wanctl", 7.594, 11.014, 1.07),
+            ("decode", 1280, 704, 121, 1, 2, "bf16", False, "wanctl", 10.587, 16.615, 1.07),
+            ("decode", 704, 1280, 49, 1, 1, "bf16", False, "wanctl", 7.594, 11.014, 1.07),
+            ("decode", 704, 1280, 49, 1, 2, "bf16", False, "wanctl", 10.587, 16.615, 1.07),
+            ("decode", 832, 480, 81, 1, 1, "bf16", True, "wanctl", 3.987, 4.803, 1.066),
+            ("decode", 832, 480, 81, 1, 2, "bf16", True, "wanctl", 5.32, 6.621, 1.066),
+            ("decode", 1280, 704, 121, 1, 1, "bf16", True, "wanctl", 7.586, 9.219, 1.066),
+            ("decode", 1280, 704, 121, 1, 2, "bf16", True, "wanctl", 10.579, 12.91, 1.067),
+            ("decode", 704, 1280, 49, 1, 1, "bf16", True, "wanctl", 7.586, 9.219, 1.066),
+            ("decode", 704, 1280, 49, 1, 2, "bf16", True, "wanctl", 10.579, 12.91, 1.067),
+        ),
+    ),
     # VAE decode of 1280x704x121, chunk_t latent frames per call, frames moved to the host.
     *(
         Measurement("decode", 1280, 704, 121, 1, k, "bf16", False, alloc, res, 1.313, "cuda",
