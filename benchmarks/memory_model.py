@@ -64,7 +64,7 @@ def run_once(
 
 
 def rows_of(
-    summary: GenerateSummary, held_out: bool, device: str, versions: str
+    summary: GenerateSummary, held_out: bool, device: str, versions: str, only: str | None = None
 ) -> list[Measurement]:
     """A run's phases as measurement rows: rank 0's peaks, and the weights its placement holds
     (exact, from the parameter counts: the activations are the rest)."""
