@@ -11,7 +11,7 @@ import typer
 from conftest import crashed
 from typer.testing import CliRunner
 
-import wanctl.commands.doctor as doctor_command
+import wanctl.doctor.run as doctor_run
 from wanctl.cli import app, handle_errors
 from wanctl.errors import UsageError, WanctlError
 from wanctl.probe.fake import scenario
@@ -20,7 +20,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def use_rig(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    monkeypatch.setattr(doctor_command, "LocalProbe", lambda: scenario(name))
+    monkeypatch.setattr(doctor_run, "LocalProbe", lambda: scenario(name))
     monkeypatch.setenv("COLUMNS", "250")  # rich wraps tables at 80 columns otherwise
 
 

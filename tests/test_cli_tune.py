@@ -9,7 +9,7 @@ import pytest
 from conftest import crashed
 from typer.testing import CliRunner
 
-import wanctl.commands.tune as tune_command
+import wanctl.tune.run as tune_run
 from wanctl.cli import app
 from wanctl.probe.fake import scenario
 from wanctl.tune import presets
@@ -75,13 +75,13 @@ def test_a_run_too_big_is_refused_with_the_nearest_that_fit(cli: CliRunner) -> N
 
 
 def test_no_gpu_here_asks_for_a_rig(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tune_command, "LocalProbe", lambda: scenario("no_driver"))
+    monkeypatch.setattr(tune_run, "LocalProbe", lambda: scenario("no_driver"))
     result = cli.invoke(app, ["tune"])
     assert result.exit_code == 2 and "--rig" in result.stderr
 
 
 def test_this_rig_from_the_probe(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tune_command, "LocalProbe", lambda: scenario("h100x8_nvlink"))
+    monkeypatch.setattr(tune_run, "LocalProbe", lambda: scenario("h100x8_nvlink"))
     report = json.loads(cli.invoke(app, ["tune", "--json"]).stdout)
     assert report["fingerprint"] == "8x-h100-80gb-nvlink"
     assert (
@@ -170,7 +170,7 @@ def test_presets_list_never_cuts_the_fingerprint_users_type(
 
 
 def test_no_empty_table_of_nearest_runs(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tune_command, "alternatives", lambda *args, **kwargs: ())
+    monkeypatch.setattr(tune_run, "alternatives", lambda *args, **kwargs: ())
     result = cli.invoke(app, ["tune", "--rig", "1x RTX 4090 24GB", "--frames", "241"])
     assert result.exit_code == 1 and "does not fit" in result.stdout
     assert "nearest runs that fit" not in result.output and "use a larger GPU" in result.stderr

@@ -35,10 +35,12 @@ from wanctl.workers.wan_hook import HOOK_DIR, LATENTS_ENV, RUN_DIR_ENV, SOURCE_E
 
 PYTHON = sys.executable
 TORCHRUN = (PYTHON, "-m", "wanctl.workers.torchrun")
-# The settings of the user preset these tests write for 2x RTX 5090: not the model's choice,
-# so that they can only come from the preset.
+# The settings of the user preset these tests write for 2x RTX 5090, one entry per backend:
+# not the model's choice (chunk_t 2; the official code's --offload_model), so that they can
+# only come from the preset. The diffusers worker neither offloads nor shards the DiT.
 PRESET = Settings(chunk_t=2, decode_ranks=2, decode_dtype="bf16", dit="replicated",
-                  offload=True, text_encoder="gpu")  # fmt: skip
+                  offload=False, text_encoder="gpu")  # fmt: skip
+WAN_PRESET = dataclasses.replace(PRESET, backend="wan-repo", offload=True)
 PRESET_ENV = {CHUNK_ENV: "2", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
               "NCCL_P2P_DISABLE": "1"}  # fmt: skip
 RTX5090X2 = FakeProbe(describe_rig(2, MODELS["rtx-5090"]))
@@ -47,13 +49,17 @@ H100X8 = FakeProbe(describe_rig(8, MODELS["h100"]))
 
 @pytest.fixture(autouse=True)
 def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private preset folder holding a user preset for 2x RTX 5090 at 1280*704 x 121."""
+    """A private preset folder holding a user preset for 2x RTX 5090 at 1280*704 x 121, with an
+    entry for each backend."""
     folder = tmp_path / "config"
     monkeypatch.setenv(presets.CONFIG_DIR_ENV, str(folder))
     inventory, rig = presets.rig_of("2x RTX 5090 32GB")
     modelled = presets.entry_of(plan(Workload(1280, 704, 121, 2), rig.card), created="x")
-    entry = dataclasses.replace(modelled, settings=PRESET, env=PRESET_ENV, created="2026-11-24")
-    presets.save(fingerprint(inventory), rig, entry)
+    for settings in (PRESET, WAN_PRESET):
+        entry = dataclasses.replace(modelled, settings=settings, env=PRESET_ENV,
+                                    created="2026-11-24")  # fmt: skip
+        presets.save(fingerprint(inventory), rig, entry)
+    assert len(presets.require(fingerprint(inventory)).entries) == 2  # keyed by backend too
     return folder
 
 
@@ -151,6 +157,8 @@ def test_wan_repo_backend_runs_the_official_script_with_the_users_flags(
     assert source == {"model": f"Wan2.2-ti2v-5B ({ckpt})", "prompt": "two cats box",
                       "seed": "7", "steps": "50", "size": "1280*704", "fps": "24.0"}  # fmt: skip
     assert env == PRESET_ENV
+    assert launched.settings == dataclasses.replace(WAN_PRESET, text_encoder="cpu")
+    assert launched.source.startswith("user preset")
     assert launched.vae == str(ckpt / "Wan2.2_VAE.pth")
     assert launched.overridden == ("text_encoder",)
 
@@ -208,7 +216,10 @@ def test_the_users_exported_variables_win_over_the_preset_and_env_flags_over_bot
         options(out, ckpt_dir=ckpt, env=(("NCCL_P2P_DISABLE", "0"),)),
         PYTORCH_ALLOC_CONF="max_split_size_mb:512", NCCL_P2P_DISABLE="1", **{CHUNK_ENV: "4"},
     )  # fmt: skip
-    assert launched.settings.chunk_t == 4 and launched.overridden == ("chunk_t",)
+    # the exported allocator configuration is in force: the plan is made for the default allocator
+    assert launched.settings.chunk_t == 4 and not launched.settings.expandable_segments
+    assert launched.overridden == ("chunk_t", "expandable_segments")
+    assert launched.predicted is not None and launched.predicted.settings == launched.settings
     assert launched.spec.env == {"NCCL_P2P_DISABLE": "0"}  # the children inherit the rest
     assert launched.kept_env == {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
     assert "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512 kept from your environment" in (
@@ -289,7 +300,8 @@ WAN_REPO = ("--backend", "wan-repo", "--wan-repo", "{repo}", "--ckpt-dir", "{off
 RIGS = {"rtx5090x2": RTX5090X2, "h100x8": H100X8, "no_driver": scenario("no_driver")}
 REFUSALS = {
     "more GPUs than visible": Refusal((*DIFFUSERS, "--gpus", "4"), "--gpus 4 asked, 2 visible"),
-    "Ulysses degree": Refusal((*DIFFUSERS, "--gpus", "5"), "Ulysses over 5 GPUs", "h100x8"),
+    "Ulysses degree": Refusal((*DIFFUSERS, "--gpus", "5"),
+                              "24 attention heads do not split over 5 GPUs", "h100x8"),
     "size not a multiple of 32": Refusal((*DIFFUSERS, "--size", "1280*720"),
                                          "not made of multiples of 32"),
     "tokens that do not split": Refusal((*DIFFUSERS, "--gpus", "3"), "do not split over 3",
@@ -313,15 +325,15 @@ REFUSALS = {
                                   "cannot read the image"),
     "negative prompt to the official code": Refusal((*WAN_REPO, "--negative-prompt", "blur"),
                                                     "--negative-prompt would not reach"),
-    "offload with diffusers": Refusal((*DIFFUSERS, "--no-offload"),
-                                      "is the official generate.py's --offload_model"),
+    "offload with diffusers": Refusal((*DIFFUSERS, "--offload"),
+                                      "--offload is the official generate.py's --offload_model"),
     "synthetic-5b on the CPU": Refusal(("--model", "synthetic-5b", "--device", "cpu"),
                                        "synthetic-5b is for timing and memory on a GPU"),
     "no GPU for a checkpoint": Refusal(DIFFUSERS, "no GPU is visible", "no_driver"),
     "FSDP with diffusers": Refusal((*DIFFUSERS, "--dit", "fsdp"),
-                                   "these settings shard it (dit = fsdp)"),
+                                   "FSDP sharding is the official code's --dit_fsdp"),
     "too many decode ranks": Refusal((*DIFFUSERS, "--decode-ranks", "3"),
-                                     "decode on 3 ranks is not possible"),
+                                     "3 decode ranks for a run on 2 GPUs"),
     "several nodes and no rendezvous": Refusal((*DIFFUSERS, "--nnodes", "2"),
                                                "--nnodes 2 without --rdzv-endpoint"),
     "chunk_t through --env": Refusal((*DIFFUSERS, "--env", "WAN_VAE_DECODE_CHUNK_T=4"),
@@ -473,6 +485,10 @@ def test_refusals_say_how_to_fix_them(ckpt: Path, out: Path) -> None:
     with pytest.raises(UsageError) as chunk:
         prepared(options(out, ckpt_dir=ckpt, env=(("WAN_VAE_DECODE_CHUNK_T", "4"),)))
     assert chunk.value.fix == "use --chunk-t 4"
+    with pytest.raises(UsageError) as heads:  # a Workload of 5 GPUs; Ulysses cannot split it
+        prepared(options(out, ckpt_dir=ckpt, gpus=5), H100X8)
+    assert "24 attention heads do not split over 5 GPUs" in heads.value.message
+    assert heads.value.fix == "use --gpus 2 or 3 or 4"
     from wanctl.core.launch import check_output
 
     with pytest.raises(UsageError) as proc:
@@ -501,13 +517,15 @@ def test_a_rank_that_failed_of_a_bug_points_to_its_traceback(ckpt: Path, out: Pa
 
 def test_generate_and_decode_share_one_check_and_one_name() -> None:
     import wanctl.core.launch as launch
+    import wanctl.generate.checks as checks
     import wanctl.generate.run as generate
+    import wanctl.generate.settings as settings
     from wanctl.decode import run as job
     from wanctl.decode import writers
 
-    assert generate.check_output is job.check_output is launch.check_output
-    assert generate.chunk_t is job.chunk_t is launch.chunk_t
+    assert checks.check_output is job.check_output is launch.check_output
+    assert settings.chunk_t is job.chunk_t is launch.chunk_t
     assert generate.thread_env is job.thread_env is launch.thread_env
-    assert generate.check_gpus_visible is job.check_gpus_visible
-    assert generate.CHUNK_ENV == launch.CHUNK_ENV == "WAN_VAE_DECODE_CHUNK_T"
+    assert generate.check_gpus_visible is job.check_gpus_visible is launch.check_gpus_visible
+    assert checks.CHUNK_ENV == settings.CHUNK_ENV == launch.CHUNK_ENV == "WAN_VAE_DECODE_CHUNK_T"
     assert launch.VIDEO_SUFFIXES == writers.SUFFIXES
