@@ -6,6 +6,7 @@ them on every rank into the user's path."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,8 +17,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import wanctl.generate.run as generate_run
 from wanctl.cli import app
 from wanctl.decode.latents import load_latents
+from wanctl.generate import checks
 from wanctl.decode.load import TINY_CONFIG, random_vae
 from wanctl.workers.wan_hook import HOOK_DIR, LATENTS_ENV, SOURCE_ENV
 
@@ -81,6 +84,19 @@ def official(tmp_path: Path) -> tuple[Path, Path]:
         path.write_text(text)
     torch.save(random_vae(TINY_CONFIG).state_dict(), ckpt / "Wan2.2_VAE.pth")
     return repo, ckpt
+
+
+@pytest.fixture(autouse=True)
+def official_code_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake official code runs on the CPU over gloo, which the real one cannot: generate's
+    refusal of `--backend wan-repo --device cpu` (tests/test_generate_launch.py) is lifted here,
+    every other device check kept."""
+
+    def choose_device(options, report, visible):  # type: ignore[no-untyped-def]
+        anywhere = dataclasses.replace(options, backend="diffusers")
+        return checks.choose_device(anywhere, report, visible)
+
+    monkeypatch.setattr(generate_run, "choose_device", choose_device)
 
 
 def run(cli: CliRunner, official: tuple[Path, Path], output: Path, *args: str):

@@ -25,7 +25,8 @@ from wanctl.errors import UsageError
 
 # torch.distributed.run, without its traceback when a worker fails (wanctl reports why)
 TORCHRUN = "wanctl.workers.torchrun"
-# Latent frames per decoder call, read by wanctl's decode (and by the official Wan2.2 VAE).
+# Latent frames per decoder call, read by wanctl's decode engine (the official vae2_2.py reads no
+# variable: the name came from a fork of it; wanctl keeps it for the users who set it).
 CHUNK_ENV = "WAN_VAE_DECODE_CHUNK_T"
 # What a video can be written as (`wanctl.decode.writers.SUFFIXES`, which imports torch).
 VIDEO_SUFFIXES = (".mp4", ".npy")
@@ -90,7 +91,7 @@ def thread_env(device: str, ranks: int, base: Mapping[str, str]) -> dict[str, st
 
 def chunk_t(option: int | None, env: Mapping[str, str]) -> int:
     """Latent frames per decoder call: `--chunk-t`, else `WAN_VAE_DECODE_CHUNK_T`, else 1
-    (more buys no speed and costs ~5.6 GiB per frame at 1280x704)."""
+    (more buys no speed and costs ~3.0 GiB per frame at 1280x704 in wanctl's bf16 engine)."""
     value: object = option if option is not None else env.get(CHUNK_ENV, "1")
     try:
         number = int(str(value))
