@@ -323,6 +323,8 @@ REFUSALS = {
     "missing image": Refusal((*DIFFUSERS, "--image", "{tmp}/cat.png"), "image not found"),
     "image that is none": Refusal((*DIFFUSERS, "--image", "{ckpt}/model_index.json"),
                                   "cannot read the image"),
+    "the official code on the CPU": Refusal((*WAN_REPO, "--device", "cpu"),
+                                            "the official generate.py runs on CUDA GPUs only"),
     "negative prompt to the official code": Refusal((*WAN_REPO, "--negative-prompt", "blur"),
                                                     "--negative-prompt would not reach"),
     "offload with diffusers": Refusal((*DIFFUSERS, "--offload"),
