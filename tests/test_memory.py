@@ -169,11 +169,11 @@ def test_tune_never_proposes_fsdp_or_offload_to_the_diffusers_worker() -> None:
     assert {s.dit for s in official} == {"replicated", "fsdp"}
     assert {s.offload for s in official} == {False, True}
     assert all(s.backend == "wan-repo" for s in official)
-    for pin in ({"dit": "fsdp"}, {"offload": True}):
-        pinned = plan(USER, H100, Constraints(**pin))  # type: ignore[arg-type]
+    for pin in (Constraints(dit="fsdp"), Constraints(offload=True)):
+        pinned = plan(USER, H100, pin)
         assert not pinned.runnable and pinned.problem == pinned.settings.unsupported(), pin
         assert pinned.problem
-        allowed = plan(USER, H100, Constraints(backend="wan-repo", **pin))  # type: ignore[arg-type]
+        allowed = plan(USER, H100, dataclasses.replace(pin, backend="wan-repo"))
         assert allowed.runnable and allowed.problem is None, pin
 
 
@@ -255,8 +255,8 @@ def test_the_gpu_rows_cover_the_target(expandable: bool) -> None:
     assert {(m.width, m.height, m.frames) for m in rows if m.held_out} == HELD_OUT_SIZES
     decode = {(m.width, m.height, m.frames, m.decoder, m.chunk_t)
               for m in rows if m.phase == "decode" and not m.held_out}  # fmt: skip
-    wanted = {(*size, "wanctl", k) for size in FIT_SIZES for k in (1, 2)}
-    assert decode >= wanted, sorted(wanted - decode)
+    wanted_decode = {(*size, "wanctl", k) for size in FIT_SIZES for k in (1, 2)}
+    assert decode >= wanted_decode, sorted(wanted_decode - decode)
     official = {(m.width, m.height, m.frames, m.chunk_t) for m in GPU_ROWS
                 if m.phase == "decode" and m.decoder == "diffusers"
                 and m.expandable == expandable}  # fmt: skip

@@ -20,8 +20,10 @@ from typer.testing import CliRunner
 import wanctl.generate.run as generate_run
 from wanctl.cli import app
 from wanctl.decode.latents import load_latents
-from wanctl.generate import checks
 from wanctl.decode.load import TINY_CONFIG, random_vae
+from wanctl.doctor.report import DoctorReport
+from wanctl.generate import checks
+from wanctl.generate.options import GenerateOptions
 from wanctl.workers.wan_hook import HOOK_DIR, LATENTS_ENV, SOURCE_ENV
 
 FAKE_GENERATE = """
@@ -92,7 +94,7 @@ def official_code_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     refusal of `--backend wan-repo --device cpu` (tests/test_generate_launch.py) is lifted here,
     every other device check kept."""
 
-    def choose_device(options, report, visible):  # type: ignore[no-untyped-def]
+    def choose_device(options: GenerateOptions, report: DoctorReport, visible: int) -> str:
         anywhere = dataclasses.replace(options, backend="diffusers")
         return checks.choose_device(anywhere, report, visible)
 
