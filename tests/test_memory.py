@@ -231,7 +231,7 @@ def test_the_benchmark_records_the_rows_these_tests_judge() -> None:
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     assert benchmark.SOURCE == GENERATE_SOURCE
-    assert set(benchmark.FIT) == FIT_SIZES and set(benchmark.HELD_OUT) == HELD_OUT_SIZES
+    assert set(benchmark.FIT) == FIT_SIZES and set(benchmark.HELD_OUT) >= HELD_OUT_SIZES
 
 
 @pytest.mark.parametrize("expandable", [True, False], ids=["expandable", "default"])
@@ -252,7 +252,8 @@ def test_the_gpu_rows_cover_the_target(expandable: bool) -> None:
         covered = {(m.width, m.height, m.frames) for m in rows if m.phase == phase}
         wanted = FIT_SIZES | HELD_OUT_SIZES
         assert covered >= wanted, (phase, sorted(wanted - covered))
-    assert {(m.width, m.height, m.frames) for m in rows if m.held_out} == HELD_OUT_SIZES
+    held_out = {(m.width, m.height, m.frames) for m in rows if m.held_out}
+    assert held_out >= HELD_OUT_SIZES and not held_out & FIT_SIZES
     decode = {(m.width, m.height, m.frames, m.decoder, m.chunk_t)
               for m in rows if m.phase == "decode" and not m.held_out}  # fmt: skip
     wanted_decode = {(*size, "wanctl", k) for size in FIT_SIZES for k in (1, 2)}
@@ -278,8 +279,8 @@ def test_the_model_reproduces_every_gpu_row_within_10_percent(m: Measurement | N
 
 def test_the_fit_is_judged_on_held_out_sizes_it_never_saw() -> None:
     """Held-out rows exist at every held-out size, for sampling and the decode, at sizes
-    whose tokens (and, for one at least, decoder rows) no fitted size has; the fit leaves them
-    out; and the model reproduces them within 10%."""
+    whose tokens (and, for one at least, decoder rows: 704*1280 decodes the rows of 1280*704)
+    no fitted size has; the fit leaves them out; and the model reproduces them within 10%."""
     if not GENERATE_ROWS:
         pytest.skip(NO_GENERATE_ROWS)
     held = [m for m in GENERATE_ROWS if m.held_out]
@@ -366,10 +367,18 @@ def test_every_coefficient_names_its_measurements() -> None:
         assert devices, decoder
         assert all(device in c.provenance[f"decode ({decoder})"] for device in devices)
         assert "trace" not in c.provenance[f"decode ({decoder})"]  # GPU rows win over traces
-    # measured: expandable segments reserve less than the default allocator
-    for k in (1, 2, 20):
-        for decoder in ("wanctl", "diffusers"):
-            assert 1 < c.ratio("decode", True, decoder, k) < c.ratio("decode", False, decoder, k)
+    # measured: expandable segments reserve less than the default allocator; a decoder whose
+    # decode no GPU measured with the default allocator yet must not be predicted to reserve
+    # less with it than with expandable segments
+    for decoder in ("wanctl", "diffusers"):
+        modes = {m.expandable for m in GPU_ROWS if m.phase == "decode" and m.decoder == decoder}
+        for k in (1, 2, 20):
+            expandable = c.ratio("decode", True, decoder, k)
+            default = c.ratio("decode", False, decoder, k)
+            if modes == {False, True}:
+                assert 1 < expandable < default, (decoder, k)
+            else:
+                assert 1 < expandable <= default, (decoder, k, "default allocator not measured")
     assert c.context_gib == max(m.allocated_gib for m in MEASUREMENTS if m.phase == "context")
     assert c.expandable_measured
 

@@ -105,7 +105,9 @@ def test_a_foreign_preset_is_refused(config_dir: Path) -> None:
 def test_settings_of_the_wrong_type_are_damage(config_dir: Path) -> None:
     key, rig, entry = user_rig()
     path = presets.save(key, rig, entry)
-    path.write_text(path.read_text().replace("chunk_t = 1", 'chunk_t = "one"'))
+    text = path.read_text()
+    assert "\nchunk_t = 1\n" in text  # the settings' line, not max_chunk_t's
+    path.write_text(text.replace("\nchunk_t = 1\n", '\nchunk_t = "one"\n'))
     with pytest.raises(UsageError, match="damaged"):
         presets.load(key)
 

@@ -32,6 +32,15 @@ class Coefficients:
     provenance: dict[str, str]
 
     def ratio(self, phase: str, expandable: bool, decoder: str = "", chunk_t: int = 0) -> float:
+        """`_ratio`, but never below expandable segments' for the default allocator's decode
+        (every measurement has it reserve more; a decoder measured with expandable segments
+        alone would otherwise take another decoder's default ratio)."""
+        if not expandable and phase == "decode":
+            return max(self._ratio(phase, False, decoder, chunk_t),
+                       self._ratio(phase, True, decoder, chunk_t))  # fmt: skip
+        return self._ratio(phase, expandable, decoder, chunk_t)
+
+    def _ratio(self, phase: str, expandable: bool, decoder: str = "", chunk_t: int = 0) -> float:
         """The reserved ratio of a phase: for the decode, the decoder's at the largest chunk_t
         measured up to `chunk_t` (the smallest measured if all are larger), else every
         decoder's; with the allocator setting asked, else with the default allocator (which
