@@ -520,7 +520,8 @@ def nccl_environment(inventory: GpuInventory, system: System) -> dict[str, str]:
     """NCCL settings from the readings alone. NCCL detects missing P2P by itself (CNS on
     GeForce) and uses SHM, and NCCL_P2P_DISABLE=1 where P2P works costs bandwidth: so it is
     set only where PCIe P2P is known harmful (the IOMMU translating peer traffic, which hangs
-    NCCL). The active all-reduce check (`wanctl.doctor.active`) overrides this with what it proved."""
+    NCCL). The active all-reduce check (`wanctl.doctor.active`) overrides this with what it
+    proved."""
     if _iommu_harms_p2p(inventory, system):
         return {"NCCL_P2P_DISABLE": "1"}
     return {}

@@ -144,8 +144,8 @@ def model_note(checks: list[PhaseCheck]) -> str | None:
     return (
         f"the memory model missed {worst.phase} on rank {worst.rank} by "
         f"{worst.allocated_error:+.0%} allocated, {worst.reserved_error:+.0%} reserved "
-        f"(predicted {worst.predicted_reserved_gib:.2f}, measured {worst.measured_reserved_gib:.2f} "
-        f"GiB reserved): refit with {REFIT_COMMAND}"
+        f"(predicted {worst.predicted_reserved_gib:.2f}, measured "
+        f"{worst.measured_reserved_gib:.2f} GiB reserved): refit with {REFIT_COMMAND}"
     )
 
 

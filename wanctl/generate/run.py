@@ -2,18 +2,19 @@
 never a finished sampling thrown away.
 
 `prepare` checks the request, runs doctor's quick checks, resolves the settings (the rig's
-preset, or the memory model's plan; flags override them, and the preset file is never touched)
+preset, or the memory model's plan for the backend; flags override them, the plan is made for
+what will run, and the preset file is never touched)
 and builds the one `LaunchSpec` that runs it: torchrun over `wanctl.workers.generate` (diffusers
 backend) or over the official `generate.py` of a Wan2.2 checkout (wan-repo backend). It writes
 nothing: `--dry-run` renders that spec. `run_generate` executes it, reads what every rank
 recorded, and returns a `GenerateSummary` or raises a `WanctlError` that names the rank, the
 phase and the cause.
 
-The latents are saved (`<output stem>.latents.safetensors`, the `wanctl.decode.latents` format) before
-any decode starts. With the wan-repo backend an import hook (`wanctl.workers.wan_hook`) makes
-the official code save them instead of decoding on rank 0 alone; wanctl then decodes them on
-every GPU (`wanctl.decode.job.run_decode`). When a decode fails the latents stay, and the error
-gives the `wanctl decode` command that finishes the job.
+The latents are saved (`<output stem>.latents.safetensors`, the `wanctl.decode.latents`
+format) before any decode starts. With the wan-repo backend an import hook
+(`wanctl.workers.wan_hook`) makes the official code save them instead of decoding on rank 0
+alone; wanctl then decodes them on every GPU (`wanctl.decode.run.run_decode`). When a decode
+fails the latents stay, and the error gives the `wanctl decode` command that finishes the job.
 
 Nothing here imports torch: the parent process only launches.
 """
@@ -52,7 +53,7 @@ from wanctl.generate.checks import (
 from wanctl.generate.diffusers import worker_request
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan, GenerateSummary
-from wanctl.generate.settings import check_settings, launch_env, overrides_of, resolve_settings
+from wanctl.generate.settings import launch_env, overrides_of, resolve_settings
 from wanctl.generate.wan_repo import WAN_VAE, hook_env, torchrun_script_argv, wan_repo_args
 from wanctl.models.pipelines import NOTES, vae_spec
 from wanctl.probe.base import Probe
@@ -141,7 +142,6 @@ def prepare(
     settings, source, predicted, settings_env = resolve_settings(
         options, device, report, workload, env
     )
-    check_settings(settings, options, workload)
     paths = RunPaths.for_output(options.output)
     check_disk(paths, workload, disk_free(paths.output.parent))
     wanted = {**settings_env, **thread_env(device, ranks, env)}

@@ -34,7 +34,8 @@ def resolve_settings(
     environment they export). On GPUs: the rig's preset for this workload and backend, else the
     memory model's plan for the backend; flags, then the user's WAN_VAE_DECODE_CHUNK_T, over
     them, and the plan re-predicted for what will run. On the CPU: float32 decode on every
-    rank, no plan (the CPU has no memory model)."""
+    rank, no plan (the CPU has no memory model). Settings the backend cannot run are refused
+    (`check_settings`) before they are priced."""
     overrides = overrides_of(options, env)
     if device != "cuda":
         settings = Settings(
@@ -42,6 +43,7 @@ def resolve_settings(
             text_encoder="cpu",
         )  # fmt: skip
         settings = dataclasses.replace(settings, **overrides)
+        check_settings(settings, options, workload)
         return settings, "CPU defaults", None, {CHUNK_ENV: str(settings.chunk_t)}
     resolved = presets.resolve(
         report.inventory, workload, backend=options.backend, nccl_env=report.recommended_env
@@ -50,6 +52,7 @@ def resolve_settings(
     if source == "model":
         source = f"memory model (no preset for {report.fingerprint} at this size)"
     settings = dataclasses.replace(resolved.settings, **overrides)
+    check_settings(settings, options, workload)
     plan = resolved
     if settings != resolved.settings:  # the plan describes the run that will happen
         plan = predict(workload, resolved.card, settings, nccl_env=report.recommended_env)

@@ -8,7 +8,7 @@ import itertools
 from dataclasses import dataclass
 from functools import cache
 
-from wanctl.core.settings import DTYPE_BYTES, GIB, PHASES, Settings
+from wanctl.core.settings import DTYPE_BYTES, GIB, PHASES
 from wanctl.core.workload import Workload, decode_pixels
 from wanctl.tune.measurements import MEASUREMENTS, Measurement
 
@@ -139,7 +139,13 @@ def fit(rows: tuple[Measurement, ...] = MEASUREMENTS) -> Coefficients:
 
 
 def _decode_fit(rows: list[Measurement]) -> tuple[float, float]:
-    """Activation bytes per rank pixel per dtype byte = fixed + per_frame x chunk_t."""
+    """Activation bytes per rank pixel per dtype byte = fixed + per_frame x chunk_t. Rows of a
+    single chunk_t cannot say what a frame more per call costs: refused, never a free chunk."""
+    if len({m.chunk_t for m in rows}) < 2:
+        raise ValueError(
+            f"the {rows[0].decoder} decode rows measure chunk_t {rows[0].chunk_t} alone: the "
+            "fit needs two chunk_t values (benchmarks/memory_model.py measures 1 and 2)"
+        )
     return _least_squares([
         (float(m.chunk_t), (m.allocated_gib - m.weights_gib) * GIB
          / (decode_pixels(m.width, m.height, m.ranks) * DTYPE_BYTES[m.dtype]))
@@ -196,20 +202,3 @@ def coefficients() -> Coefficients:
 
 def tokens(m: Measurement) -> int:
     return Workload(m.width, m.height, m.frames, 1).tokens
-
-
-def setup_of(m: Measurement) -> tuple[Workload, Settings]:
-    """The workload and settings `benchmarks/memory_model.py` measured a row with: one GPU,
-    each phase alone (the decode holding the VAE decoder only: the DiT offloaded), at the row's
-    chunk_t, dtype, decoder and allocator setting. The text encoder's row has no size (any
-    workload gives the same prediction)."""
-    workload = Workload(m.width or 1280, m.height or 704, m.frames or 121, m.ranks)
-    settings = Settings(
-        chunk_t=max(1, m.chunk_t),
-        decode_ranks=m.ranks if m.phase == "decode" else 1,
-        decode_dtype=m.dtype,
-        offload=True,
-        expandable_segments=m.expandable,
-        decoder=m.decoder,
-    )
-    return workload, settings

@@ -73,7 +73,7 @@ def measured_run(
     )  # fmt: skip
 
 
-_TRACE = dict(
+_TRACE: dict[str, Any] = dict(
     versions="torch 2.13.0+cpu, diffusers 0.42.1, transformers 5.23.0",
     date="2026-11-24",
     source="benchmarks/memory_model.py --trace",
@@ -180,17 +180,19 @@ MEASUREMENTS: tuple[Measurement, ...] = (
 )  # fmt: skip
 
 
-_H100 = dict(
+_H100: dict[str, Any] = dict(
     device="1x NVIDIA H100 80GB",
     versions="driver 580, torch 2.11+cu130, diffusers 0.42.1",
     date="2026-11-24",
 )
 
 
-_FACTS = dict(_H100, source="shared/notes/facts.md")
+_FACTS: dict[str, Any] = dict(_H100, source="shared/notes/facts.md")
 
 
-_FACTS_VAE = dict(_H100, source="shared/notes/facts.md; the full AutoencoderKLWan held (704.7 M)")
+_FACTS_VAE: dict[str, Any] = dict(
+    _H100, source="shared/notes/facts.md; the full AutoencoderKLWan held (704.7 M)"
+)
 
 
 # Earlier anchors the fit no longer uses, kept for the record: facts.md's single runs on an H100

@@ -1,34 +1,24 @@
-"""The memory model: per-rank peak GPU memory of each phase of a Wan2.2 TI2V-5B run, and the
-search for settings that fit a card.
+"""The memory model: each phase's peak GPU memory on the worst rank of a Wan2.2 TI2V-5B run,
+for what the backend really holds in it (`wanctl.core.settings.placements`).
 
-A run goes through three phases; in each, the worst rank holds the weights of the models on its
-GPU and the phase's activations:
-
-- `text_encode` (only with the text encoder on the GPU): UMT5-XXL's bf16 weights and its
-  activations at 512 tokens. The encoder is freed once the prompt is encoded (it runs once).
-- `sampling`: the DiT's bf16 weights (replicated, or 1/N plus two unsharded blocks under FSDP)
-  and the activations of one forward over this rank's tokens. Ulysses splits the sequence: the
+- `text_encode` (UMT5 on the GPU): its bf16 weights (and, for the official code, its fp32 VAE
+  and, with several ranks, the DiT, loaded at construction) and its activations at 512 tokens.
+- `sampling`: the DiT's weights (bf16 whole, or for the official code's FSDP an fp32 1/N shard
+  plus two gathered bf16 blocks), what else the backend keeps (the fp32 VAE with an image for
+  diffusers; the fp32 VAE always, and UMT5 unless offloaded, for the official code), and the
+  activations of one forward over this rank's tokens. Ulysses splits the sequence: the
   activations are `tokens x (per_local / N + per_global)`, the second part being what every rank
   computes over the whole sequence (rotary tables, the gathered output).
-- `decode`: the VAE decoder's weights and the activations of one decoder call of `chunk_t`
-  latent frames over this rank's rows (patch-parallel decode: rows split over the decode ranks,
-  one halo row each side at the decoder's top resolution). Decoded frames go to the host.
+- `decode`: wanctl's engine in both backends, holding the VAE decoder alone, and the activations
+  of one decoder call of `chunk_t` latent frames over this rank's rows (rows split over the
+  decode ranks, one halo row each side at the decoder's top resolution).
 
-The VAE decoder stays on the GPU throughout. The DiT is loaded once the prompt is encoded and
-the text encoder freed, and stays for the decode unless `offload` moves it to the CPU first.
-Allocated memory is weights plus activations; the allocator reserves a ratio of the activations
-(`Coefficients.ratio`: the caching allocator keeps freed blocks; per phase and allocator
-setting, and for the decode per decoder and chunk_t); the CUDA context (and NCCL's buffers with
-several GPUs) comes on top. A plan fits when every phase leaves `SAFETY_MARGIN` of the card
-free.
-
-Every coefficient is fitted from `MEASUREMENTS`, which records what was measured, where, with
-which versions and how ("cuda": torch.cuda peak statistics on a GPU; "trace": live tensor bytes
-of the same run on fake tensors, `wanctl.tune.measure.TraceMeter`; "estimate": not measured, named as
-such). GPU rows win over traces. Paste the block `benchmarks/memory_model.py` prints and the
-fits follow (a later row of the same configuration replaces an earlier one); tests/test_memory.py
-checks that the model reproduces every GPU row within 10%. Rows no longer fitted stay in
-`SUPERSEDED`, with why.
+Weights come from the parameter counts (`PARAMS`, exact); activations from coefficients fitted
+on measured runs (`wanctl.tune.fit`, `wanctl.tune.measurements`); the allocator reserves a ratio
+of the activations (`Coefficients.ratio`, per phase and allocator setting, and for the decode
+per decoder and chunk_t); the CUDA context (and NCCL's buffers with several GPUs) comes on top.
+A plan fits when every phase leaves `SAFETY_MARGIN` of the card free. tests/test_memory.py
+checks the model against every measured run, on sizes the fit used and on sizes it left out.
 """
 
 from __future__ import annotations

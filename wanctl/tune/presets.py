@@ -394,9 +394,9 @@ def resolve(
     platform: str = sys.platform,
 ) -> MemoryPlan:
     """The plan for `workload` with `backend` on this rig: a preset's settings when one holds
-    this workload for this backend (user before shipped; figures re-predicted by the current model, its env as saved with
-    doctor's current `nccl_env` over it: today's finding wins, the file is not changed), else
-    the model's own choice. `source` says which."""
+    this workload for this backend (user before shipped; figures re-predicted by the current
+    model, its env as saved with doctor's current `nccl_env` over it: today's finding wins, the
+    file is not changed), else the model's own choice for the backend. `source` says which."""
     card = Card.smallest(inventory)
     preset = load(fingerprint(inventory))
     entry = preset.find(workload, backend) if preset else None

@@ -46,10 +46,10 @@ def candidates(workload: Workload, constraints: Constraints, platform: str) -> I
     offloads = [False, True] if official else [False]
     choices = itertools.product(
         [constraints.dit] if constraints.dit else dits,
-        [constraints.offload] if constraints.offload is not None else offloads,
         [constraints.text_encoder] if constraints.text_encoder else encoders,
+        [constraints.offload] if constraints.offload is not None else offloads,
     )
-    for dit, offload, encoder in choices:
+    for dit, encoder, offload in choices:
         yield Settings(
             backend=constraints.backend,
             chunk_t=constraints.chunk_t or 1,
