@@ -36,10 +36,7 @@ def build_text_encoder(
     from transformers import UMT5Config, UMT5EncoderModel
 
     config = UMT5Config(**{**UMT5_XXL, **({"num_layers": num_layers} if num_layers else {})})
-    encoder: Any = _materialise(lambda: UMT5EncoderModel(config), device, dtype)
-    # One embedding table, as a checkpoint loads it: some transformers versions leave the
-    # encoder's copy untied after `to_empty` (1.96 GiB more, seen on the device's 2026-12 image).
-    encoder.encoder.embed_tokens.weight = encoder.shared.weight
+    encoder: UMT5EncoderModel = _materialise(lambda: UMT5EncoderModel(config), device, dtype)
     return encoder
 
 
@@ -77,12 +74,15 @@ def _materialise(
 def place(model: Any, device: torch.device | str) -> Any:
     """Allocate a meta-device model straight on `device` and fill it there: no fp32 CPU copy
     of billions of parameters. Small uniform values keep activations finite; norm scales are
-    one. Tied weights (UMT5's embedding) are tied again: `to_empty` unties them."""
+    one. A parameter two modules share (UMT5's embedding table, 1.96 GiB) is allocated once:
+    `to_empty` would give each module a table of its own (seen on the GPU: the text encode's
+    peak held both), so the second reference is dropped first and restored after."""
     import torch
 
+    shared = _drop_shared(model)
     model = model.to_empty(device=device)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    for module, name, owner, owner_name in shared:
+        setattr(module, name, getattr(owner, owner_name))
     with torch.no_grad():
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             if tensor.dim() <= 1 and ("norm" in name or name.endswith("gamma")):
@@ -92,6 +92,23 @@ def place(model: Any, device: torch.device | str) -> Any:
             else:
                 tensor.zero_()
     return model.eval()
+
+
+def _drop_shared(model: Any) -> list[tuple[Any, str, Any, str]]:
+    """Remove every second reference to a parameter, returning (module, name, owner, owner's
+    name) to restore it."""
+    first: dict[int, tuple[Any, str]] = {}
+    dropped = []
+    for module in model.modules():
+        for name, parameter in list(module._parameters.items()):
+            if parameter is None:
+                continue
+            if id(parameter) in first:
+                dropped.append((module, name, *first[id(parameter)]))
+                module._parameters[name] = None
+            else:
+                first[id(parameter)] = (module, name)
+    return dropped
 
 
 def parameter_counts() -> dict[str, int]:
