@@ -94,9 +94,7 @@ def test_every_plan_tune_returns_is_one_generate_runs(
                                 f"plan {plan.settings}: {refused.message}")  # fmt: skip
                 assert launched.settings == plan.settings
                 assert launched.predicted is not None
-                assert [p.name for p in launched.predicted.phases] == [
-                    p.name for p in plan.phases
-                ]
+                assert [p.name for p in launched.predicted.phases] == [p.name for p in plan.phases]
                 assert launched.predicted.peak_gib == pytest.approx(plan.peak_gib)
                 assert list(out.iterdir()) == []  # a dry run writes nothing
                 accepted += 1

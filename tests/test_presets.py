@@ -167,3 +167,13 @@ def test_resolve_keeps_doctors_nccl_settings_over_the_presets_env(config_dir: Pa
     presets.remove(key)
     shipped = presets.resolve(inventory, USER, nccl_env={"NCCL_P2P_DISABLE": "1"})
     assert shipped.source.startswith("shipped preset") and shipped.env["NCCL_P2P_DISABLE"] == "1"
+
+
+def test_the_readme_shows_the_shipped_preset_as_it_is() -> None:
+    """The README's preset example is the head of the shipped 2x RTX 5090 file, verbatim."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    start = readme.index("```toml\n# Shipped with wanctl") + len("```toml\n")
+    example = readme[start : readme.index("```", start)]
+    shipped = (root / "wanctl" / "presets_data" / "2x-rtx-5090-32gb-pcie.toml").read_text()
+    assert "[[entries]]" in example and shipped.startswith(example)

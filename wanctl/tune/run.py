@@ -83,7 +83,7 @@ def run(options: TuneOptions) -> TuneReport:
     workload = Workload(width, height, options.frames, gpus)
     constraints = options.constraints
     chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env)
-    saved, preset_error = _saved_entry(rig_fingerprint, workload)
+    saved, preset_error = _saved_entry(rig_fingerprint, workload, constraints.backend)
     report = TuneReport(
         fingerprint=rig_fingerprint,
         rig=rig,
@@ -111,7 +111,7 @@ def run(options: TuneOptions) -> TuneReport:
 
 
 def _saved_entry(
-    rig_fingerprint: str, workload: Workload
+    rig_fingerprint: str, workload: Workload, backend: str
 ) -> tuple[presets.Entry | None, str | None]:
     """What the rig's preset holds for this run; an unreadable preset does not stop planning
     (saving over it is refused)."""
@@ -119,7 +119,7 @@ def _saved_entry(
         existing = presets.load(rig_fingerprint)
     except UsageError as error:
         return None, error.message
-    return (existing.find(workload) if existing else None), None
+    return (existing.find(workload, backend) if existing else None), None
 
 
 def _measure(report: TuneReport, entry: presets.Entry) -> tuple[TuneReport, presets.Entry]:

@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from wanctl.core.settings import Settings, describe
+from wanctl.core.settings import Settings
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
 from wanctl.tune.predict import Card, MemoryPlan, allocator_conf, predict
 
@@ -129,7 +129,8 @@ def alternatives(
     other = "wan-repo" if constraints.backend == "diffusers" else "diffusers"
     unpinned = Constraints(backend=other, decode_dtype=constraints.decode_dtype)
     if p := fitting(workload, unpinned):
-        found.append(Alternative(f"--backend {other} ({describe(p.settings)})", p))
+        sharded = " (the DiT sharded with --dit_fsdp)" if p.settings.dit == "fsdp" else ""
+        found.append(Alternative(f"--backend {other}{sharded}", p))
     pins = dataclasses.replace(constraints, decode_ranks=None)
     if ulysses_problem(workload, constraints.backend):
         for gpus in (n for n in reversed(ulysses_degrees()) if n < workload.gpus):
