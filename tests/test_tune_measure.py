@@ -40,9 +40,10 @@ class Recorder:
 
 
 def rank(index: int, sampling: float, context: float = 0.6) -> dict[str, object]:
-    return {"rank": index, "context_gib": context,
-            "peak_allocated_gib": {"text_encode": 11.1, "sampling": sampling - 1, "decode": 4.0},
-            "peak_reserved_gib": {"text_encode": 11.2, "sampling": sampling, "decode": 5.5}}  # fmt: skip
+    allocated = {"text_encode": 11.1, "sampling": sampling - 1, "decode": 4.0}
+    reserved = {"text_encode": 11.2, "sampling": sampling, "decode": 5.5}
+    return {"rank": index, "context_gib": context, "peak_allocated_gib": allocated,
+            "peak_reserved_gib": reserved}  # fmt: skip
 
 
 def test_measure_runs_the_generate_worker_with_the_plans_settings_and_reads_the_worst_rank() -> (
