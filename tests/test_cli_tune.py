@@ -66,7 +66,7 @@ def test_bad_requests_exit_2_with_a_message(cli: CliRunner, args: list[str], mes
 
 
 def test_a_run_too_big_is_refused_with_the_nearest_that_fit(cli: CliRunner) -> None:
-    result = cli.invoke(app, ["tune", "--rig", "1x RTX 4090 24GB", "--frames", "241", "--json"])
+    result = cli.invoke(app, ["tune", "--rig", "1x RTX 4090 24GB", "--frames", "321", "--json"])
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert not report["plan"]["fits"] and report["alternatives"]
@@ -171,7 +171,7 @@ def test_presets_list_never_cuts_the_fingerprint_users_type(
 
 def test_no_empty_table_of_nearest_runs(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tune_run, "alternatives", lambda *args, **kwargs: ())
-    result = cli.invoke(app, ["tune", "--rig", "1x RTX 4090 24GB", "--frames", "241"])
+    result = cli.invoke(app, ["tune", "--rig", "1x RTX 4090 24GB", "--frames", "321"])
     assert result.exit_code == 1 and "does not fit" in result.stdout
     assert "nearest runs that fit" not in result.output and "use a larger GPU" in result.stderr
 

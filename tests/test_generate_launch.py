@@ -335,7 +335,7 @@ REFUSALS = {
     "FSDP with diffusers": Refusal((*DIFFUSERS, "--dit", "fsdp"),
                                    "FSDP sharding is the official code's --dit_fsdp"),
     "too many decode ranks": Refusal((*DIFFUSERS, "--decode-ranks", "3"),
-                                     "3 decode ranks for a run on 2 GPUs"),
+                                     "decode on 3 ranks is not possible here"),
     "several nodes and no rendezvous": Refusal((*DIFFUSERS, "--nnodes", "2"),
                                                "--nnodes 2 without --rdzv-endpoint"),
     "chunk_t through --env": Refusal((*DIFFUSERS, "--env", "WAN_VAE_DECODE_CHUNK_T=4"),

@@ -390,13 +390,13 @@ def test_parameter_counts_match_the_architectures() -> None:
 
 
 def test_too_big_for_one_4090_is_refused_with_the_nearest_runs_that_fit() -> None:
-    too_big = Workload(1280, 704, 241, 1)
+    too_big = Workload(1280, 704, 321, 1)
     chosen = plan(too_big, RTX_4090)
     assert not chosen.fits
     found = {a.change.split(" ")[1]: a for a in alternatives(too_big, RTX_4090)}
     assert {"frames", "GPUs"} <= set(found) and any("*" in a.change for a in found.values())
     assert all(a.plan.fits for a in found.values())
-    assert found["frames"].plan.workload.frames < 241
+    assert found["frames"].plan.workload.frames < 321
     assert found["GPUs"].plan.workload.gpus == 2
 
 
