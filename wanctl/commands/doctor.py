@@ -13,7 +13,7 @@ from wanctl.commands.options import Json
 from wanctl.doctor.report import DoctorReport, Status
 from wanctl.doctor.run import DoctorOptions, run
 from wanctl.probe.base import GpuInventory
-from wanctl.render import show
+from wanctl.render import err_console, show
 
 STATUS_STYLE = {
     Status.OK: "green",
@@ -35,7 +35,11 @@ def doctor(
     """Check the GPUs, topology, P2P, NCCL and software of this rig; every problem comes with
     its fix. Exit 0 when no check failed, 1 when one did."""
     options = DoctorOptions(full=full, json=json, timeout_s=timeout)
-    report = run(options)
+    if options.full:
+        with err_console().status("running P2P copies and the NCCL all-reduce in children"):
+            report = run(options)
+    else:
+        report = run(options)
     show(report, render, options.json)
     raise typer.Exit(1 if report.failed else 0)
 

@@ -9,16 +9,23 @@ from dataclasses import dataclass
 
 from wanctl.core.launch import SubprocessRunner
 from wanctl.doctor.active import active_checks
-from wanctl.doctor.passive import nccl_environment, passive_checks
+from wanctl.doctor.host import check_environment, check_system
+from wanctl.doctor.passive import (
+    check_driver,
+    check_gpu,
+    check_software,
+    check_topology,
+    nccl_environment,
+)
 from wanctl.doctor.report import Check, DoctorReport
 from wanctl.probe.base import (
     GpuInventory,
     Probe,
     Software,
+    System,
     fingerprint,
 )
 from wanctl.probe.local import LocalProbe
-from wanctl.render import err_console
 
 
 def diagnose(
@@ -53,7 +60,18 @@ class DoctorOptions:
 
 
 def run(options: DoctorOptions) -> DoctorReport:
+    """This machine's report: the passive checks, and with `full` the active ones."""
     if not options.full:
         return diagnose(LocalProbe())
-    with err_console().status("running P2P copies and the NCCL all-reduce in child processes"):
-        return diagnose(LocalProbe(), active_checks(SubprocessRunner(), options.timeout_s))
+    return diagnose(LocalProbe(), active_checks(SubprocessRunner(), options.timeout_s))
+
+
+def passive_checks(inventory: GpuInventory, software: Software, system: System) -> list[Check]:
+    checks = check_driver(inventory)
+    for gpu in inventory.gpus:
+        checks += check_gpu(gpu)
+    checks += check_topology(inventory, system)
+    checks += check_software(inventory, software)
+    checks += check_environment(inventory, software, system)
+    checks += check_system(inventory, system)
+    return checks
