@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,3 +33,14 @@ def cli() -> CliRunner:
 @pytest.fixture(params=sorted(SCENARIOS))
 def any_rig(request: pytest.FixtureRequest) -> FakeProbe:
     return scenario(request.param)
+
+
+@pytest.fixture
+def wan(tmp_path: Path) -> tuple[Path, Path]:
+    """A Wan2.2 checkout and the official checkpoint, as far as the launcher reads them."""
+    repo, ckpt = tmp_path / "Wan2.2", tmp_path / "Wan2.2-TI2V-5B"
+    for path in (repo / "generate.py", repo / "wan/modules/vae2_2.py", ckpt / "config.json",
+                 ckpt / "models_t5_umt5-xxl-enc-bf16.pth", ckpt / "Wan2.2_VAE.pth"):  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    return repo, ckpt

@@ -31,17 +31,6 @@ def no_user_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(presets.CONFIG_DIR_ENV, str(tmp_path / "config"))
 
 
-@pytest.fixture
-def checkouts(tmp_path: Path) -> tuple[Path, Path]:
-    """A Wan2.2 checkout and the official checkpoint, as far as the launcher reads them."""
-    repo, ckpt = tmp_path / "Wan2.2", tmp_path / "Wan2.2-TI2V-5B"
-    for path in (repo / "generate.py", repo / "wan/modules/vae2_2.py", ckpt / "config.json",
-                 ckpt / "models_t5_umt5-xxl-enc-bf16.pth", ckpt / "Wan2.2_VAE.pth"):  # fmt: skip
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-    return repo, ckpt
-
-
 def tune_plans(rig: str, backend: str, size: str, frames: int) -> list[MemoryPlan]:
     """What tune returns: its plan when it can run, and the plans of the runs it proposes."""
     options = TuneOptions(
@@ -54,11 +43,11 @@ def tune_plans(rig: str, backend: str, size: str, frames: int) -> list[MemoryPla
     return found + [alternative.plan for alternative in report.alternatives]
 
 
-def generate_options(plan: MemoryPlan, out: Path, checkouts: tuple[Path, Path]) -> GenerateOptions:
+def generate_options(plan: MemoryPlan, out: Path, wan: tuple[Path, Path]) -> GenerateOptions:
     """`wanctl generate` with every setting of the plan given as its flag."""
     s, w = plan.settings, plan.workload
     official = s.backend == "wan-repo"
-    repo, ckpt = checkouts
+    repo, ckpt = wan
     return GenerateOptions(
         prompt="two cats box", output=out / "cats.mp4", size=w.size, frames=w.frames,
         gpus=w.gpus, backend=s.backend, model=None if official else "synthetic-5b",
@@ -70,7 +59,7 @@ def generate_options(plan: MemoryPlan, out: Path, checkouts: tuple[Path, Path]) 
 
 @pytest.mark.parametrize("rig", RIGS)
 def test_every_plan_tune_returns_is_one_generate_runs(
-    rig: str, tmp_path: Path, checkouts: tuple[Path, Path]
+    rig: str, tmp_path: Path, wan: tuple[Path, Path]
 ) -> None:
     count, model, memory_gb = parse_rig(rig)
     accepted = 0
@@ -86,7 +75,7 @@ def test_every_plan_tune_returns_is_one_generate_runs(
                 out.mkdir()
                 try:
                     launched = prepare(
-                        generate_options(plan, out, checkouts), probe=probe, env={},
+                        generate_options(plan, out, wan), probe=probe, env={},
                         disk_free=lambda _: 2**40,
                     )  # fmt: skip
                 except UsageError as refused:
@@ -111,10 +100,10 @@ def test_tune_does_not_offer_the_diffusers_worker_fsdp_on_small_cards() -> None:
 
 
 def test_a_plan_for_the_official_code_on_the_cpu_is_refused(
-    tmp_path: Path, checkouts: tuple[Path, Path]
+    tmp_path: Path, wan: tuple[Path, Path]
 ) -> None:
     plan = tune_plans("2x RTX 5090 32GB", "wan-repo", "1280*704", 121)[0]
-    options = dataclasses.replace(generate_options(plan, tmp_path, checkouts), device="cpu")
+    options = dataclasses.replace(generate_options(plan, tmp_path, wan), device="cpu")
     with pytest.raises(UsageError, match="CUDA GPUs only"):
         prepare(options, probe=FakeProbe(describe_rig(2, parse_rig("2x RTX 5090")[1])), env={},
                 disk_free=lambda _: 2**40)  # fmt: skip
