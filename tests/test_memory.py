@@ -525,3 +525,11 @@ def test_the_official_codes_sampler_is_priced_as_it_ran() -> None:
     assert held == {"VAE fp32", "DiT bf16", "text encoder bf16"}
     diffusers = next(p for p in memory.phases(workload, Settings()) if p.name == "sampling")
     assert diffusers.total_gib < 0.6 * sampling.total_gib
+
+
+def test_the_allocator_exported_is_the_one_the_plan_was_priced_with() -> None:
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in memory.environment(
+        Settings(expandable_segments=False), "linux"
+    )
+    exported = memory.environment(Settings(expandable_segments=True), "linux")
+    assert exported["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"

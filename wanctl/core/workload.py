@@ -12,14 +12,8 @@ from wanctl.core.architectures import DIT_TI2V_5B
 from wanctl.errors import UsageError
 
 HEADS = DIT_TI2V_5B["num_attention_heads"]  # the Ulysses degree must divide them
-
-
 SPATIAL = 16  # VAE spatial compression
-
-
 TEMPORAL = 4  # VAE temporal compression
-
-
 PATCH = 2  # the DiT's spatial patch (1, 2, 2)
 
 

@@ -16,8 +16,6 @@ from wanctl.probe.base import (
 )
 
 SHM_MIN_BYTES = 1 * GIB
-
-
 HOST_RAM_MIN_BYTES = 24 * GIB  # bf16 5B DiT (~10 GB) + UMT5-XXL (~11 GB) offloaded to host
 
 

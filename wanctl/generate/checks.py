@@ -19,8 +19,6 @@ from wanctl.models.pipelines import MODELS, checkpoint_problem
 
 # Checks that matter on the CPU (no driver is expected there).
 CPU_CHECKS = ("torch", "diffusers", "ffmpeg")
-
-
 DISK_MARGIN_BYTES = 64 * 2**20
 
 

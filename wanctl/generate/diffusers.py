@@ -3,9 +3,7 @@ reads what its ranks recorded."""
 
 from __future__ import annotations
 
-from wanctl.core.launch import (
-    RunResult,
-)
+from wanctl.core.launch import RunResult
 from wanctl.core.settings import Settings
 from wanctl.core.worker import WorkerRequest, read_ranks
 from wanctl.generate.failures import failure, read_statuses

@@ -8,8 +8,6 @@ from pathlib import Path
 from wanctl.core.workload import parse_size
 
 BACKENDS = ("diffusers", "wan-repo")
-
-
 DEVICES = ("cuda", "cpu")
 
 

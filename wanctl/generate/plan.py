@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wanctl.core.launch import (
-    LaunchSpec,
-)
+from wanctl.core.launch import LaunchSpec
 from wanctl.core.settings import Settings
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.models.attention import AttentionChoice

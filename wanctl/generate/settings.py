@@ -4,6 +4,7 @@ backend, then the user's flags and exported variables over them; the children's 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +56,10 @@ def resolve_settings(
     check_settings(settings, options, workload)
     plan = resolved
     if settings != resolved.settings:  # the plan describes the run that will happen
-        plan = predict(workload, resolved.card, settings, nccl_env=report.recommended_env)
+        plan = predict(
+            workload, resolved.card, settings, platform=sys.platform,
+            nccl_env=report.recommended_env,
+        )  # fmt: skip
         plan = dataclasses.replace(plan, env={**resolved.env, **plan.env}, source=source)
     settings_env = {**plan.env, CHUNK_ENV: str(settings.chunk_t)}
     return settings, source, plan, settings_env

@@ -14,7 +14,7 @@ from wanctl.core.launch import (
     RunResult,
     torchrun_argv,
 )
-from wanctl.core.settings import Settings
+from wanctl.core.settings import OFFICIAL_SIZES, Settings
 from wanctl.core.status import classify
 from wanctl.errors import UsageError, WanctlError
 from wanctl.generate.failures import DecodeFailed, failure, read_statuses
@@ -29,19 +29,10 @@ from wanctl.workers.wan_hook import (
     SOURCE_ENV,
 )
 
-# The official code: its TI2V task, the sizes it accepts for it, and the files it reads.
+# The official code: its TI2V task and the files it reads (its sizes: OFFICIAL_SIZES).
 WAN_TASK = "ti2v-5B"
-
-
-WAN_SIZES = ("1280*704", "704*1280")
-
-
 WAN_REPO_FILES = ("generate.py", "wan/modules/vae2_2.py")
-
-
 WAN_CKPT_FILES = ("config.json", "models_t5_umt5-xxl-enc-bf16.pth", "Wan2.2_VAE.pth")
-
-
 WAN_VAE = "Wan2.2_VAE.pth"
 
 
@@ -69,10 +60,10 @@ def check_wan_repo(options: GenerateOptions) -> None:
         options.ckpt_dir, WAN_CKPT_FILES, "the official Wan2.2-TI2V-5B checkpoint",
         "huggingface-cli download Wan-AI/Wan2.2-TI2V-5B --local-dir DIR, then --ckpt-dir DIR",
     )  # fmt: skip
-    if options.size not in WAN_SIZES:
+    if options.size not in OFFICIAL_SIZES:
         raise UsageError(
             f"the official generate.py does not run {WAN_TASK} at {options.size}",
-            why=f"its SUPPORTED_SIZES for {WAN_TASK} are {' and '.join(WAN_SIZES)}",
+            why=f"its SUPPORTED_SIZES for {WAN_TASK} are {' and '.join(OFFICIAL_SIZES)}",
             fix="use one of them, or the diffusers backend",
         )
 

@@ -200,9 +200,10 @@ def allocator_conf(platform: str) -> str | None:
 def environment(
     settings: Settings, platform: str, nccl_env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The variables to export for a run with `settings`."""
+    """The variables to export for a run with `settings`: the allocator configuration only
+    for the expandable segments these settings were priced with."""
     env = {"WAN_VAE_DECODE_CHUNK_T": str(settings.chunk_t)}
-    conf = allocator_conf(platform)
+    conf = allocator_conf(platform) if settings.expandable_segments else None
     if conf:
         env["PYTORCH_CUDA_ALLOC_CONF"] = conf
     return {**env, **(nccl_env or {})}
