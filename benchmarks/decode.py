@@ -1,9 +1,11 @@
 """Decode the same synthetic latents with diffusers' `vae.decode` and with wanctl's chunked
 decode, in one process, and print times, peak memory, the time ratio and the difference.
 
-On one GPU (the figures of the decode issue):
+On one GPU (the figures of the decode issues: the Wan2.2 VAE of TI2V-5B, the Wan2.1 VAE of
+the A14B models):
 
     python benchmarks/decode.py --size 1280*704 --frames 121 --dtype bf16
+    python benchmarks/decode.py --vae synthetic-wan2.1 --size 1280*720 --frames 81 --psnr
 
 A smoke test anywhere (tiny VAE, small frames, float32 on the CPU):
 
@@ -32,8 +34,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from wanctl.core.architectures import WAN22_VAE
 from wanctl.decode.engine import decode_chunks, warm_up
-from wanctl.decode.load import load_vae
+from wanctl.decode.load import load_vae, spec_family
 from wanctl.decode.run import DTYPES
 from wanctl.decode.writers import frames_behind, to_uint8
 
@@ -54,7 +57,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--chunk-t", type=int, default=1, help="wanctl latent frames per call.")
-    parser.add_argument("--vae", default="synthetic", help="synthetic, tiny, or a VAE path.")
+    parser.add_argument(
+        "--vae",
+        default="synthetic",
+        help="synthetic, synthetic-wan2.1, tiny, tiny-wan2.1, or a VAE path.",
+    )
     parser.add_argument(
         "--psnr",
         action="store_true",
@@ -70,25 +77,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--check-only",
         action="store_true",
-        help="Smoke test: tiny VAE, 160*96, 9 frames, float32 on the CPU.",
+        help="Smoke test: the tiny VAE of --vae's family, 160*96, 9 frames, float32 on the CPU.",
     )
     args = parser.parse_args()
     if args.check_only:
+        tiny = "tiny-wan2.1" if "wan2.1" in args.vae else "tiny"
         args.size, args.frames, args.dtype, args.device, args.vae = (
             "160*96",
             9,
             "fp32",
             "cpu",
-            "tiny",
+            tiny,
         )
     return args
 
 
-def latents(size: str, frames: int) -> torch.Tensor:
+def latents(size: str, frames: int, vae: str) -> torch.Tensor:
+    family = spec_family(vae) or WAN22_VAE
     width, height = (int(v) for v in size.split("*"))
-    if width % 16 or height % 16 or (frames - 1) % 4:
-        raise SystemExit(f"--size must be multiples of 16 and --frames 4n+1, got {size} {frames}")
-    shape = (1, 48, (frames - 1) // 4 + 1, height // 16, width // 16)
+    space = family.spatial
+    if width % space or height % space or (frames - 1) % 4:
+        raise SystemExit(
+            f"--size must be multiples of {space} and --frames 4n+1, got {size} {frames}"
+        )
+    shape = (1, family.channels, (frames - 1) // 4 + 1, height // space, width // space)
     return torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
 
@@ -132,7 +144,7 @@ def psnr(squared_error: float, count: int) -> float:
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
-    z = latents(args.size, args.frames)
+    z = latents(args.size, args.frames, args.vae)
     exact = float32_reference(args, z) if args.psnr else None
     vae = load_vae(args.vae, device=device, dtype=DTYPES[args.dtype])
     console = Console()

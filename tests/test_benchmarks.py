@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -17,8 +19,9 @@ def run(script: str, *args: str) -> str:
     return done.stdout
 
 
-def test_decode_check_only_compares_both_decoders() -> None:
-    output = run("decode.py", "--check-only")
+@pytest.mark.parametrize("vae", ["synthetic", "synthetic-wan2.1"])
+def test_decode_check_only_compares_both_decoders(vae: str) -> None:
+    output = run("decode.py", "--check-only", "--vae", vae)
     assert "time ratio diffusers / wanctl" in output
     assert "max abs diff, uint8 levels: 0" in output or "max abs diff, uint8 levels: 1" in output
 

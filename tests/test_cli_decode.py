@@ -104,6 +104,24 @@ def test_two_ranks_through_torchrun_write_the_same_video(
     assert np.abs(video.astype(int) - expected_frames(latents_file)).max() <= 1
 
 
+def test_wan21_latents_decode_on_two_ranks_as_on_one(cli: CliRunner, tmp_path: Path) -> None:
+    """The A14B models' latents (16 channels, 8x in space) through the Wan2.1 VAE."""
+    path = tmp_path / "a14b.safetensors"
+    z = torch.randn(1, 16, T, H, W, generator=torch.Generator().manual_seed(6))
+    save_latents(path, Latents(z, normalized=True, fps=16))
+    videos = []
+    for ranks in ("1", "2"):
+        out = tmp_path / f"v{ranks}.npy"
+        args = ("--vae", "tiny-wan2.1", "--device", "cpu", "--gpus", ranks, "--json")
+        result = decode(cli, path, "-o", out, *args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["frames"] == 9
+        videos.append(np.load(out).astype(int))
+
+    assert videos[0].shape == (9, 8 * H, 8 * W, 3)
+    assert np.abs(videos[0] - videos[1]).max() <= 1
+
+
 def bad_tensor_name(tmp_path: Path) -> Path:
     path = tmp_path / "named.safetensors"
     save_file({"x0": torch.zeros(48, 2, 2, 2)}, str(path), metadata={"normalized": "true"})
@@ -122,7 +140,8 @@ def bad_channels(tmp_path: Path) -> Path:
         ("missing latents", "latents file not found"),
         ("unreadable latents", "cannot read"),
         ("wrong tensor name", "no tensor named 'latents'"),
-        ("wrong channels", "expected (1, 48, T, h, w)"),
+        ("wrong channels", "made by the wan2.1 VAE (16 channels) and tiny is the wan2.2 VAE"),
+        ("wrong vae", "made by the wan2.2 VAE (48 channels) and tiny-wan2.1 is the wan2.1"),
         ("missing vae", "VAE not found"),
         ("output folder missing", "is not a writable folder"),
         ("output type", "unknown video type '.gif'"),
@@ -146,6 +165,8 @@ def test_bad_inputs_exit_non_zero_with_a_clear_message(
         latents = bad_tensor_name(tmp_path)
     elif case == "wrong channels":
         latents = bad_channels(tmp_path)
+    elif case == "wrong vae":
+        extra = ["--vae", "tiny-wan2.1"]
     elif case == "missing vae":
         extra = ["--vae", str(tmp_path / "no-vae")]
     elif case == "output folder missing":
@@ -204,7 +225,8 @@ def test_the_vae_help_names_every_built_in_decoder(cli: CliRunner) -> None:
     result = cli.invoke(app, ["decode", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
-    assert "'synthetic'" in text and "'tiny'" in text
+    assert "'synthetic'" in text and "'tiny'" in text and "'tiny-wan2.1'" in text
+    assert "'synthetic-wan2.1'" in text
 
 
 def test_a_rank_that_fails_is_reported_without_tracebacks(

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from wanctl.core.architectures import WAN21_VAE
 from wanctl.decode.latents import Latents, load_latents, save_latents
 from wanctl.errors import UsageError
 
@@ -40,6 +41,18 @@ def test_unbatched_latents_and_default_fps(tmp_path: Path) -> None:
     assert (loaded.frames, loaded.height, loaded.width) == (121, 704, 1280)
 
 
+def test_wan21_latents_say_their_vae_and_geometry(tmp_path: Path) -> None:
+    """16-channel latents are the Wan2.1 VAE's (A14B): 8x in space; the file records it."""
+    z = torch.randn(1, 16, 21, 90, 160)
+    save_latents(tmp_path / "z.safetensors", Latents(z, normalized=True))
+    raw = write(tmp_path / "raw.safetensors", {"latents": z}, {"normalized": "true"})
+
+    for path in (tmp_path / "z.safetensors", raw):
+        loaded = load_latents(path)
+        assert loaded.vae is WAN21_VAE
+        assert (loaded.frames, loaded.height, loaded.width) == (81, 720, 1280)
+
+
 def test_for_decoder_denormalises_only_normalised_latents() -> None:
     z = torch.ones(1, 48, 1, 2, 2)
     mean, std = [float(c) for c in range(48)], [2.0] * 48
@@ -53,9 +66,19 @@ def test_for_decoder_denormalises_only_normalised_latents() -> None:
     ("tensors", "metadata", "message"),
     [
         ({"x": torch.zeros(1, 48, 2, 2, 2)}, {"normalized": "true"}, "no tensor named 'latents'"),
-        ({"latents": torch.zeros(1, 16, 2, 2, 2)}, {"normalized": "true"}, "expected (1, 48"),
-        ({"latents": torch.zeros(2, 48, 2, 2, 2)}, {"normalized": "true"}, "expected (1, 48"),
-        ({"latents": torch.zeros(48, 2, 2)}, {"normalized": "true"}, "expected (1, 48"),
+        ({"latents": torch.zeros(1, 12, 2, 2, 2)}, {"normalized": "true"}, "C in [16, 48]"),
+        ({"latents": torch.zeros(2, 48, 2, 2, 2)}, {"normalized": "true"}, "expected (1, C"),
+        ({"latents": torch.zeros(48, 2, 2)}, {"normalized": "true"}, "expected (1, C"),
+        (
+            {"latents": torch.zeros(1, 16, 2, 2, 2)},
+            {"normalized": "true", "vae": "wan2.2"},
+            "metadata 'vae' is 'wan2.2' but the latents have 16 channels",
+        ),
+        (
+            {"latents": torch.zeros(1, 48, 2, 2, 2)},
+            {"normalized": "true", "vae": "sdxl"},
+            "metadata 'vae' is 'sdxl'",
+        ),
         (
             {"latents": torch.zeros(48, 2, 2, 2, dtype=torch.int32)},
             {"normalized": "true"},

@@ -1,17 +1,25 @@
-"""Loading the VAE: diffusers folders, the original Wan2.2_VAE.pth key layout, random weights,
-and clear refusals."""
+"""Loading the VAE: diffusers folders, the original Wan2.2_VAE.pth and Wan2.1_VAE.pth key
+layouts, random weights, and clear refusals."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
 from wanctl.decode.engine import decode_chunks
-from wanctl.decode.load import TINY_CONFIG, load_vae, original_to_diffusers, random_vae
+from wanctl.decode.load import (
+    TINY_CONFIG,
+    TINY_WAN21_CONFIG,
+    load_vae,
+    original_to_diffusers,
+    random_vae,
+    spec_family,
+)
 from wanctl.errors import UsageError
 
 # diffusers -> original (the official wan/modules/vae2_2.py), written out independently of the
@@ -37,10 +45,28 @@ TO_ORIGINAL = [
 ]
 
 
-def to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+# The same for the official wan/modules/vae2_1.py: its Decoder3d's `upsamples` is one flat
+# Sequential, per level 3 ResidualBlocks then (but for the last level) the Resample: indices
+# 0-2, 3 | 4-6, 7 | 8-10, 11 | 12-14.
+def flat(index: str) -> Any:
+    """A replacement giving the flat index 4 b + j (`index` is j, or "3" for the resample)."""
+    return lambda m: f"decoder.upsamples.{4 * int(m[1]) + int(m[2] if index == 'j' else 3)}."
+
+
+TO_ORIGINAL_21 = [
+    *TO_ORIGINAL[:10],
+    (r"^decoder\.up_blocks\.(\d)\.resnets\.(\d)\.", flat("j")),
+    (r"^decoder\.up_blocks\.(\d)\.upsamplers\.0\.", flat("resample")),
+    *TO_ORIGINAL[12:],
+]
+
+
+def to_original(
+    state: dict[str, torch.Tensor], rules: list[tuple[str, Any]] = TO_ORIGINAL
+) -> dict[str, torch.Tensor]:
     out = {}
     for key, tensor in state.items():
-        for pattern, replacement in TO_ORIGINAL:
+        for pattern, replacement in rules:
             key = re.sub(pattern, replacement, key)
         out[key] = tensor
     return out
@@ -52,7 +78,8 @@ def tiny() -> AutoencoderKLWan:
 
 
 def decode(vae: AutoencoderKLWan) -> torch.Tensor:
-    z = torch.randn(1, 48, 2, 3, 4, generator=torch.Generator().manual_seed(0))
+    channels = vae.config["z_dim"]
+    z = torch.randn(1, channels, 2, 3, 4, generator=torch.Generator().manual_seed(0))
     return torch.cat(list(decode_chunks(vae, z)), dim=2)
 
 
@@ -121,8 +148,46 @@ def test_bad_vae_specs_are_refused(tmp_path: Path) -> None:
         load_vae(str(tmp_path / "other.pth"))
 
 
-def test_the_wan21_vae_is_refused(tmp_path: Path) -> None:
-    AutoencoderKLWan(base_dim=8, z_dim=16).save_pretrained(tmp_path / "wan21")
+def test_original_wan21_layout_decodes_like_diffusers(tmp_path: Path) -> None:
+    """A Wan2.1_VAE.pth (encoder keys too, as the official file has them) loads through
+    diffusers' single-file converter into the decoder it came from."""
+    torch.manual_seed(5)
+    full = AutoencoderKLWan(**TINY_WAN21_CONFIG).eval()
+    original = to_original(full.state_dict(), TO_ORIGINAL_21)
+    for key in [
+        "conv2.weight",
+        "decoder.conv1.weight",
+        "decoder.middle.1.to_qkv.weight",
+        "decoder.upsamples.3.time_conv.weight",
+        "decoder.upsamples.4.shortcut.weight",
+        "decoder.upsamples.11.resample.1.weight",
+        "decoder.upsamples.14.residual.6.bias",
+        "decoder.head.2.weight",
+    ]:
+        assert key in original
+    torch.save(original, tmp_path / "Wan2.1_VAE.pth")
 
-    with pytest.raises(UsageError, match="not the Wan2.2"):
-        load_vae(str(tmp_path / "wan21"))
+    loaded = load_vae(str(tmp_path / "Wan2.1_VAE.pth"))
+
+    assert loaded.config["z_dim"] == 16 and not loaded.config["is_residual"]
+    assert torch.equal(decode(loaded), decode(full))
+    assert spec_family(str(tmp_path / "Wan2.1_VAE.pth")).name == "wan2.1"  # type: ignore[union-attr]
+
+
+def test_wan21_diffusers_folder_loads(tmp_path: Path) -> None:
+    torch.manual_seed(6)
+    full = AutoencoderKLWan(**TINY_WAN21_CONFIG).eval()
+    full.save_pretrained(tmp_path / "A14B" / "vae")
+
+    loaded = load_vae(str(tmp_path / "A14B"))
+
+    assert torch.equal(decode(loaded), decode(full))
+    assert spec_family(str(tmp_path / "A14B")).name == "wan2.1"  # type: ignore[union-attr]
+    assert spec_family("tiny").name == "wan2.2"  # type: ignore[union-attr]
+
+
+def test_another_vae_is_refused(tmp_path: Path) -> None:
+    AutoencoderKLWan(base_dim=8, z_dim=24).save_pretrained(tmp_path / "other")
+
+    with pytest.raises(UsageError, match="neither the Wan2.2 nor the Wan2.1 VAE"):
+        load_vae(str(tmp_path / "other"))

@@ -34,9 +34,10 @@ def decode(
     vae: Annotated[
         str,
         typer.Option(
-            help="Wan2.2 VAE: diffusers folder (…/Wan2.2-TI2V-5B-Diffusers/vae), "
-            "Wan2.2_VAE.pth, 'synthetic' (random weights, for benchmarks) or 'tiny' "
-            "(the tiny model's decoder, random weights: runs anywhere)."
+            help="The VAE of the model that made the latents: a diffusers folder "
+            "(…/Wan2.2-TI2V-5B-Diffusers/vae, …/Wan2.2-T2V-A14B-Diffusers/vae), "
+            "Wan2.2_VAE.pth or Wan2.1_VAE.pth; or random weights: 'synthetic', "
+            "'synthetic-wan2.1' (benchmarks), 'tiny', 'tiny-wan2.1' (run anywhere)."
         ),
     ],
     device: Annotated[

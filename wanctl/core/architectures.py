@@ -1,8 +1,9 @@
-"""The networks of a Wan2.2 TI2V-5B run as constructor arguments (data, no torch): the DiT,
-UMT5-XXL and the VAE."""
+"""The networks of the Wan2.2 models as constructor arguments (data, no torch): the DiTs,
+UMT5-XXL and the two VAEs, and what a latents file's VAE implies (`VaeFamily`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 # diffusers `WanTransformer3DModel` of Wan2.2-TI2V-5B-Diffusers/transformer. The TI2V
@@ -56,6 +57,54 @@ VAE_TI2V_5B: dict[str, Any] = {
     "scale_factor_spatial": 16,
     "scale_factor_temporal": 4,
 }
+
+
+# diffusers `AutoencoderKLWan`'s defaults: the Wan2.1 VAE (`Wan2.1_VAE.pth`) of T2V-A14B and
+# I2V-A14B: 16 latent channels, 8x in space, no patchify, plain up blocks (no DupUp3D).
+VAE_WAN21: dict[str, Any] = {
+    "base_dim": 96,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_scales": [],
+    "temperal_downsample": [False, True, True],
+    "is_residual": False,
+    "in_channels": 3,
+    "out_channels": 3,
+    "patch_size": None,
+    "scale_factor_spatial": 8,
+    "scale_factor_temporal": 4,
+}
+
+
+@dataclass(frozen=True)
+class VaeFamily:
+    """One of the two Wan VAEs, as far as latents and pixels go: `name` is what a latents file
+    records, `channels` its latent width, `spatial` and `temporal` the compression."""
+
+    name: str
+    channels: int
+    spatial: int
+    config: dict[str, Any]
+    temporal: int = 4
+
+
+WAN22_VAE = VaeFamily("wan2.2", 48, 16, VAE_TI2V_5B)
+WAN21_VAE = VaeFamily("wan2.1", 16, 8, VAE_WAN21)
+VAE_FAMILIES = {family.name: family for family in (WAN22_VAE, WAN21_VAE)}
+
+
+def vae_family_of(config: dict[str, Any]) -> VaeFamily | None:
+    """The family an `AutoencoderKLWan` config belongs to, or None for another VAE."""
+    for family in VAE_FAMILIES.values():
+        keys = ("z_dim", "is_residual", "patch_size")
+        if all(config.get(key) == family.config[key] for key in keys):
+            return family
+    return None
+
+
+def vae_family_for_channels(channels: int) -> VaeFamily | None:
+    return next((f for f in VAE_FAMILIES.values() if f.channels == channels), None)
 
 
 TEXT_TOKENS = 512  # Wan pads every prompt to 512 tokens

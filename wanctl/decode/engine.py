@@ -1,4 +1,5 @@
-"""wanctl's traversal of the Wan2.2 VAE decoder: exact, chunked in time, split in space.
+"""wanctl's traversal of the Wan VAE decoders (Wan2.2's and Wan2.1's): exact, chunked in time,
+split in space.
 
 diffusers' `AutoencoderKLWan._decode` calls the decoder one latent frame at a time with a cache
 of the last input frames of every causal conv, kept inside the model. This module walks the same
@@ -32,6 +33,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
     WanResidualBlock,
     WanResidualUpBlock,
     WanRMS_norm,
+    WanUpBlock,
     unpatchify,
 )
 from torch import nn
@@ -99,7 +101,8 @@ def latent_chunks(latent_frames: int, chunk_t: int) -> list[slice]:
 
 class ChunkDecoder:
     """Decodes chunks of latent frames with the modules and weights of a diffusers
-    `AutoencoderKLWan` (Wan2.2: residual up blocks, patch size 2)."""
+    `AutoencoderKLWan`: Wan2.2's (residual up blocks with a DupUp3D shortcut, patch size 2) or
+    Wan2.1's (plain up blocks, no patchify)."""
 
     def __init__(self, vae: AutoencoderKLWan, halo: Halo | None = None):
         self.vae = vae
@@ -110,8 +113,9 @@ class ChunkDecoder:
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        """Latents (B, 48, t, h, w) in the decoder's space -> pixels (B, 3, f, 16h, 16w) in
-        [-1, 1]: f = 1 for the first chunk (which must be one latent frame), else 4t."""
+        """Latents (B, C, t, h, w) in the decoder's space -> pixels (B, 3, f, sh, sw) in
+        [-1, 1], s the VAE's spatial factor: f = 1 for the first chunk (which must be one
+        latent frame), else 4t."""
         first = not cache.started
         if first and z.shape[2] != 1:
             raise ValueError("the first chunk of a decode must be the first latent frame alone")
@@ -125,10 +129,11 @@ class ChunkDecoder:
             x = self._attention(cast(WanAttentionBlock, attention), x)
             x = self._resnet(cast(WanResidualBlock, resnet), x, cache)
         for block in decoder.up_blocks:
-            x = self._up_block(cast(WanResidualUpBlock, block), x, cache, first)
+            x = self._up_block(block, x, cache, first)
         x = self._norm_silu_conv(decoder.norm_out, decoder.conv_out, x, cache)
         cache.started = True
-        return unpatchify(x, self.vae.config["patch_size"]).clamp_(-1.0, 1.0)
+        patch = self.vae.config["patch_size"]
+        return (unpatchify(x, patch) if patch else x).clamp_(-1.0, 1.0)
 
     def _causal_conv(
         self, conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache
@@ -215,15 +220,24 @@ class ChunkDecoder:
         return out.view(b, t, c, h, w).transpose(1, 2).add_(x)
 
     def _up_block(
-        self, block: WanResidualUpBlock, x: torch.Tensor, cache: CausalCache, first: bool
+        self, block: nn.Module, x: torch.Tensor, cache: CausalCache, first: bool
     ) -> torch.Tensor:
-        shortcut_input = x if block.avg_shortcut is not None else None
-        for resnet in block.resnets:
+        """Wan2.2's `WanResidualUpBlock` (resnets, resample, plus the DupUp3D of its input) or
+        Wan2.1's `WanUpBlock` (resnets, resample)."""
+        upsampler: nn.Module | None
+        if isinstance(block, WanResidualUpBlock):
+            shortcut, upsampler = block.avg_shortcut, block.upsampler
+        elif isinstance(block, WanUpBlock):
+            shortcut, upsampler = None, block.upsamplers[0] if block.upsamplers else None
+        else:
+            raise TypeError(f"not a Wan VAE up block: {type(block).__name__}")
+        shortcut_input = x
+        for resnet in cast(nn.ModuleList, block.resnets):
             x = self._resnet(cast(WanResidualBlock, resnet), x, cache)
-        if block.upsampler is not None:
-            x = self._upsample(block.upsampler, x, cache, first)
-        if shortcut_input is not None:
-            x = x.add_(dup_up(block.avg_shortcut, shortcut_input, first))
+        if upsampler is not None:
+            x = self._upsample(cast(WanResample, upsampler), x, cache, first)
+        if shortcut is not None:
+            x = x.add_(dup_up(cast(DupUp3D, shortcut), shortcut_input, first))
         return x
 
     def _upsample(
@@ -315,7 +329,7 @@ def norm_weight(norm: WanRMS_norm, dtype: torch.dtype) -> tuple[torch.Tensor, fl
     gamma`; its clamp of the L2 norm at 1e-12 becomes the epsilon 1e-24 / C on the mean.
     Returns (gamma as a vector, epsilon); the decoder's norms have no bias."""
     if not isinstance(norm.bias, float):
-        raise ValueError("WanRMS_norm with a bias is not a Wan2.2 decoder norm")
+        raise ValueError("WanRMS_norm with a bias is not a Wan decoder norm")
     channels = norm.gamma.shape[0]
     return norm.gamma.reshape(channels).to(dtype), 1e-24 / channels
 
@@ -331,7 +345,7 @@ def decode_chunks(
     vae: AutoencoderKLWan, z: torch.Tensor, *, chunk_t: int = 1, halo: Halo | None = None
 ) -> Iterator[torch.Tensor]:
     """Pixels (B, 3, f, H, W) in [-1, 1] chunk by chunk: 4(T-1)+1 frames in all, equal to
-    `vae.decode(z)`. `z` (B, 48, T, h, w) is in the decoder's space (denormalised) and may stay
+    `vae.decode(z)`. `z` (B, C, T, h, w) is in the decoder's space (denormalised) and may stay
     on the host: each chunk moves to the VAE's device and dtype when its turn comes."""
     decoder = ChunkDecoder(vae, halo)
     cache = CausalCache()

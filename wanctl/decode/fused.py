@@ -6,9 +6,11 @@ kernel does all three in one, reducing in float32 and rounding once. Without Tri
 or a torch without it) the same values come from `F.rms_norm` and `F.silu`.
 
 Triton compiles the kernel on its first launch and caches it (~/.triton, or $TRITON_CACHE_DIR).
-One compiled kernel serves every multiple of 256 channels and every size, with or without a
-bias, so a decode compiles once per dtype. `warm_up` does it before a decode, which then
-reports it apart: on an H100, 1.5-2.0 s in an empty cache, 0.5-0.6 s from the cache (Triton
+One compiled kernel serves every channel count its block of channels divides, and every size,
+with or without a bias: the Wan2.2 decoder's widths (256 to 1024) all take the 256-channel
+block, so its decode compiles once per dtype; the Wan2.1 decoder's (384, 192, 96) take blocks
+of 128, 64 and 32, three compiles. `warm_up` does them before a decode, which then reports them
+apart: on an H100, 1.5-2.0 s for the first in an empty cache, 0.5-0.6 s from the cache (Triton
 hashes its own library once per process).
 """
 
@@ -27,12 +29,14 @@ try:
 except ImportError:  # CPU builds of torch come without Triton
     triton = None
 
-# Channels per step of the kernel's loops (it takes multiples of this) and rows per program.
-# Measured on an H100 (1280x704x121 decode, bf16): 256 x 16 decodes in 3.41 s, 64 x 64 in
-# 3.44-3.48 s; a kernel compiled per channel count, whole rows at once, 3.38-3.39 s but three
-# compiles (1.8-1.9 s in an empty cache against 1.5 s).
+# Channels per step of the kernel's loops (the largest power of two up to this dividing the
+# channel count; at least MIN_BLOCK_C) and elements per program (rows = TILE // block).
+# Measured on an H100 (1280x704x121 Wan2.2 decode, bf16): 256 x 16 decodes in 3.41 s, 64 x 64
+# in 3.44-3.48 s; a kernel compiled per channel count, whole rows at once, 3.38-3.39 s but
+# three compiles (1.8-1.9 s in an empty cache against 1.5 s).
 BLOCK_C = 256
-BLOCK_ROWS = 16
+MIN_BLOCK_C = 16
+TILE = 4096
 
 
 def rms_norm_silu_into(
@@ -58,16 +62,27 @@ def rms_norm_silu_into(
 
 
 def warm_up(channels: Iterable[int], dtype: torch.dtype, device: torch.device) -> float:
-    """Compile the kernel, or load it from Triton's cache, if norms of these channel counts
-    will launch it; return the seconds it took (0 when they will not)."""
-    if not any(_usable(count, device) for count in channels):
+    """Compile the kernels, or load them from Triton's cache, that norms of these channel
+    counts will launch (one per block size); return the seconds it took (0 when none)."""
+    blocks = sorted({block_channels(count) for count in channels if _usable(count, device)})
+    if not blocks:
         return 0.0
     torch.cuda.synchronize(device)  # not to time work queued before
     start = time.perf_counter()
-    pixels = torch.zeros(1, BLOCK_C, dtype=dtype, device=device)
-    rms_norm_silu_into(pixels, torch.ones_like(pixels[0]), 1e-6, torch.empty_like(pixels))
+    for block in blocks:
+        pixels = torch.zeros(1, block, dtype=dtype, device=device)
+        rms_norm_silu_into(pixels, torch.ones_like(pixels[0]), 1e-6, torch.empty_like(pixels))
     torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def block_channels(channels: int) -> int:
+    """The channels one step of the kernel's loops takes: the largest power of two up to
+    `BLOCK_C` that divides `channels` (0 when below `MIN_BLOCK_C`: no kernel)."""
+    block = BLOCK_C
+    while block >= MIN_BLOCK_C and channels % block:
+        block //= 2
+    return block if block >= MIN_BLOCK_C else 0
 
 
 _build_problem: str | None = None
@@ -94,7 +109,7 @@ def _give_up(error: Exception) -> None:
 
 def _usable(channels: int, device: torch.device) -> bool:
     on_cuda = triton is not None and device.type == "cuda" and _build_problem is None
-    return on_cuda and channels % BLOCK_C == 0
+    return on_cuda and block_channels(channels) > 0
 
 
 @functools.cache
@@ -104,7 +119,8 @@ def _no_bias(channels: int, dtype: torch.dtype, device: torch.device) -> torch.T
 
 if triton is not None:
     # Neither `rows` nor `C` is a compile-time constant (the loops step over C): one compiled
-    # kernel serves every tensor of a dtype, so `warm_up` compiles the one the decode runs.
+    # kernel serves every tensor of a dtype and block, so `warm_up` compiles those the decode
+    # runs.
     # `C` keeps Triton's specialisation on divisibility by 16 (every count the kernel takes
     # has it), which lets the loads vectorise; `rows` has none.
     @triton.jit(do_not_specialize=["rows"])
@@ -141,7 +157,9 @@ def _launch(
     rows = pixels.numel() // channels
     if bias is None:
         bias = _no_bias(channels, pixels.dtype, pixels.device)
-    _rms_norm_silu_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
+    block = block_channels(channels)
+    block_rows = TILE // block
+    _rms_norm_silu_kernel[(triton.cdiv(rows, block_rows),)](
         pixels, weight.contiguous(), bias.contiguous(), out, rows, channels, eps,
-        BLOCK_ROWS=BLOCK_ROWS, BLOCK_C=BLOCK_C,
+        BLOCK_ROWS=block_rows, BLOCK_C=block,
     )  # fmt: skip

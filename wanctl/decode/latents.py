@@ -1,14 +1,16 @@
 """The latent file format shared by all of wanctl.
 
-A safetensors file holding one tensor named `latents`, of shape (1, 48, T, h, w) or
-(48, T, h, w), in a floating dtype, with string metadata:
+A safetensors file holding one tensor named `latents`, of shape (1, C, T, h, w) or
+(C, T, h, w), in a floating dtype, with string metadata:
 
 - `normalized` (required): "true" when the latents are in the model's normalised space (straight
   from the sampler) and need `z * std + mean` before decoding, "false" when already denormalised;
+- `vae` (optional): the VAE that made them, "wan2.2" (TI2V-5B: C = 48, 16x in space) or
+  "wan2.1" (the A14B models: C = 16, 8x); without it, the channel count says which;
 - `fps` (optional, default 24): the frame rate of the decoded video;
 - `model`, `prompt`, `seed`, `steps`, `size` (optional): where the latents came from.
 
-T latent frames decode to 4(T-1)+1 frames of 16h x 16w pixels.
+T latent frames decode to 4(T-1)+1 frames of (16h x 16w, or 8h x 8w) pixels.
 """
 
 from __future__ import annotations
@@ -21,25 +23,36 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from wanctl.core.architectures import (
+    VAE_FAMILIES,
+    VaeFamily,
+    vae_family_for_channels,
+)
 from wanctl.errors import UsageError
 
 TENSOR_NAME = "latents"
-CHANNELS = 48
 DEFAULT_FPS = 24.0
 SOURCE_KEYS = ("model", "prompt", "seed", "steps", "size")
-TIME_FACTOR = 4
-SPACE_FACTOR = 16
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
 class Latents:
-    """Latents of one video, (1, 48, T, h, w), and what the file says about them."""
+    """Latents of one video, (1, C, T, h, w), the VAE that made them, and what the file says
+    about them."""
 
     tensor: torch.Tensor
     normalized: bool
     fps: float = DEFAULT_FPS
     source: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def vae(self) -> VaeFamily:
+        """The VAE of this channel count: the one that made them, the one that decodes them."""
+        family = vae_family_for_channels(int(self.tensor.shape[1]))
+        if family is None:
+            raise ValueError(f"no Wan VAE makes latents of shape {tuple(self.tensor.shape)}")
+        return family
 
     @property
     def latent_frames(self) -> int:
@@ -48,15 +61,15 @@ class Latents:
     @property
     def frames(self) -> int:
         """Frames of the decoded video: the first latent frame gives one, each other four."""
-        return TIME_FACTOR * (self.latent_frames - 1) + 1
+        return self.vae.temporal * (self.latent_frames - 1) + 1
 
     @property
     def height(self) -> int:
-        return SPACE_FACTOR * int(self.tensor.shape[3])
+        return self.vae.spatial * int(self.tensor.shape[3])
 
     @property
     def width(self) -> int:
-        return SPACE_FACTOR * int(self.tensor.shape[4])
+        return self.vae.spatial * int(self.tensor.shape[4])
 
     def for_decoder(self, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
         """The latents in the space the VAE decodes, float32: `z * std + mean` when normalised
@@ -64,13 +77,17 @@ class Latents:
         z = self.tensor.float()
         if not self.normalized:
             return z
-        shape = (1, CHANNELS, 1, 1, 1)
+        shape = (1, self.vae.channels, 1, 1, 1)
         return z * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
 
 
 def save_latents(path: Path, latents: Latents) -> None:
     """Write `latents` in the wanctl format (the metadata as strings)."""
-    metadata = {"normalized": "true" if latents.normalized else "false", "fps": str(latents.fps)}
+    metadata = {
+        "normalized": "true" if latents.normalized else "false",
+        "fps": str(latents.fps),
+        "vae": latents.vae.name,
+    }
     metadata.update({k: str(v) for k, v in latents.source.items() if k in SOURCE_KEYS})
     save_file({TENSOR_NAME: latents.tensor.contiguous()}, str(path), metadata=metadata)
 
@@ -79,6 +96,7 @@ def load_latents(path: Path) -> Latents:
     """Read and check a latents file; a bad one raises `UsageError` saying what is wrong."""
     tensor, metadata = _read(path)
     tensor = _checked_tensor(path, tensor)
+    _check_vae(path, metadata, int(tensor.shape[1]))
     return Latents(
         tensor=tensor,
         normalized=_normalized(path, metadata),
@@ -112,11 +130,17 @@ def _checked_tensor(path: Path, tensor: torch.Tensor) -> torch.Tensor:
     shape = tuple(tensor.shape)
     if tensor.dim() == 4:
         tensor = tensor.unsqueeze(0)
-    if tensor.dim() != 5 or tensor.shape[0] != 1 or tensor.shape[1] != CHANNELS:
+    widths = sorted(family.channels for family in VAE_FAMILIES.values())
+    if (
+        tensor.dim() != 5
+        or tensor.shape[0] != 1
+        or vae_family_for_channels(tensor.shape[1]) is None
+    ):
         raise UsageError(
-            f"{path}: latents of shape {shape}, expected (1, {CHANNELS}, T, h, w)",
-            why=f"the Wan2.2 VAE decodes {CHANNELS}-channel latents, one video per file",
-            fix="save one video's latents, as the TI2V-5B sampler returns them",
+            f"{path}: latents of shape {shape}, expected (1, C, T, h, w) with C in {widths}",
+            why="the Wan2.2 VAE (TI2V-5B) decodes 48-channel latents, the Wan2.1 VAE (the A14B"
+            " models) 16-channel ones; one video per file",
+            fix="save one video's latents, as the sampler returns them",
         )
     if min(tensor.shape[2:]) < 1:
         raise UsageError(f"{path}: latents of shape {shape} are empty")
@@ -143,6 +167,21 @@ def _normalized(path: Path, metadata: Mapping[str, str]) -> bool:
             " 'false' if already multiplied by the VAE's std and shifted by its mean",
         )
     return value == "true"
+
+
+def _check_vae(path: Path, metadata: Mapping[str, str], channels: int) -> None:
+    """The VAE the file names must be the one of its channel count."""
+    by_channels = vae_family_for_channels(channels)
+    assert by_channels is not None, "the tensor's channels were checked"
+    name = metadata.get("vae", by_channels.name)
+    family = VAE_FAMILIES.get(name)
+    if family is None or family is not by_channels:
+        raise UsageError(
+            f"{path}: metadata 'vae' is {name!r} but the latents have {channels} channels",
+            why=f"the {by_channels.name} VAE makes {channels}-channel latents"
+            + (f", the {family.name} VAE {family.channels}-channel ones" if family else ""),
+            fix=f"set metadata 'vae' to {by_channels.name!r}, or drop it",
+        )
 
 
 def _fps(path: Path, metadata: Mapping[str, str]) -> float:

@@ -1,24 +1,36 @@
-"""Loading the Wan2.2 VAE as a decoder-only diffusers `AutoencoderKLWan`.
+"""Loading a Wan VAE (Wan2.2's or Wan2.1's) as a decoder-only diffusers `AutoencoderKLWan`.
 
-`--vae` takes a diffusers directory (`config.json` + weights, as `Wan2.2-TI2V-5B-Diffusers/vae`,
-or the model root holding `vae/`), the original `Wan2.2_VAE.pth` (keys mapped here: diffusers
-0.42's single-file loader only knows the Wan2.1 layout), `synthetic` (the TI2V-5B architecture
-with seeded random weights, for benchmarks) or `tiny` (the same structure, narrow, for tests).
-The encoder is dropped: decoding never uses it.
+`--vae` takes a diffusers directory (`config.json` + weights, as `Wan2.2-TI2V-5B-Diffusers/vae`
+or `Wan2.2-T2V-A14B-Diffusers/vae`, or the model root holding `vae/`), an original
+`Wan2.2_VAE.pth` (keys mapped here: diffusers 0.42's single-file converter only knows the Wan2.1
+layout) or `Wan2.1_VAE.pth` (mapped by that converter), or a built-in: `synthetic` and
+`synthetic-wan2.1` (the real architectures with seeded random weights, for benchmarks), `tiny`
+and `tiny-wan2.1` (the same structures, narrow, for tests). The encoder is dropped: decoding
+never uses it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan, WanRMS_norm
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from wanctl.core.architectures import VAE_TI2V_5B
+from wanctl.core.architectures import (
+    VAE_FAMILIES,
+    VAE_TI2V_5B,
+    VAE_WAN21,
+    VaeFamily,
+    vae_family_for_channels,
+    vae_family_of,
+)
 from wanctl.errors import UsageError
 
 # Wan2.2 VAE normalisation (Wan2_2_VAE in the official vae2_2.py; `latents_mean`/`latents_std`
@@ -47,12 +59,21 @@ TI2V_5B_CONFIG: dict[str, Any] = {
 }
 # The same structure (residual up blocks, DupUp3D, patch size 2, 48 latent channels), narrow.
 TINY_CONFIG: dict[str, Any] = {**TI2V_5B_CONFIG, "base_dim": 8, "decoder_base_dim": 8}
+# The Wan2.1 VAE: its normalisation is `AutoencoderKLWan`'s default `latents_mean`/`latents_std`.
+WAN21_CONFIG: dict[str, Any] = dict(VAE_WAN21)
+TINY_WAN21_CONFIG: dict[str, Any] = {**WAN21_CONFIG, "base_dim": 8}
 
-BUILT_IN = {"synthetic": TI2V_5B_CONFIG, "tiny": TINY_CONFIG}
+BUILT_IN = {
+    "synthetic": TI2V_5B_CONFIG,
+    "tiny": TINY_CONFIG,
+    "synthetic-wan2.1": WAN21_CONFIG,
+    "tiny-wan2.1": TINY_WAN21_CONFIG,
+}
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 _FIX = (
-    "pass --vae with Wan2.2-TI2V-5B-Diffusers/vae (or the model folder holding it),"
-    " the official Wan2.2_VAE.pth, or 'synthetic' for random weights"
+    "pass --vae with the checkpoint's vae/ folder (Wan2.2-TI2V-5B-Diffusers/vae,"
+    " Wan2.2-T2V-A14B-Diffusers/vae, or the model folder holding it), the official"
+    " Wan2.2_VAE.pth or Wan2.1_VAE.pth, or 'synthetic' / 'synthetic-wan2.1' for random weights"
 )
 
 
@@ -69,7 +90,7 @@ def load_vae(
     else:
         path = vae_path(spec)
         vae = _from_diffusers_dir(path) if path.is_dir() else _from_weights_file(path)
-    check_wan22(vae, spec)
+    family_of(vae, spec)
     # nn.Module.to: ModelMixin.to warns on every dtype cast, even with no float32-only modules.
     torch.nn.Module.to(vae, device=device, dtype=dtype)
     return vae.eval().requires_grad_(False)
@@ -112,16 +133,64 @@ def random_vae(config: Mapping[str, Any], *, seed: int = 0) -> AutoencoderKLWan:
     return vae
 
 
-def check_wan22(vae: AutoencoderKLWan, spec: str) -> None:
-    """Refuse VAEs wanctl's decoder does not handle (the Wan2.1 one, other latent widths)."""
-    z_dim, residual, patch = (vae.config[k] for k in ("z_dim", "is_residual", "patch_size"))
-    if not residual or z_dim != 48 or patch != 2:
+def family_of(vae: AutoencoderKLWan, spec: str) -> VaeFamily:
+    """Which Wan VAE `vae` is; any other (other latent widths, layouts) is refused."""
+    family = vae_family_of(dict(vae.config))
+    if family is None:
+        z_dim, residual, patch = (vae.config[k] for k in ("z_dim", "is_residual", "patch_size"))
         raise UsageError(
-            f"{spec} is not the Wan2.2 (TI2V-5B) VAE",
-            why=f"z_dim={z_dim}, is_residual={residual}, patch_size={patch};"
-            " wanctl decodes the 48-channel Wan2.2 VAE",
+            f"{spec} is neither the Wan2.2 nor the Wan2.1 VAE",
+            why=f"z_dim={z_dim}, is_residual={residual}, patch_size={patch}; wanctl decodes the"
+            " 48-channel Wan2.2 VAE (residual, patch 2) and the 16-channel Wan2.1 VAE",
             fix=_FIX,
         )
+    return family
+
+
+def spec_family(spec: str) -> VaeFamily | None:
+    """The family of the VAE `spec` names, read cheaply (a config file, or one weight's shape
+    through the file's header), for a launcher to check latents against before starting
+    workers; None where that cannot tell (`load_vae` checks again)."""
+    if spec in BUILT_IN:
+        return vae_family_of(BUILT_IN[spec])
+    path = vae_path(spec)
+    try:
+        if path.is_dir():
+            z_dim = json.loads((path / "config.json").read_text()).get("z_dim")
+        else:
+            z_dim = _conv_in_channels(path)
+    except (OSError, ValueError, RuntimeError):
+        return None  # `load_vae` says what is wrong with the file
+    return vae_family_for_channels(z_dim) if isinstance(z_dim, int) else None
+
+
+def check_latents_fit(latents_vae: VaeFamily, vae: VaeFamily, spec: str) -> None:
+    """Latents decode only with the VAE family that made them."""
+    if latents_vae is not vae:
+        makers = {"wan2.2": "TI2V-5B", "wan2.1": "T2V-A14B and I2V-A14B"}
+        raise UsageError(
+            f"these latents were made by the {latents_vae.name} VAE "
+            f"({latents_vae.channels} channels) and {spec} is the {vae.name} VAE "
+            f"({vae.channels} channels)",
+            why=f"the {latents_vae.name} VAE ({makers[latents_vae.name]}) alone decodes them",
+            fix=f"pass --vae with the {latents_vae.name} VAE of the model that sampled them"
+            + (" (Wan2.1_VAE.pth, or the A14B folder's vae/)" if latents_vae.name == "wan2.1"
+               else " (Wan2.2_VAE.pth, or the TI2V-5B folder's vae/)"),
+        )  # fmt: skip
+
+
+def _conv_in_channels(path: Path) -> int | None:
+    """The decoder's input channels (z_dim), from one tensor's shape, without reading the
+    weights (safetensors' header, or torch's memory map)."""
+    names = ("decoder.conv1.weight", "decoder.conv_in.weight")
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            keys = set(handle.keys())
+            name = next((n for n in names if n in keys), None)
+            return handle.get_slice(name).get_shape()[1] if name else None
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    tensor = next((state[n] for n in names if isinstance(state, dict) and n in state), None)
+    return int(tensor.shape[1]) if tensor is not None else None
 
 
 def original_to_diffusers(
@@ -201,10 +270,12 @@ def _from_diffusers_dir(path: Path) -> AutoencoderKLWan:
 
 def _from_weights_file(path: Path) -> AutoencoderKLWan:
     state = _read_state(path)
-    if "decoder.conv1.weight" in state:
+    if "decoder.upsamples.0.upsamples.0.residual.0.gamma" in state:  # Wan2.2's nested blocks
         state = original_to_diffusers(state, TI2V_5B_CONFIG["num_res_blocks"] + 1)
+    elif "decoder.conv1.weight" in state:  # Wan2.1's flat list of up blocks
+        state = _decoder_keys(convert_wan_vae_to_diffusers(state))
     elif "decoder.conv_in.weight" in state:
-        state = {k: v for k, v in state.items() if k.startswith(("decoder.", "post_quant_conv."))}
+        state = _decoder_keys(state)
     else:
         raise UsageError(f"{path} holds no Wan VAE decoder weights", fix=_FIX)
     try:
@@ -212,18 +283,25 @@ def _from_weights_file(path: Path) -> AutoencoderKLWan:
         vae.load_state_dict(state, strict=True, assign=True)
     except (KeyError, RuntimeError) as error:
         raise UsageError(
-            f"{path} does not fit the Wan2.2 VAE",
+            f"{path} does not fit the Wan2.2 or the Wan2.1 VAE",
             why=str(error).splitlines()[0],
             fix=_FIX,
         ) from None
     return vae
 
 
+def _decoder_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.startswith(("decoder.", "post_quant_conv."))}
+
+
 def _config_of(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """The TI2V-5B config with the widths read off the weights (conv_in's input channels are
-    z_dim, conv_out's input channels the decoder's base width)."""
-    z_dim = state["decoder.conv_in.weight"].shape[1]
-    base = state["decoder.conv_out.weight"].shape[1]
+    """The family's config with the widths read off the weights: conv_in's input channels
+    are z_dim (48: Wan2.2, 16: Wan2.1), conv_out's input channels the decoder's base width."""
+    z_dim = int(state["decoder.conv_in.weight"].shape[1])
+    base = int(state["decoder.conv_out.weight"].shape[1])
+    family = vae_family_for_channels(z_dim)
+    if family is VAE_FAMILIES["wan2.1"]:
+        return {**WAN21_CONFIG, "base_dim": base}
     return {**TI2V_5B_CONFIG, "z_dim": z_dim, "decoder_base_dim": base}
 
 

@@ -28,7 +28,7 @@ from wanctl.core.launch import (
 from wanctl.core.progress import progress_bar
 from wanctl.decode.fallback import DecodeOutOfMemory, DecodePlan, fallback_plans, run_ladder
 from wanctl.decode.latents import Latents, load_latents
-from wanctl.decode.load import BUILT_IN, load_vae, vae_path
+from wanctl.decode.load import check_latents_fit, family_of, load_vae, spec_family
 from wanctl.decode.parallel import RowSplit, split_dim
 from wanctl.decode.stream import StreamResult, decode_tiled_to_file, decode_to_file
 from wanctl.errors import UsageError, WanctlError
@@ -87,8 +87,8 @@ def run_decode(
     """Decode `options.latents` into `options.output`, falling back when out of memory."""
     start = time.perf_counter()
     latents = load_latents(options.latents)
-    if options.vae not in BUILT_IN:
-        vae_path(options.vae)
+    if family := spec_family(options.vae):
+        check_latents_fit(latents.vae, family, options.vae)
     check_output(options.output, options.latents)
     gpus = torch.cuda.device_count()
     first = first_plan(options, latents, env, gpus)
@@ -143,6 +143,7 @@ def decode_here(
     passes its `split` and device; CUDA running out of memory raises torch.OutOfMemoryError."""
     device = device or torch.device(plan.device)
     vae = load_vae(options.vae, device=device, dtype=DTYPES[plan.dtype])
+    check_latents_fit(latents.vae, family_of(vae, options.vae), options.vae)
     z = latents.for_decoder(vae.config["latents_mean"], vae.config["latents_std"])
     show = options.progress and (split is None or split.rank == 0)
     with progress_bar("decoding", "frames", latents.frames, show) as on_frames:
