@@ -17,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from wanctl.cli import app
+from wanctl.core.families import TI2V_5B
 from wanctl.core.launch import LaunchSpec, RunResult, SubprocessRunner
 from wanctl.core.worker import GENERATE_WORKER
 from wanctl.decode.latents import load_latents
@@ -24,7 +25,8 @@ from wanctl.errors import WanctlError
 from wanctl.generate.failures import DecodeFailed
 from wanctl.generate.options import GenerateOptions
 from wanctl.generate.run import prepare, run_generate
-from wanctl.models.pipelines import tiny_text_encoder, tiny_transformer, tiny_vae, wan_scheduler
+from wanctl.models.builtin import tiny_text_encoder, tiny_transformer, tiny_vae
+from wanctl.models.pipelines import wan_scheduler
 from wanctl.probe.local import LocalProbe
 
 FRAMES = 17
@@ -103,7 +105,7 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     tiny_vae().save_pretrained(folder / "vae")
     tiny_text_encoder().save_pretrained(folder / "text_encoder")
     ByT5Tokenizer().save_pretrained(folder / "tokenizer")
-    wan_scheduler().save_pretrained(folder / "scheduler")
+    wan_scheduler(TI2V_5B).save_pretrained(folder / "scheduler")
     index = {"_class_name": "WanPipeline", "expand_timesteps": True, "transformer_2": [None, None]}
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder

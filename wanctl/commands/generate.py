@@ -35,6 +35,8 @@ from wanctl.render import err_console, out_console, print_json, warmup_worth_sho
 class Model(str, Enum):
     tiny = "tiny"
     synthetic_5b = "synthetic-5b"
+    tiny_moe = "tiny-moe"
+    synthetic_a14b = "synthetic-a14b"
 
 
 class Device(str, Enum):
@@ -47,9 +49,20 @@ def generate(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Video to write: .mp4 (H.264) or .npy.")
     ],
-    size: Annotated[str, typer.Option(help="WIDTH*HEIGHT, multiples of 32.")] = "1280*704",
-    frames: Annotated[int, typer.Option(help="Frames, 4n+1.")] = 121,
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 50,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            help="WIDTH*HEIGHT: multiples of 32 (TI2V-5B) or 16 (A14B); default: the model's "
+            "(1280*704; A14B 1280*720)."
+        ),
+    ] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Frames, 4n+1; default: the model's (121; A14B 81).")
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Denoising steps; default: the model's (50; A14B 40)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="The same seed gives the same video.")] = 42,
     gpus: Annotated[
         int | None,
@@ -57,12 +70,17 @@ def generate(
     ] = None,
     model: Annotated[
         Model | None,
-        typer.Option(help="A built-in model: tiny (runs anywhere) or synthetic-5b (GPU timing)."),
+        typer.Option(
+            help="A built-in model, random weights: tiny or tiny-moe (two experts) run "
+            "anywhere; synthetic-5b and synthetic-a14b time the real architectures on GPUs. "
+            "The two-expert ones are T2V-A14B, or I2V-A14B with --image."
+        ),
     ] = None,
     ckpt_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Checkpoint: Wan2.2-TI2V-5B-Diffusers (diffusers), Wan2.2-TI2V-5B (wan-repo)."
+            help="Checkpoint: Wan2.2-TI2V-5B-Diffusers, Wan2.2-T2V-A14B-Diffusers or "
+            "Wan2.2-I2V-A14B-Diffusers (diffusers); Wan2.2-TI2V-5B (wan-repo)."
         ),  # fmt: skip
     ] = None,
     backend: BackendOption = Backend.diffusers,
@@ -70,13 +88,25 @@ def generate(
         Path | None, typer.Option(help="A clone of Wan-Video/Wan2.2 (--backend wan-repo).")
     ] = None,
     image: Annotated[
-        Path | None, typer.Option(help="An image for the first frame (image to video).")
+        Path | None,
+        typer.Option(help="An image to start from (TI2V-5B: the first frame; I2V-A14B)."),
     ] = None,
     negative_prompt: Annotated[
         str | None, typer.Option(help="What to avoid; default: Wan's own negative prompt.")
     ] = None,
     guidance: Annotated[
-        float | None, typer.Option(help="Classifier-free guidance scale; default 5.")
+        float | None,
+        typer.Option(
+            help="Classifier-free guidance scale (A14B: the high-noise expert's); default: "
+            "the model's (5; T2V-A14B 4, I2V-A14B 3.5)."
+        ),
+    ] = None,
+    guidance_2: Annotated[
+        float | None,
+        typer.Option(
+            "--guidance-2",
+            help="The low-noise expert's scale (A14B); default: the model's (T2V 3, I2V 3.5).",
+        ),
     ] = None,
     device: Annotated[
         Device | None, typer.Option(help="cuda or cpu; default: cuda when a GPU is visible.")
@@ -111,7 +141,8 @@ def generate(
     split over every GPU. If the decode fails, the latents stay and the error gives the
     `wanctl decode` command that finishes the job."""
     options = GenerateOptions(
-        prompt=prompt, output=output, size=size, frames=frames, steps=steps, seed=seed,
+        prompt=prompt, output=output, size=size or "", frames=frames or 0, steps=steps or 0,
+        seed=seed, guidance_2=guidance_2,
         gpus=gpus, backend=backend.value, model=model.value if model else None,
         ckpt_dir=ckpt_dir, wan_repo=wan_repo, image=image, negative_prompt=negative_prompt,
         guidance=guidance, device=device.value if device else None, nnodes=nnodes,
@@ -176,7 +207,8 @@ def render_plan(plan: GeneratePlan, console: Console) -> None:
     table.add_column(style="bold")
     table.add_column()
     overridden = f" (set here: {', '.join(plan.overridden)})" if plan.overridden else ""
-    table.add_row("run", f"{plan.world} rank(s) on {plan.device}, {plan.options.backend}")
+    table.add_row("run", f"{plan.world} rank(s) on {plan.device}, {plan.options.backend}, "
+                  f"{plan.options.family.name}")  # fmt: skip
     table.add_row("settings", f"{plan.source}{overridden}")
     table.add_row(
         "decode",
@@ -200,7 +232,9 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
     table.add_row("video", f"{summary.frames} frames, {summary.width}x{summary.height}, "
                   f"{summary.fps:g} fps; latents {summary.latents}")  # fmt: skip
     table.add_row("run", f"{summary.ranks} rank(s) on {summary.device}, {summary.backend}, "
-                  f"{summary.model}; settings: {summary.source}")  # fmt: skip
+                  f"{summary.model} ({summary.family}); settings: {summary.source}")  # fmt: skip
+    if summary.expert_steps:
+        table.add_row("experts", f"steps {summary.expert_steps}")
     if summary.seconds_per_step is not None:
         table.add_row(
             "s/step", f"{summary.seconds_per_step:.2f} (first {summary.first_step_s:.2f})"

@@ -25,6 +25,18 @@ DIT_TI2V_5B: dict[str, Any] = {
 }
 
 
+# diffusers `WanTransformer3DModel` of Wan2.2-T2V-A14B-Diffusers/transformer (and transformer_2):
+# each expert; I2V-A14B's take 36 input channels (the noise, the mask, the image's latents).
+DIT_A14B: dict[str, Any] = {
+    **DIT_TI2V_5B,
+    "num_attention_heads": 40,
+    "in_channels": 16,
+    "out_channels": 16,
+    "ffn_dim": 13824,
+    "num_layers": 40,
+}
+
+
 # transformers `UMT5EncoderModel` of google/umt5-xxl, Wan's text encoder (encoder half only).
 UMT5_XXL: dict[str, Any] = {
     "d_model": 4096,

@@ -42,6 +42,7 @@ class WorkerRequest:
     negative_prompt: str | None = None
     image: Path | None = None
     guidance: float | None = None
+    guidance_2: float | None = None
     memory_cap_gib: float | None = None
 
     def argv(self) -> list[str]:
@@ -68,6 +69,7 @@ class WorkerRequest:
             "--negative-prompt": self.negative_prompt,
             "--image": self.image,
             "--guidance": self.guidance,
+            "--guidance-2": self.guidance_2,
             "--memory-cap-gib": self.memory_cap_gib,
         }
         for flag, value in optional.items():

@@ -1,6 +1,6 @@
-"""What is generated, as every floor of wanctl names it: the size, the frames, the GPUs (the
-Ulysses degree) and whether an image conditions the first frame; the latent and token counts
-they make, and whether a backend's Ulysses can split them. Torch-free."""
+"""What is generated, as every floor of wanctl names it: the model family, the size, the
+frames, the GPUs (the Ulysses degree) and whether an image conditions the video; the latent and
+token counts they make, and whether a backend's Ulysses can split them. Torch-free."""
 
 from __future__ import annotations
 
@@ -8,34 +8,37 @@ import math
 import re
 from dataclasses import dataclass
 
-from wanctl.core.architectures import DIT_TI2V_5B
+from wanctl.core.families import TI2V_5B, Family
 from wanctl.errors import UsageError
 
-HEADS = DIT_TI2V_5B["num_attention_heads"]  # the Ulysses degree must divide them
-SPATIAL = 16  # VAE spatial compression
-TEMPORAL = 4  # VAE temporal compression
-PATCH = 2  # the DiT's spatial patch (1, 2, 2)
+HEADS = TI2V_5B.heads  # TI2V-5B's: the Ulysses degree must divide them
+SPATIAL = TI2V_5B.vae.spatial  # the Wan2.2 VAE's spatial compression
+TEMPORAL = 4  # VAE temporal compression (both VAEs)
+PATCH = 2  # the DiT's spatial patch (1, 2, 2), every model
 
 
 @dataclass(frozen=True)
 class Workload:
     """What is generated: `width*height`, `frames` (4n+1), over `gpus` ranks (the Ulysses
-    degree), from a prompt alone or with an `image` for the first frame. Whether the ranks can
-    split it is `ulysses_problem`'s question, not a construction error: a plan for it can still
-    name the runs that would."""
+    degree), by the model `family`, from a prompt alone or with an `image`. Whether the ranks
+    can split it is `ulysses_problem`'s question, not a construction error: a plan for it can
+    still name the runs that would."""
 
     width: int
     height: int
     frames: int
     gpus: int
     image: bool = False
+    family: Family = TI2V_5B
 
     def __post_init__(self) -> None:
-        if self.width <= 0 or self.height <= 0 or self.width % 32 or self.height % 32:
+        multiple, spatial = self.family.size_multiple, self.family.vae.spatial
+        if self.width <= 0 or self.height <= 0 or self.width % multiple or self.height % multiple:
             raise UsageError(
-                f"size {self.width}*{self.height} is not made of multiples of 32",
-                why="the VAE divides each side by 16 and the DiT's patch by 2 more",
-                fix="use a size such as 1280*704 or 704*1280",
+                f"size {self.width}*{self.height} is not made of multiples of {multiple}",
+                why=f"{self.family.name}'s VAE divides each side by {spatial} and the DiT's patch"
+                " by 2 more",
+                fix=f"use a size such as {' or '.join(self.family.sizes[:2])}",
             )
         if self.frames < 1 or (self.frames - 1) % TEMPORAL:
             raise UsageError(
@@ -53,7 +56,8 @@ class Workload:
     @property
     def latent(self) -> tuple[int, int, int]:
         """(frames, height, width) of the latent."""
-        return (self.frames - 1) // TEMPORAL + 1, self.height // SPATIAL, self.width // SPATIAL
+        spatial = self.family.vae.spatial
+        return (self.frames - 1) // TEMPORAL + 1, self.height // spatial, self.width // spatial
 
     @property
     def tokens(self) -> int:
@@ -66,12 +70,12 @@ def ulysses_problem(workload: Workload, backend: str = "diffusers") -> str | Non
     or None when it can. The degree must divide the DiT's attention heads (`HEADS`); diffusers
     also gives every rank an equal share of the tokens (the official code pads the sequence to a
     multiple of the degree). Pure: the workload alone decides."""
-    gpus = workload.gpus
-    if HEADS % gpus:
-        usable = [str(n) for n in ulysses_degrees() if n <= max(gpus, 8)]
+    gpus, heads = workload.gpus, workload.family.heads
+    if heads % gpus:
+        usable = [str(n) for n in ulysses_degrees(heads) if n <= max(gpus, 8)]
         return (
-            f"the DiT's {HEADS} attention heads do not split over {gpus} GPUs: the Ulysses "
-            f"degree must divide them ({', '.join(usable)})"
+            f"{workload.family.name}'s {heads} attention heads do not split over {gpus} GPUs: "
+            f"the Ulysses degree must divide them ({', '.join(usable)})"
         )
     if backend == "diffusers" and workload.tokens % gpus:
         return (
@@ -81,8 +85,8 @@ def ulysses_problem(workload: Workload, backend: str = "diffusers") -> str | Non
     return None
 
 
-def ulysses_degrees() -> tuple[int, ...]:
-    return tuple(n for n in range(1, HEADS + 1) if HEADS % n == 0)
+def ulysses_degrees(heads: int = HEADS) -> tuple[int, ...]:
+    return tuple(n for n in range(1, heads + 1) if heads % n == 0)
 
 
 def nearest_frames(frames: int) -> int:

@@ -10,12 +10,12 @@ from wanctl.core.launch import (
     CHUNK_ENV,
     check_output,
 )
-from wanctl.core.workload import HEADS, TEMPORAL, Workload, ulysses_degrees, ulysses_problem
+from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
 from wanctl.doctor.report import DoctorReport, Status
 from wanctl.errors import UsageError, WanctlError
 from wanctl.generate.options import BACKENDS, DEVICES, GenerateOptions, RunPaths
 from wanctl.generate.wan_repo import check_wan_repo
-from wanctl.models.pipelines import MODELS, checkpoint_problem
+from wanctl.models.catalog import DOWNLOAD_FIX, MODELS, checkpoint_problem
 
 # Checks that matter on the CPU (no driver is expected there).
 CPU_CHECKS = ("torch", "diffusers", "ffmpeg")
@@ -72,22 +72,41 @@ def check_image(path: Path) -> None:
 def check_diffusers_model(options: GenerateOptions) -> None:
     if options.model is not None:
         if options.model not in MODELS:
-            raise UsageError(f"unknown model {options.model!r}", fix="use tiny or synthetic-5b")
+            raise UsageError(
+                f"unknown model {options.model!r}", fix=f"use one of {', '.join(MODELS)}"
+            )
         if options.ckpt_dir is not None:
             raise UsageError("both --model and --ckpt-dir given", fix="pass one of them")
-        return
-    if options.ckpt_dir is None:
+    elif options.ckpt_dir is None:
         raise UsageError(
             "no model: pass a checkpoint or a built-in model",
-            fix="--ckpt-dir Wan2.2-TI2V-5B-Diffusers, or --model tiny (runs anywhere)",
+            fix="--ckpt-dir Wan2.2-TI2V-5B-Diffusers (or an A14B one), or --model tiny "
+            "(runs anywhere)",
         )
-    problem = checkpoint_problem(options.ckpt_dir)
-    if problem:
+    elif problem := checkpoint_problem(options.ckpt_dir):
+        raise UsageError(f"not a diffusers Wan2.2 checkpoint: {problem}", fix=DOWNLOAD_FIX)
+    check_image_use(options)
+
+
+def check_image_use(options: GenerateOptions) -> None:
+    """I2V-A14B samples from an image, T2V-A14B from a prompt alone; TI2V-5B takes either."""
+    family = options.family
+    if family.image == "required" and options.image is None:
         raise UsageError(
-            f"not a diffusers Wan2.2 TI2V-5B checkpoint: {problem}",
-            fix="download Wan-AI/Wan2.2-TI2V-5B-Diffusers (huggingface-cli download "
-            "Wan-AI/Wan2.2-TI2V-5B-Diffusers --local-dir DIR) and pass --ckpt-dir DIR; the "
-            "official (non-diffusers) checkpoint runs with --backend wan-repo",
+            f"{family.name} generates from an image, and none was given",
+            why="its DiT conditions every step on the image's latents (36 input channels)",
+            fix="pass --image PATH, or use a T2V-A14B or TI2V-5B checkpoint for text alone",
+        )
+    if family.image == "none" and options.image is not None:
+        raise UsageError(
+            f"{family.name} takes no image",
+            why="its DiT has no input for one (16 channels: the noise alone)",
+            fix="drop --image, or use Wan2.2-I2V-A14B-Diffusers (or TI2V-5B) for image to video",
+        )
+    if options.guidance_2 is not None and family.experts == 1:
+        raise UsageError(
+            f"--guidance-2 is the low-noise expert's scale, and {family.name} has one DiT",
+            fix="drop --guidance-2 (--guidance sets its scale)",
         )
 
 
@@ -98,8 +117,9 @@ def check_tokens(workload: Workload, backend: str) -> None:
     problem = ulysses_problem(workload, backend)
     if problem is None:
         return
-    if HEADS % workload.gpus:
-        degrees = [str(n) for n in ulysses_degrees() if n < workload.gpus]
+    heads = workload.family.heads
+    if heads % workload.gpus:
+        degrees = [str(n) for n in ulysses_degrees(heads) if n < workload.gpus]
         raise UsageError(problem, fix=f"use --gpus {' or '.join(degrees[-3:])}")
     nearby = range(workload.frames - 4 * TEMPORAL, workload.frames + 4 * TEMPORAL + 1, TEMPORAL)
     fitting = [
@@ -119,7 +139,7 @@ def check_disk(paths: RunPaths, workload: Workload, free_bytes: int) -> None:
     """Room for the latents (float32) and the video (raw for .npy; H.264 at Wan's quality
     stays well under a tenth of the raw frames)."""
     frames, height, width = workload.latent
-    latents = 48 * frames * height * width * 4
+    latents = workload.family.vae.channels * frames * height * width * 4
     raw = workload.frames * workload.width * workload.height * 3
     video = raw if paths.output.suffix == ".npy" else raw // 10
     needed = latents + video + DISK_MARGIN_BYTES

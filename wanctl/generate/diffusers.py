@@ -22,6 +22,7 @@ def worker_request(
         settings=settings, latents=paths.latents, output=paths.output, vae=vae,
         run_dir=paths.run_dir, model=o.model, ckpt_dir=o.ckpt_dir,
         negative_prompt=o.negative_prompt, image=o.image, guidance=o.guidance,
+        guidance_2=o.guidance_2,
     )  # fmt: skip
 
 
@@ -46,5 +47,6 @@ def finish(plan: GeneratePlan, result: RunResult, start: float) -> GenerateSumma
             RankFigures(r["rank"], r["peak_allocated_gib"], r["peak_reserved_gib"]) for r in ranks
         ],
         attention=AttentionChoice.from_dict(attention) if attention else None,
+        experts=ranks[0].get("experts", []),
         notes=[r["kernel_problem"] for r in ranks if r.get("kernel_problem")][:1],
     )

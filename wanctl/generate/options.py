@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from wanctl.core.families import TI2V_5B, Family
 from wanctl.core.workload import parse_size
+from wanctl.models.catalog import MODELS, checkpoint_problem, model_family
 
 BACKENDS = ("diffusers", "wan-repo")
 DEVICES = ("cuda", "cpu")
@@ -13,13 +15,14 @@ DEVICES = ("cuda", "cpu")
 
 @dataclass(frozen=True)
 class GenerateOptions:
-    """What the user asked for; None leaves a setting to the preset or the default."""
+    """What the user asked for; None leaves a setting to the preset or the default. An empty
+    `size`, or 0 `frames` or `steps`, is the model's official default (`family`)."""
 
     prompt: str
     output: Path
-    size: str = "1280*704"
-    frames: int = 121
-    steps: int = 50
+    size: str = ""
+    frames: int = 0
+    steps: int = 0
     seed: int = 42
     gpus: int | None = None
     backend: str = "diffusers"
@@ -28,7 +31,8 @@ class GenerateOptions:
     wan_repo: Path | None = None
     image: Path | None = None
     negative_prompt: str | None = None
-    guidance: float | None = None
+    guidance: float | None = None  # the DiT's, or the high-noise expert's
+    guidance_2: float | None = None  # the low-noise expert's
     device: str | None = None  # "cuda" | "cpu"; None: cuda when a GPU is visible
     nnodes: int | None = None
     rdzv_endpoint: str | None = None
@@ -43,12 +47,26 @@ class GenerateOptions:
     preflight: bool = True
     timeout_s: float | None = None
     json_stdout: bool = False  # stdout carries one JSON document (--json)
+    family: Family = field(init=False, default=TI2V_5B)
 
     def __post_init__(self) -> None:
+        family = self._family()
+        object.__setattr__(self, "family", family)
         # One spelling from here on: 1280x704 and 1280×704 become 1280*704, the form the
         # workers and the official generate.py read.
-        width, height = parse_size(self.size)
+        width, height = parse_size(self.size or family.sizes[0])
         object.__setattr__(self, "size", f"{width}*{height}")
+        object.__setattr__(self, "frames", self.frames or family.frames)
+        object.__setattr__(self, "steps", self.steps or family.steps)
+
+    def _family(self) -> Family:
+        """The model's family; TI2V-5B where the model is not known yet (the checks before
+        launch refuse it, with the reason)."""
+        if self.backend == "wan-repo" or (self.model is not None and self.model not in MODELS):
+            return TI2V_5B
+        if self.model is None and (self.ckpt_dir is None or checkpoint_problem(self.ckpt_dir)):
+            return TI2V_5B
+        return model_family(self.model, self.ckpt_dir, image=self.image is not None)
 
     @property
     def dimensions(self) -> tuple[int, int]:

@@ -12,7 +12,6 @@ from wanctl.core.launch import LaunchSpec
 from wanctl.core.settings import Settings
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.models.attention import AttentionChoice
-from wanctl.models.pipelines import FPS
 from wanctl.tune.predict import MemoryPlan
 
 
@@ -53,6 +52,7 @@ class GenerateSummary:
     latents: Path
     backend: str
     model: str
+    family: str  # the official task name: ti2v-5B, t2v-A14B, i2v-A14B
     device: str
     ranks: int
     frames: int
@@ -76,6 +76,21 @@ class GenerateSummary:
     notes: list[str] = field(default_factory=list)
     # The DiT's attention backend and the timings it was chosen from (diffusers on GPUs).
     attention: AttentionChoice | None = None
+    # The DiT that ran each step: "dit", or the A14B's "high" / "low" noise expert.
+    experts: list[str] = field(default_factory=list)
+
+    @property
+    def expert_steps(self) -> str | None:
+        """Which steps each expert ran, as "high 1-4, low 5-40"; None for a single DiT."""
+        if not self.experts or set(self.experts) <= {"dit"}:
+            return None
+        runs: list[list[Any]] = []
+        for step, name in enumerate(self.experts, start=1):
+            if runs and runs[-1][0] == name:
+                runs[-1][2] = step
+            else:
+                runs.append([name, step, step])
+        return ", ".join(f"{n} {a}-{b}" if a != b else f"{n} {a}" for n, a, b in runs)
 
 
 @dataclass(frozen=True)
@@ -159,12 +174,13 @@ def summary(
         latents=plan.paths.latents,
         backend=options.backend,
         model=options.model or str(options.ckpt_dir),
+        family=options.family.name,
         device=plan.device,
         ranks=plan.world,
         frames=options.frames,
         width=width,
         height=height,
-        fps=FPS,
+        fps=options.family.fps,
         steps=options.steps,
         total_s=time.perf_counter() - start,
         settings=plan.settings,

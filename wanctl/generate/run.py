@@ -55,7 +55,7 @@ from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan, GenerateSummary
 from wanctl.generate.settings import launch_env, overrides_of, resolve_settings
 from wanctl.generate.wan_repo import WAN_VAE, hook_env, torchrun_script_argv, wan_repo_args
-from wanctl.models.pipelines import NOTES, vae_spec
+from wanctl.models.catalog import NOTES, vae_spec
 from wanctl.probe.base import Probe
 from wanctl.tune.predict import MemoryPlan
 
@@ -135,7 +135,8 @@ def prepare(
         check_gpus_visible(ranks, visible)
     world = ranks * (options.nnodes or 1)
     width, height = options.dimensions
-    workload = Workload(width, height, options.frames, world, image=options.image is not None)
+    workload = Workload(width, height, options.frames, world, image=options.image is not None,
+                        family=options.family)  # fmt: skip
     check_tokens(workload, options.backend)
     if options.preflight:
         check_preflight(report, device)

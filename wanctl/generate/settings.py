@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from wanctl.core.families import TI2V_5B
 from wanctl.core.launch import (
     CHUNK_ENV,
     chunk_t,
@@ -18,7 +19,7 @@ from wanctl.doctor.report import DoctorReport
 from wanctl.errors import UsageError
 from wanctl.generate.options import GenerateOptions
 from wanctl.tune import presets
-from wanctl.tune.predict import MemoryPlan, predict
+from wanctl.tune.predict import MemoryPlan, environment, predict
 
 # Variables the user may have exported under another name.
 ALIASES = {"PYTORCH_CUDA_ALLOC_CONF": ("PYTORCH_ALLOC_CONF",)}
@@ -46,6 +47,8 @@ def resolve_settings(
         settings = dataclasses.replace(settings, **overrides)
         check_settings(settings, options, workload)
         return settings, "CPU defaults", None, {CHUNK_ENV: str(settings.chunk_t)}
+    if workload.family is not TI2V_5B:
+        return unplanned(options, report, workload, overrides)
     resolved = presets.resolve(
         report.inventory, workload, backend=options.backend, nccl_env=report.recommended_env
     )
@@ -63,6 +66,27 @@ def resolve_settings(
         plan = dataclasses.replace(plan, env={**resolved.env, **plan.env}, source=source)
     settings_env = {**plan.env, CHUNK_ENV: str(settings.chunk_t)}
     return settings, source, plan, settings_env
+
+
+UNPLANNED = (
+    "{family} defaults: both experts on every GPU, the decode on every rank (the "
+    "memory model plans TI2V-5B runs only so far: no prediction)"
+)
+
+
+def unplanned(
+    options: GenerateOptions,
+    report: DoctorReport,
+    workload: Workload,
+    overrides: dict[str, Any],
+) -> tuple[Settings, str, None, dict[str, str]]:
+    """The settings of a run the memory model does not plan (the A14B models): the defaults,
+    the flags over them, no prediction; the source says so."""
+    settings = Settings(backend=options.backend, decode_ranks=workload.gpus)
+    settings = dataclasses.replace(settings, **overrides)
+    check_settings(settings, options, workload)
+    env = environment(settings, sys.platform, report.recommended_env)
+    return settings, UNPLANNED.format(family=workload.family.name), None, env
 
 
 def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from wanctl.core.families import TI2V_5B
 from wanctl.core.launch import (
     Runner,
     RunResult,
@@ -20,7 +21,6 @@ from wanctl.errors import UsageError, WanctlError
 from wanctl.generate.failures import DecodeFailed, failure, read_statuses
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, summary
-from wanctl.models.pipelines import FPS
 from wanctl.workers.wan_hook import (
     HOOK_DIR,
     LATENTS_ENV,
@@ -104,7 +104,7 @@ def hook_env(paths: RunPaths, options: GenerateOptions, base: Mapping[str, str])
     PYTHONPATH, where to save the latents, and what to record with them."""
     source = {"model": f"Wan2.2-{WAN_TASK} ({options.ckpt_dir})", "prompt": options.prompt,
               "seed": str(options.seed), "steps": str(options.steps), "size": options.size,
-              "fps": str(FPS)}  # fmt: skip
+              "fps": str(TI2V_5B.fps)}  # fmt: skip
     python_path = os.pathsep.join(p for p in (str(HOOK_DIR), base.get("PYTHONPATH", "")) if p)
     return {
         "PYTHONPATH": python_path,

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from wanctl.core.architectures import DIT_TI2V_5B, TEXT_TOKENS
+from wanctl.core.families import TI2V_5B, Family
 from wanctl.core.workload import HEADS, Workload, parse_size
 
 if TYPE_CHECKING:
@@ -98,12 +99,12 @@ class AttentionChoice:
         return cls(data["backend"], data["heads"], data["tokens"], timings, data.get("note"))
 
 
-def dit_tokens(size: str, frames: int) -> int:
-    """Tokens the DiT attends over, for a size in any spelling `parse_size` reads (1280*704,
-    1280x704): `Workload.tokens`, the memory model's count (one rank's share of the heads
-    changes nothing here)."""
+def dit_tokens(size: str, frames: int, family: Family = TI2V_5B) -> int:
+    """Tokens `family`'s DiT attends over, for a size in any spelling `parse_size` reads
+    (1280*704, 1280x704): `Workload.tokens`, the memory model's count (one rank's share of the
+    heads changes nothing here)."""
     width, height = parse_size(size)
-    return Workload(width, height, frames, 1).tokens
+    return Workload(width, height, frames, 1, family=family).tokens
 
 
 def pick(timings: Sequence[BackendTiming], default: str = DEFAULT) -> str:

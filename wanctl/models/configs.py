@@ -20,12 +20,17 @@ if TYPE_CHECKING:
 
 
 def build_dit(
-    device: torch.device | str, dtype: torch.dtype, *, num_layers: int | None = None
+    device: torch.device | str,
+    dtype: torch.dtype,
+    *,
+    num_layers: int | None = None,
+    config: dict[str, Any] | None = None,
 ) -> WanTransformer3DModel:
-    """The TI2V-5B DiT with random weights (`num_layers` fewer for a quick trace)."""
+    """A DiT of `config` (TI2V-5B's by default; an A14B expert's) with random weights
+    (`num_layers` fewer for a quick trace)."""
     from diffusers import WanTransformer3DModel
 
-    config = {**DIT_TI2V_5B, **({"num_layers": num_layers} if num_layers else {})}
+    config = {**(config or DIT_TI2V_5B), **({"num_layers": num_layers} if num_layers else {})}
     return _materialise(lambda: WanTransformer3DModel(**config), device, dtype, keep_fp32=True)
 
 

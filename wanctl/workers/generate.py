@@ -9,8 +9,10 @@ then of the patch-parallel decode.
 NCCL on GPUs (rank r on cuda:LOCAL_RANK), gloo on CPUs. The phases, each recorded in
 DIR/rank<r>.json as it starts (`wanctl.core.status.RankStatus`):
 - text_encode: the prompt and the negative prompt are encoded, then the encoder is dropped;
-- sampling: the DiT, Ulysses-parallel over all ranks, from the same seed (the same noise) on
-  every rank; every rank ends with the whole latents. On GPUs the attention backend is chosen
+- sampling: the DiT (or the two experts of an A14B model, the high-noise one while t >=
+  boundary x 1000; each step's expert is recorded from the forwards that ran), Ulysses-parallel
+  over all ranks, from the same seed (the same noise) on every rank; every rank ends with the
+  whole latents. On GPUs the attention backend is chosen
   first (`wanctl.models.attention`): every rank times the candidates on the shape it attends
   over, and
   all run the fastest that holds on every rank;
@@ -42,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from wanctl.core.families import Family
 from wanctl.core.progress import progress_bar
 from wanctl.core.status import RankStatus, classify
 from wanctl.core.worker import SUMMARY
@@ -50,14 +53,8 @@ from wanctl.decode.latents import Latents, save_latents
 from wanctl.decode.run import DTYPES, DecodeOptions, decode_rank
 from wanctl.decode.stream import StreamResult
 from wanctl.models.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
-from wanctl.models.pipelines import (
-    FPS,
-    MODELS,
-    NEGATIVE_PROMPT,
-    WanModel,
-    build_pipeline,
-    model_for,
-)
+from wanctl.models.catalog import MODELS
+from wanctl.models.pipelines import NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
 from wanctl.workers.failures import expected
 
 GIB = 2**30
@@ -75,7 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, required=True)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance", type=float, help="default: the model's")
+    parser.add_argument("--guidance-2", type=float, help="default: the model's")
     parser.add_argument("--device", choices=("cuda", "cpu"), required=True)
     parser.add_argument("--text-encoder", choices=("gpu", "cpu"), required=True)
     parser.add_argument("--latents", type=Path, required=True)
@@ -98,6 +96,7 @@ class RankResult:
     peak_allocated_gib: dict[str, float | None] = field(default_factory=dict)
     peak_reserved_gib: dict[str, float | None] = field(default_factory=dict)
     step_seconds: list[float] = field(default_factory=list)
+    experts: list[str] = field(default_factory=list)  # per step: "high", "low" or "dit"
     attention: dict[str, Any] | None = None  # an `AttentionChoice`, the same on every rank
     context_gib: float | None = None  # the CUDA context (and NCCL's buffers) on this GPU
     kernel_problem: str | None = None  # why the decode's kernel could not be built
@@ -148,7 +147,7 @@ def cap_memory(device: torch.device, card_gib: float) -> None:
 def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> RankResult:
     result = RankResult(dist.get_rank())
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = model_for(args.model, args.ckpt_dir, dtype)
+    model = model_for(args.model, args.ckpt_dir, dtype, image=args.image is not None)
     with phase("text_encode", status, result, device):
         encode_on = device if args.text_encoder == "gpu" else torch.device("cpu")
         negative = NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
@@ -180,32 +179,39 @@ def sample(
     embeds: list[torch.Tensor],
     result: RankResult,
 ) -> torch.Tensor:
-    """Latents (1, 48, T, h, w), float32, in the model's normalised space."""
+    """Latents (1, C, T, h, w), float32, in the model's normalised space."""
     start = time.perf_counter()
-    transformer = model.transformer(device)
-    if dist.get_world_size() > 1:
-        enable_ulysses(transformer, dist.get_world_size())
+    experts = [model.transformer(device), model.transformer_2(device)]
+    dits = [dit for dit in experts if dit is not None]
+    for dit in dits:
+        if dist.get_world_size() > 1:
+            enable_ulysses(dit, dist.get_world_size())
+    family = model.family
     pipe = build_pipeline(
-        transformer,
+        dits[0],
         model.vae(device, encoder=args.image is not None),
         model.scheduler(),
+        family=family,
         image=args.image is not None,
+        transformer_2=experts[1],
     )
     pipe.set_progress_bar_config(disable=True)
     result.seconds["load"] = time.perf_counter() - start
     if device.type == "cuda":
         start = time.perf_counter()
-        choice = choose_attention(transformer, args, device)
-        # ModelMixin's method, untyped in diffusers (and no second reference to the DiT kept)
-        cast(Any, transformer).set_attention_backend(choice.backend)
+        choice = choose_attention(dits[0], args, device, family)
+        for dit in dits:  # ModelMixin's method, untyped in diffusers
+            cast(Any, dit).set_attention_backend(choice.backend)
         result.attention = asdict(choice)
         result.seconds["attention"] = time.perf_counter() - start
     width, height = parse_size(args.size)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = guidance(args, family)
     if args.image is not None:
         from PIL import Image
 
         extra["image"] = Image.open(args.image).convert("RGB")
+        measure_encode(pipe.vae, device, result)
+    ran = record_forwards(dits)
     with progress_bar("sampling", "steps", args.steps, dist.get_rank() == 0) as on_step:
         output = pipe(
             prompt_embeds=embeds[0],
@@ -214,20 +220,64 @@ def sample(
             width=width,
             num_frames=args.frames,
             num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
             generator=torch.Generator("cpu").manual_seed(args.seed),
             output_type="latent",
-            callback_on_step_end=_step_timer(device, result.step_seconds, on_step),
+            callback_on_step_end=_step_timer(device, result, ran, on_step),
             **extra,
         )
     latents: torch.Tensor = output.frames.float()
-    del pipe, transformer, output
+    del pipe, experts, dits, output
     _release(device)
     return latents
 
 
+def measure_encode(vae: Any, device: torch.device, result: RankResult) -> None:
+    """Time the pipeline's encode of the conditioning clip (the image, plus F-1 zero frames for
+    I2V-A14B, through the VAE encoder) as a phase of its own, `image_encode`: its peak is not
+    the sampler's. The sampling phase's peak restarts after it."""
+    encode = vae.encode
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        out = encode(*args, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            result.peak_allocated_gib["image_encode"] = (
+                torch.cuda.max_memory_allocated(device) / GIB
+            )
+            result.peak_reserved_gib["image_encode"] = torch.cuda.max_memory_reserved(device) / GIB
+            torch.cuda.reset_peak_memory_stats(device)
+        result.seconds["image_encode"] = time.perf_counter() - start
+        return out
+
+    vae.encode = timed
+
+
+def guidance(args: argparse.Namespace, family: Family) -> dict[str, float]:
+    """The pipeline's guidance scales: the DiT's, or the high-noise expert's and the low-noise
+    expert's; the model's official ones where not given."""
+    scales = {"guidance_scale": args.guidance or family.guidance[0]}
+    if family.experts == 2:
+        scales["guidance_scale_2"] = args.guidance_2 or family.guidance[1]
+    return scales
+
+
+def record_forwards(dits: list[Any]) -> list[str]:
+    """A list that every forward of the DiTs appends its expert's name to ("dit" for a single
+    DiT; "high", then "low" for the two experts): the step callback reads and empties it, so
+    that what a step records is what ran, not what the boundary says should have."""
+    names = ["dit"] if len(dits) == 1 else ["high", "low"]
+    ran: list[str] = []
+    for dit, name in zip(dits, names, strict=True):
+        dit.register_forward_pre_hook(lambda *_, name=name: ran.append(name))
+    return ran
+
+
 def choose_attention(
-    transformer: Any, args: argparse.Namespace, device: torch.device
+    transformer: Any, args: argparse.Namespace, device: torch.device, family: Family
 ) -> AttentionChoice:
     """The attention backend every rank runs: each rank times the candidates on its own GPU at
     the shape it attends over (all the tokens, heads / world size), and the choice is the
@@ -236,7 +286,7 @@ def choose_attention(
     world = dist.get_world_size()
     config = transformer.config
     heads, head_dim = config.num_attention_heads, config.attention_head_dim
-    tokens = dit_tokens(args.size, args.frames)
+    tokens = dit_tokens(args.size, args.frames, family)
     try:
         mine = choose_backend(device, heads, head_dim, tokens, transformer.dtype, ranks=world)
     except Exception as error:  # timing is an optimisation: the run goes on without it
@@ -262,7 +312,7 @@ def latents_of(tensor: torch.Tensor, args: argparse.Namespace, model: WanModel) 
         "steps": str(args.steps),
         "size": args.size,
     }
-    return Latents(tensor.cpu(), normalized=True, fps=FPS, source=source)
+    return Latents(tensor.cpu(), normalized=True, fps=model.family.fps, source=source)
 
 
 def decode(args: argparse.Namespace, latents: Latents, device: torch.device) -> StreamResult | None:
@@ -321,18 +371,20 @@ def phase(
 
 
 def _step_timer(
-    device: torch.device, seconds: list[float], on_step: Callable[[], None]
+    device: torch.device, result: RankResult, ran: list[str], on_step: Callable[[], None]
 ) -> Callable[..., dict[str, Any]]:
     """The pipeline's end-of-step callback: the step's wall time (the GPU synchronised, so
-    that it is the step's and not its launch's) and the progress bar."""
+    that it is the step's and not its launch's), the expert that ran it, the progress bar."""
     last = [time.perf_counter()]
 
     def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         now = time.perf_counter()
-        seconds.append(now - last[0])
+        result.step_seconds.append(now - last[0])
         last[0] = now
+        result.experts.append("+".join(sorted(set(ran))))
+        ran.clear()
         on_step()
         return {}
 

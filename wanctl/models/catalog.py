@@ -1,0 +1,125 @@
+"""Which model a run samples with, without torch: the built-in models, a diffusers checkpoint
+folder's family (read from its JSON files), the VAE that decodes its latents, and what its
+summary says about it. The launcher reads this; the workers build the models
+(`wanctl.models.pipelines.model_for`).
+
+Built-in models:
+- `tiny`: the TI2V-5B structure made narrow, random weights (runs anywhere, in seconds);
+- `synthetic-5b`: the real TI2V-5B DiT and UMT5-XXL, random weights, for GPU timing and memory;
+- `tiny-moe`: two tiny experts and a tiny Wan2.1 VAE, T2V-A14B (or I2V-A14B with an image);
+- `synthetic-a14b`: the real A14B experts, UMT5-XXL and Wan2.1 VAE, random weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from wanctl.core.families import TI2V_5B, Family, a14b
+
+MODELS = ("tiny", "synthetic-5b", "tiny-moe", "synthetic-a14b")
+TWO_EXPERTS = ("tiny-moe", "synthetic-a14b")
+# What a summary says about the built-in models.
+NOTES = {
+    "tiny": "tiny model: the TI2V structure made narrow, random weights (seed 0)",
+    "synthetic-5b": "synthetic-5b: the TI2V-5B DiT and UMT5-XXL with random weights (the "
+    "prompt's bytes as tokens; seeded random embeddings where UMT5 is on the CPU)",
+    "tiny-moe": "tiny-moe: two narrow A14B-shaped experts and a narrow Wan2.1 VAE, random "
+    "weights (seeds 0 and 1)",
+    "synthetic-a14b": "synthetic-a14b: the A14B experts, UMT5-XXL and the Wan2.1 VAE with "
+    "random weights (the prompt's bytes as tokens)",
+}
+# The decoder `wanctl decode --vae` loads for a built-in model's latents.
+BUILT_IN_VAES = {
+    "tiny": "tiny",
+    "synthetic-5b": "synthetic",
+    "tiny-moe": "tiny-wan2.1",
+    "synthetic-a14b": "synthetic-wan2.1",
+}
+# Files a diffusers-format Wan2.2 checkpoint must hold.
+CHECKPOINT_FILES = (
+    "model_index.json",
+    "transformer/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "tokenizer",
+    "scheduler/scheduler_config.json",
+)
+DOWNLOAD_FIX = (
+    "download Wan-AI/Wan2.2-TI2V-5B-Diffusers, Wan-AI/Wan2.2-T2V-A14B-Diffusers or "
+    "Wan-AI/Wan2.2-I2V-A14B-Diffusers (`hf download REPO --local-dir DIR`) and pass "
+    "--ckpt-dir DIR; the official (non-diffusers) checkpoint runs with --backend wan-repo"
+)
+
+
+def model_family(name: str | None, checkpoint: Path | None, *, image: bool) -> Family:
+    """The family a built-in model or a checkpoint (already checked) belongs to."""
+    if name in TWO_EXPERTS:
+        return a14b(image)
+    if name is not None:
+        return TI2V_5B
+    if checkpoint is None:
+        raise ValueError("a built-in model's name or a checkpoint is needed")
+    index = _index(checkpoint)
+    assert index is not None, "checkpoint_problem has read it"
+    return _family_of(index)
+
+
+def vae_spec(name: str | None, checkpoint: Path | None) -> str:
+    """What `wanctl decode --vae` takes for the decoder weights of a model."""
+    if name is not None:
+        return BUILT_IN_VAES[name]
+    return str(Path(checkpoint or ".") / "vae")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a diffusers Wan2.2 checkpoint (TI2V-5B, T2V-A14B, I2V-A14B), or
+    None. Reads JSON only."""
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    files = list(CHECKPOINT_FILES)
+    index = _index(folder)
+    if index is None:
+        return f"{folder}/model_index.json is missing, unreadable or not a diffusers model index"
+    if _two_experts(index):
+        files.append("transformer_2/config.json")
+    missing = [name for name in files if not (folder / name).exists()]
+    if missing:
+        return f"{folder} lacks {', '.join(missing)}"
+    pipeline = index.get("_class_name")
+    if pipeline not in ("WanPipeline", "WanImageToVideoPipeline"):
+        return f"{folder} holds a {pipeline} checkpoint, not a Wan2.2 one"
+    if _two_experts(index) and not isinstance(index.get("boundary_ratio"), (int, float)):
+        return f"{folder}/model_index.json names two experts but no boundary_ratio"
+    expected = _family_of(index).dit["in_channels"]
+    try:
+        channels = json.loads((folder / "transformer/config.json").read_text()).get("in_channels")
+    except (OSError, ValueError, AttributeError):
+        return f"{folder}/transformer/config.json cannot be read: a partial download?"
+    if channels is not None and channels != expected:
+        return (
+            f"{folder}'s transformer takes {channels} input channels, not the {expected} of "
+            f"Wan2.2 {_family_of(index).name}: a Wan2.1 or another model"
+        )
+    return None
+
+
+def _index(folder: Path) -> dict[str, Any] | None:
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return index if isinstance(index, dict) else None
+
+
+def _two_experts(index: dict[str, Any]) -> bool:
+    """Whether the index names a second expert: `"transformer_2": [library, class]`."""
+    entry = index.get("transformer_2")
+    return isinstance(entry, list) and len(entry) == 2 and entry[1] is not None
+
+
+def _family_of(index: dict[str, Any]) -> Family:
+    if not _two_experts(index):
+        return TI2V_5B
+    return a14b(index.get("_class_name") == "WanImageToVideoPipeline")
