@@ -78,15 +78,17 @@ def checkpoint_problem(folder: Path) -> str | None:
     None. Reads JSON only."""
     if not folder.is_dir():
         return f"{folder} is not a folder"
-    files = list(CHECKPOINT_FILES)
-    index = _index(folder)
-    if index is None:
-        return f"{folder}/model_index.json is missing, unreadable or not a diffusers model index"
-    if _two_experts(index):
-        files.append("transformer_2/config.json")
-    missing = [name for name in files if not (folder / name).exists()]
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).exists()]
     if missing:
         return f"{folder} lacks {', '.join(missing)}"
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as error:
+        return f"{folder}/model_index.json cannot be read ({error}): a partial download?"
+    if not isinstance(index, dict):
+        return f"{folder}/model_index.json is not a diffusers model index"
+    if _two_experts(index) and not (folder / "transformer_2/config.json").exists():
+        return f"{folder} lacks transformer_2/config.json (the low-noise expert)"
     pipeline = index.get("_class_name")
     if pipeline not in ("WanPipeline", "WanImageToVideoPipeline"):
         return f"{folder} holds a {pipeline} checkpoint, not a Wan2.2 one"
