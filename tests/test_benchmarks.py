@@ -35,3 +35,8 @@ def test_attention_smoke_times_every_backend_then_the_dit() -> None:
 def test_memory_model_against_its_recorded_measurements() -> None:
     output = run("memory_model.py", "--recorded")
     assert "in-sample: largest error" in output and "held-out: largest error" in output
+
+
+def test_experts_check_only_measures_fp8_storage_against_the_weights_as_built() -> None:
+    output = run("experts.py", "--check-only")
+    assert "fp8 storage, relative L2 error of one forward against float32" in output

@@ -37,7 +37,7 @@ PYTHON = sys.executable
 TORCHRUN = (PYTHON, "-m", "wanctl.workers.torchrun")
 # The settings of the user preset these tests write for 2x RTX 5090, one entry per backend:
 # not the model's choice (chunk_t 2; the official code's --offload_model), so that they can
-# only come from the preset. The diffusers worker neither offloads nor shards the DiT.
+# only come from the preset (the diffusers worker offloads only an A14B's idle expert).
 PRESET = Settings(chunk_t=2, decode_ranks=2, decode_dtype="bf16", dit="replicated",
                   offload=False, text_encoder="gpu")  # fmt: skip
 WAN_PRESET = dataclasses.replace(PRESET, backend="wan-repo", offload=True)
@@ -316,13 +316,15 @@ REFUSALS = {
                                             "the official generate.py runs on CUDA GPUs only"),
     "negative prompt to the official code": Refusal((*WAN_REPO, "--negative-prompt", "blur"),
                                                     "--negative-prompt would not reach"),
-    "offload with diffusers": Refusal((*DIFFUSERS, "--offload"),
-                                      "--offload is the official generate.py's --offload_model"),
+    "offload with one DiT": Refusal((*DIFFUSERS, "--offload"),
+                                    "ti2v-5B has one DiT, on the GPU throughout sampling"),
+    "fp8 with the official code": Refusal((*WAN_REPO, "--dit-storage", "fp8"),
+                                          "fp8 storage is diffusers' layerwise casting"),
     "synthetic-5b on the CPU": Refusal(("--model", "synthetic-5b", "--device", "cpu"),
                                        "synthetic-5b is for timing and memory on a GPU"),
     "no GPU for a checkpoint": Refusal(DIFFUSERS, "no GPU is visible", "no_driver"),
-    "FSDP with diffusers": Refusal((*DIFFUSERS, "--dit", "fsdp"),
-                                   "FSDP sharding is the official code's --dit_fsdp"),
+    "FSDP on one GPU": Refusal((*DIFFUSERS, "--dit", "fsdp", "--gpus", "1"),
+                               "with one GPU there is nothing to share"),
     "too many decode ranks": Refusal((*DIFFUSERS, "--decode-ranks", "3"),
                                      "decode on 3 ranks is not possible here"),
     "several nodes and no rendezvous": Refusal((*DIFFUSERS, "--nnodes", "2"),

@@ -187,3 +187,60 @@ def test_the_dry_run_of_a_two_expert_model_uses_its_official_defaults(
     for flag, value in (("--size", "1280*720"), ("--frames", "81"), ("--steps", "40"),
                         ("--vae", "tiny-wan2.1")):  # fmt: skip
         assert argv[argv.index(flag) + 1] == value
+
+
+@pytest.mark.parametrize(
+    ("kind", "placement"),
+    [("t2v", ("--dit", "fsdp")), ("i2v", ("--offload",))],
+)
+def test_each_expert_placement_samples_the_replicated_latents(
+    two_ranks: tuple[str, Path, dict],
+    cli: CliRunner,
+    tmp_path: Path,
+    image: Path,
+    kind: str,
+    placement: tuple[str, ...],
+) -> None:
+    """FSDP2 shards of both experts over the two ranks, or the low-noise expert on the CPU
+    until the boundary: the same latents as both experts whole on every rank."""
+    replicated_kind, output, _ = two_ranks
+    if replicated_kind != kind:
+        pytest.skip(f"compared with the {kind} run")
+    extra = ("--image", str(image)) if kind == "i2v" else ()
+    summary = generate(cli, tmp_path / "fox.mp4", *MOE, *extra, "--gpus", "2", *placement)
+    assert summary["settings"]["dit" if "--dit" in placement else "offload"] in ("fsdp", True)
+    assert summary["experts"] == expected_experts(I2V_A14B if kind == "i2v" else T2V_A14B, STEPS)
+    placed = load_latents(tmp_path / "fox.latents.safetensors").tensor
+    replicated = load_latents(output.with_name("fox.latents.safetensors")).tensor
+    torch.testing.assert_close(placed, replicated, rtol=0, atol=1e-5)
+
+
+def test_fp8_storage_samples_close_to_the_bf16_weights(
+    two_ranks: tuple[str, Path, dict], cli: CliRunner, tmp_path: Path
+) -> None:
+    """Weights rounded to float8 change the latents, but not into another video: the error
+    is about fp8's rounding (3 mantissa bits), not noise."""
+    kind, output, _ = two_ranks
+    if kind != "t2v":
+        pytest.skip("compared with the t2v run")
+    summary = generate(cli, tmp_path / "fox.mp4", *MOE, "--gpus", "2", "--dit-storage", "fp8")
+    assert summary["settings"]["dit_storage"] == "fp8"
+    fp8 = load_latents(tmp_path / "fox.latents.safetensors").tensor
+    full = load_latents(output.with_name("fox.latents.safetensors")).tensor
+    relative = ((fp8 - full).norm() / full.norm()).item()
+    assert 0 < relative < 0.1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--offload", "--dit", "fsdp", "--gpus", "2"), "not both"),
+        (("--dit", "fsdp", "--gpus", "1"), "with one GPU there is nothing to share"),
+    ],
+)
+def test_placements_that_cannot_run_are_refused(
+    cli: CliRunner, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = cli.invoke(app, ["generate", *MOE, *args, "-o", str(tmp_path / "v.mp4"),
+                              "--dry-run"])  # fmt: skip
+    assert result.exit_code == 2 and message in result.output

@@ -18,6 +18,7 @@ from wanctl.commands.options import (
     DecodeDtypeOption,
     DecodeRanks,
     DitOption,
+    DitStorageOption,
     Json,
     Offload,
     TextEncoder,
@@ -121,6 +122,7 @@ def generate(
     text_encoder: TextEncoder = None,
     offload: Offload = None,
     dit: DitOption = None,
+    dit_storage: DitStorageOption = None,
     env: Annotated[
         list[str] | None,
         typer.Option(help="KEY=VALUE for the workers, over the preset's (repeatable)."),
@@ -148,7 +150,8 @@ def generate(
         guidance=guidance, device=device.value if device else None, nnodes=nnodes,
         rdzv_endpoint=rdzv_endpoint, chunk_t=chunk_t, decode_ranks=decode_ranks,
         decode_dtype=option_value(decode_dtype), text_encoder=option_value(text_encoder),
-        offload=offload, dit=option_value(dit), env=parse_env(env or []),
+        offload=offload, dit=option_value(dit), dit_storage=option_value(dit_storage),
+        env=parse_env(env or []),
         preflight=not skip_preflight, timeout_s=timeout, json_stdout=json,
     )  # fmt: skip
     plan = prepare(options, probe=LocalProbe())
@@ -241,7 +244,8 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
         )
     warmup = summary.decode_warmup_s if warmup_worth_showing(summary.decode_warmup_s) else None
     phases = (("text encode", summary.text_encode_s), ("load", summary.load_s),
-              ("sampling", summary.sampling_s), ("decode warm-up", warmup),
+              ("sampling", summary.sampling_s), ("of it expert swap", summary.expert_swap_s),
+              ("decode warm-up", warmup),
               ("decode", summary.decode_s))  # fmt: skip
     shown = ", ".join(f"{name} {s:.1f}" for name, s in phases if s is not None)
     table.add_row("seconds", f"{shown}; total {summary.total_s:.1f}")

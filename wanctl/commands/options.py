@@ -29,6 +29,11 @@ class Dit(str, Enum):
     fsdp = "fsdp"
 
 
+class DitStorage(str, Enum):
+    bf16 = "bf16"
+    fp8 = "fp8"
+
+
 BackendOption = Annotated[
     Backend,
     typer.Option(help="Who samples: wanctl's diffusers worker, or the official generate.py."),
@@ -44,12 +49,24 @@ Offload = Annotated[
     bool | None,
     typer.Option(
         "--offload/--no-offload",
-        help="wan-repo: pin --offload_model (UMT5 and the DiT back to the CPU after use).",
+        help="wan-repo: pin --offload_model (UMT5 and the DiT back to the CPU after use); "
+        "diffusers, A14B: the idle expert on the CPU, swapped in at the boundary.",
     ),
 ]
 DitOption = Annotated[
     Dit | None,
-    typer.Option(help="Pin the DiT whole on each GPU, or sharded (wan-repo: --dit_fsdp)."),
+    typer.Option(
+        help="Pin the DiT whole on each GPU, or sharded over the GPUs (FSDP2; wan-repo: "
+        "--dit_fsdp)."
+    ),
+]
+DitStorageOption = Annotated[
+    DitStorage | None,
+    typer.Option(
+        "--dit-storage",
+        help="Pin the DiT's weights in bf16, or stored in fp8 and computed in bf16 "
+        "(diffusers: half the memory, an error the plan states).",
+    ),
 ]
 
 

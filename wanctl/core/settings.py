@@ -5,10 +5,12 @@ placements, so that a plan describes the run that will happen. Torch-free.
 The two backends place the networks differently (read from their code):
 
 - `diffusers` (`wanctl.workers.generate`): UMT5 encodes the prompt (on the GPU, or on the CPU)
-  and is freed; the DiT is then loaded in bf16, replicated on every rank (Ulysses splits the
-  tokens, not the weights), with the whole VAE in fp32 beside it only when an image conditions
-  the first frame; the DiT and that VAE are freed after sampling, and the decode loads the VAE
-  decoder alone, in the decode dtype.
+  and is freed; the DiT is then loaded in bf16 (or stored in fp8, computed in bf16), replicated
+  on every rank (Ulysses splits the tokens, not the weights) or with `dit="fsdp"` a 1/N FSDP2
+  shard (two blocks gathered at a time); the whole VAE in fp32 beside it only when an image
+  conditions the video; the DiT and that VAE are freed after sampling, and the decode loads the
+  VAE decoder alone, in the decode dtype. The A14B models hold both experts so, or with
+  `offload` the low-noise one on the CPU until the boundary, when the two trade places.
 - `wan-repo` (the official `generate.py`, with `--convert_model_dtype`): the whole VAE in fp32
   is on every rank's GPU from construction to exit; the DiT is on the GPU from construction
   when several ranks run it (bf16, or with `--dit_fsdp` a 1/N shard of fp32 weights, two bf16
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from wanctl.core.workload import Workload, ulysses_problem
 
 GIB = 1024**3
-DTYPE_BYTES = {"bf16": 2, "fp32": 4}
+DTYPE_BYTES = {"fp8": 1, "bf16": 2, "fp32": 4}
 BACKENDS = ("diffusers", "wan-repo")
 # The sizes the official generate.py runs ti2v-5B at (its SUPPORTED_SIZES)
 OFFICIAL_SIZES = ("1280*704", "704*1280")
@@ -42,7 +44,9 @@ class Settings:
     parallel, in `decode_dtype`; `expandable_segments` the allocator setting exported.
     `decoder` is wanctl's engine, which both backends decode with, or diffusers'
     `AutoencoderKLWan` frame loop: the official decode that wanctl replaces, kept so that the
-    benchmarks can predict what it would have needed."""
+    benchmarks can predict what it would have needed. `dit_storage` "fp8" stores the DiT's
+    linear layers in float8 (e4m3) and computes in bf16 (diffusers' layerwise casting).
+    With the diffusers backend, `offload` is the A14B's idle expert on the CPU."""
 
     backend: str = "diffusers"
     chunk_t: int = 1
@@ -53,32 +57,33 @@ class Settings:
     text_encoder: str = "gpu"
     expandable_segments: bool = True
     decoder: str = "wanctl"
+    dit_storage: str = "bf16"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.chunk_t < 1 or self.decode_ranks < 1:
             raise ValueError("chunk_t and decode_ranks start at 1")
-        if self.decode_dtype not in DTYPE_BYTES:
+        if self.decode_dtype not in ("bf16", "fp32"):
             raise ValueError(f"decode_dtype {self.decode_dtype!r} is not bf16 or fp32")
         if self.dit not in ("replicated", "fsdp") or self.text_encoder not in ("gpu", "cpu"):
             raise ValueError("dit is replicated or fsdp, text_encoder gpu or cpu")
         if self.decoder not in ("wanctl", "diffusers"):
             raise ValueError("decoder is wanctl or diffusers")
+        if self.dit_storage not in ("bf16", "fp8"):
+            raise ValueError("dit_storage is bf16 or fp8")
 
     def unsupported(self) -> str | None:
-        """Why the backend cannot execute these settings, or None. The diffusers worker keeps
-        the whole DiT on every rank and frees it before the decode by itself: FSDP and
-        `--offload_model` are the official code's."""
-        if self.backend == "diffusers" and self.dit == "fsdp":
+        """Why the backend cannot execute these settings, or None."""
+        if self.backend == "wan-repo" and self.dit_storage == "fp8":
             return (
-                "the diffusers backend keeps the whole DiT on every GPU (Ulysses splits the "
-                "tokens, not the weights); FSDP sharding is the official code's --dit_fsdp"
+                "the official generate.py stores its DiT in bf16 (fp32 under --dit_fsdp); fp8 "
+                "storage is diffusers' layerwise casting"
             )
-        if self.backend == "diffusers" and self.offload:
+        if self.backend == "diffusers" and self.offload and self.dit == "fsdp":
             return (
-                "--offload is the official generate.py's --offload_model; the diffusers worker "
-                "frees the DiT before the decode by itself"
+                "an FSDP shard stays on its GPU: the idle expert goes to the CPU (--offload) or "
+                "every expert is sharded (--dit fsdp), not both"
             )
         return None
 
@@ -117,7 +122,7 @@ def placements(settings: Settings, gpus: int, *, image: bool = False) -> tuple[P
     if settings.backend == "wan-repo":
         return _official(settings, gpus)
     encoder = Resident("text encoder", "bf16")
-    dit = Resident("DiT", "bf16")
+    dit = Resident("DiT", settings.dit_storage, gpus if settings.dit == "fsdp" else 1)
     phases = []
     if settings.text_encoder == "gpu":
         phases.append(Placement("text_encode", (encoder,), "UMT5 over 512 tokens", "freed"))
@@ -176,6 +181,13 @@ def run_problem(workload: Workload, settings: Settings) -> str | None:
             f"the official generate.py runs ti2v-5B at {' and '.join(OFFICIAL_SIZES)} only "
             f"(its SUPPORTED_SIZES), not {workload.size}"
         )
+    if settings.backend == "diffusers" and settings.offload and workload.family.experts == 1:
+        return (
+            f"--offload moves the idle expert of an A14B model to the CPU; {workload.family.name}"
+            " has one DiT, on the GPU throughout sampling"
+        )
+    if settings.backend == "diffusers" and settings.dit == "fsdp" and workload.gpus == 1:
+        return "FSDP shards the DiT over the ranks: with one GPU there is nothing to share"
     return settings.unsupported() or ulysses_problem(workload, settings.backend)
 
 
@@ -185,7 +197,10 @@ def describe(settings: Settings) -> str:
     parts = [
         settings.backend,
         f"text encoder on {settings.text_encoder.upper()}",
-        f"DiT {settings.dit}" + (", --offload_model" if official and settings.offload else ""),
+        f"DiT {settings.dit}"
+        + (", --offload_model" if official and settings.offload else "")
+        + (", idle expert on the CPU" if settings.offload and not official else "")
+        + (", stored in fp8" if settings.dit_storage == "fp8" else ""),
         f"decode on {settings.decode_ranks} rank(s) in {settings.decode_dtype}, "
         f"chunk_t {settings.chunk_t}",
         "expandable segments" if settings.expandable_segments else "default allocator",

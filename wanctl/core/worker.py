@@ -63,6 +63,8 @@ class WorkerRequest:
             "--decode-dtype", s.decode_dtype,
             "--chunk-t", str(s.chunk_t),
             "--decode-ranks", str(s.decode_ranks),
+            "--dit", s.dit,
+            "--dit-storage", s.dit_storage,
             "--run-dir", str(self.run_dir),
         ]  # fmt: skip
         optional = {
@@ -75,7 +77,7 @@ class WorkerRequest:
         for flag, value in optional.items():
             if value is not None:
                 args += [flag, str(value)]
-        return args
+        return [*args, "--offload"] if s.offload else args
 
 
 def read_ranks(run_dir: Path) -> list[dict[str, Any]] | None:

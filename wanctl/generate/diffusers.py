@@ -43,6 +43,7 @@ def finish(plan: GeneratePlan, result: RunResult, start: float) -> GenerateSumma
         sampling_s=sum(steps),
         decode_s=seconds["vae_decode"],
         decode_warmup_s=seconds["vae_warmup"],
+        expert_swap_s=seconds.get("expert_swap"),
         per_rank=[
             RankFigures(r["rank"], r["peak_allocated_gib"], r["peak_reserved_gib"]) for r in ranks
         ],

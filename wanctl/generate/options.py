@@ -43,6 +43,7 @@ class GenerateOptions:
     text_encoder: str | None = None
     offload: bool | None = None
     dit: str | None = None
+    dit_storage: str | None = None  # "bf16" | "fp8"
     env: tuple[tuple[str, str], ...] = ()  # --env KEY=VALUE
     preflight: bool = True
     timeout_s: float | None = None

@@ -67,6 +67,7 @@ class GenerateSummary:
     sampling_s: float | None
     decode_s: float | None
     decode_warmup_s: float | None  # GPU kernels compiled or loaded before the decode
+    expert_swap_s: float | None  # A14B with --offload: the low-noise expert brought in
     total_s: float
     settings: Settings
     source: str

@@ -13,7 +13,7 @@ from wanctl.core.launch import (
     CHUNK_ENV,
     chunk_t,
 )
-from wanctl.core.settings import Settings
+from wanctl.core.settings import Settings, run_problem
 from wanctl.core.workload import Workload
 from wanctl.doctor.report import DoctorReport
 from wanctl.errors import UsageError
@@ -94,7 +94,15 @@ def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, 
     allocator configuration."""
     chosen = {
         name: getattr(options, name)
-        for name in ("chunk_t", "decode_ranks", "decode_dtype", "text_encoder", "offload", "dit")
+        for name in (
+            "chunk_t",
+            "decode_ranks",
+            "decode_dtype",
+            "text_encoder",
+            "offload",
+            "dit",
+            "dit_storage",
+        )
         if getattr(options, name) is not None
     }
     if "chunk_t" not in chosen and CHUNK_ENV in env:
@@ -116,15 +124,16 @@ def allocator_in_force(flags: Mapping[str, str], env: Mapping[str, str]) -> str 
 
 
 def check_settings(settings: Settings, options: GenerateOptions, workload: Workload) -> None:
-    """Settings the backend executes (`Settings.unsupported`) and a decode split it can make."""
-    problem = settings.unsupported()
+    """Settings the backend executes for this workload (`run_problem`) and a decode split it
+    can make."""
+    problem = run_problem(workload, settings)
     if problem:
-        source = "your flags" if options.dit or options.offload is not None else "the preset"
+        chosen = options.dit or options.offload is not None or options.dit_storage
         raise UsageError(
-            f"the {settings.backend} backend cannot run these settings ({source})",
+            f"the {settings.backend} backend cannot run these settings "
+            f"({'your flags' if chosen else 'the preset'})",
             why=problem,
-            fix="drop --dit fsdp and --offload (`wanctl tune` says what fits), or use "
-            "--backend wan-repo",
+            fix="drop --dit fsdp, --offload or --dit-storage (`wanctl tune` says what fits)",
         )
     _, height, width = workload.latent
     rows = max(height, width)

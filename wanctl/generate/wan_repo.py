@@ -159,6 +159,7 @@ def finish(
         plan, start, seconds_per_step=None, first_step_s=None, text_encode_s=None, load_s=None,
         sampling_s=result.seconds, decode_s=decoded.seconds,
         decode_warmup_s=decoded.warmup_seconds,
+        expert_swap_s=None,
         per_rank=per_rank,
         notes=["the official sampler: its seconds include loading the models; steps not timed",
                *([decoded.kernel_problem] if decoded.kernel_problem else [])],

@@ -11,7 +11,7 @@ from fixed seeds, so that every rank and every run builds the same ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from wanctl.core.architectures import DIT_TI2V_5B, TEXT_TOKENS
 from wanctl.core.families import I2V_A14B, T2V_A14B, TI2V_5B, Family
@@ -96,6 +96,7 @@ def tiny_vae(spec: str = "tiny") -> AutoencoderKLWan:
 class TinyModel:
     name: str = "tiny"
     family: Family = TI2V_5B
+    staging: ClassVar[str] = "cpu"  # seeded CPU weights: every rank builds the same
 
     def encode_prompts(
         self, prompt: str, negative: str, device: torch.device
@@ -145,6 +146,7 @@ class Synthetic5B:
     dtype: torch.dtype
     name: str = "synthetic-5b"
     family: Family = TI2V_5B
+    staging: ClassVar[str] = "meta"  # allocated and filled where the placement puts it
 
     def encode_prompts(
         self, prompt: str, negative: str, device: torch.device

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from wanctl.core.families import TI2V_5B, Family
 from wanctl.models.catalog import model_family
@@ -23,6 +23,7 @@ class DiffusersCheckpoint:
     dtype: torch.dtype
     name: str = ""
     family: Family = field(default=TI2V_5B)
+    staging: ClassVar[str] = "cpu"  # from_pretrained reads the weights into host memory
 
     def __post_init__(self) -> None:
         self.name = self.folder.name

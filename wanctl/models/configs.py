@@ -76,12 +76,14 @@ def _materialise(
     return model.eval() if torch.device(device).type == "meta" else place(model, device)
 
 
-def place(model: Any, device: torch.device | str) -> Any:
+def place(model: Any, device: torch.device | str, fill_on: torch.device | None = None) -> Any:
     """Allocate a meta-device model straight on `device` and fill it there: no fp32 CPU copy
     of billions of parameters. Small uniform values keep activations finite; norm scales are
     one. A parameter two modules share (UMT5's embedding table, 1.96 GiB) is allocated once:
     `to_empty` would give each module a table of its own (seen on the GPU: the text encode's
-    peak held both), so the second reference is dropped first and restored after."""
+    peak held both), so the second reference is dropped first and restored after.
+    `fill_on`: draw the values there and copy them in, one tensor at a time (a GPU fills a
+    host-resident expert in seconds, the CPU in minutes)."""
     import torch
 
     shared = _drop_shared(model)
@@ -92,6 +94,10 @@ def place(model: Any, device: torch.device | str) -> Any:
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             if tensor.dim() <= 1 and ("norm" in name or name.endswith("gamma")):
                 tensor.fill_(1.0)
+            elif tensor.is_floating_point() and (fill_on or tensor.dtype.itemsize == 1):
+                # fp8 has no uniform_: drawn in bf16, rounded by the copy
+                drawn = torch.empty_like(tensor, dtype=torch.bfloat16, device=fill_on)
+                tensor.copy_(drawn.uniform_(-0.02, 0.02))
             elif tensor.is_floating_point():
                 tensor.uniform_(-0.02, 0.02)
             else:

@@ -11,7 +11,7 @@ the same weights. The models: `wanctl.models.builtin` and `wanctl.models.checkpo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from wanctl.core.architectures import TEXT_TOKENS
 from wanctl.core.families import Family
@@ -33,6 +33,7 @@ class WanModel(Protocol):
 
     name: str
     family: Family
+    staging: ClassVar[str]  # where a DiT is built before it is placed: "meta" (random) or "cpu"
 
     def encode_prompts(
         self, prompt: str, negative: str, device: torch.device

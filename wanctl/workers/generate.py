@@ -55,6 +55,7 @@ from wanctl.decode.stream import StreamResult
 from wanctl.models.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
 from wanctl.models.catalog import MODELS
 from wanctl.models.pipelines import NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
+from wanctl.models.placement import BoundarySwap, prepare_dit
 from wanctl.workers.failures import expected
 
 GIB = 2**30
@@ -83,6 +84,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--chunk-t", type=int, required=True)
     parser.add_argument("--decode-ranks", type=int, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--dit", choices=("replicated", "fsdp"), default="replicated")
+    parser.add_argument("--dit-storage", choices=("bf16", "fp8"), default="bf16")
+    parser.add_argument("--offload", action="store_true", help="A14B: the idle expert on the CPU")
     parser.add_argument("--memory-cap-gib", type=float)
     return parser.parse_args(argv)
 
@@ -186,7 +190,7 @@ def sample(
     """Latents (1, C, T, h, w), float32, in the model's normalised space."""
     start = time.perf_counter()
     family = model.family
-    dits = load_dits(model, device)
+    dits, swap = load_dits(model, device, args)
     pipe = build_pipeline(
         dits[0],
         model.vae(device, encoder=args.image is not None),
@@ -225,17 +229,31 @@ def sample(
             **extra,
         )
     latents: torch.Tensor = output.frames.float()
+    if swap is not None and swap.seconds is not None:
+        result.seconds["expert_swap"] = swap.seconds
     return latents
 
 
-def load_dits(model: WanModel, device: torch.device) -> list[Any]:
-    """The DiT, or both experts (high noise first), Ulysses-parallel over all ranks."""
-    experts = [model.transformer(device), model.transformer_2(device)]
-    dits = [dit for dit in experts if dit is not None]
+def load_dits(
+    model: WanModel, device: torch.device, args: argparse.Namespace
+) -> tuple[list[Any], BoundarySwap | None]:
+    """The DiT, or both experts (high noise first), placed as the settings say
+    (`wanctl.models.placement`), Ulysses-parallel over all ranks; and the swap at the
+    boundary when the low-noise expert waits on the CPU."""
+    staging = torch.device(model.staging)
+    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+    placed = dict(storage=args.dit_storage, shard=args.dit == "fsdp", compute=compute)
+    dits = [prepare_dit(model.transformer(staging), device=device, **placed)]
+    low = model.transformer_2(staging)
+    swap = None
+    if low is not None:
+        waits = torch.device("cpu") if args.offload else device
+        dits.append(prepare_dit(low, device=waits, **placed))
+        swap = BoundarySwap(dits[0], dits[1], device) if args.offload else None
     if dist.get_world_size() > 1:
         for dit in dits:
             enable_ulysses(dit, dist.get_world_size())
-    return dits
+    return dits, swap
 
 
 def set_attention_backend(dits: list[Any], backend: str) -> None:

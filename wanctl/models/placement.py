@@ -1,0 +1,79 @@
+"""Where a run's DiTs live while it samples, as `Settings` says (`wanctl.core.settings`):
+
+- replicated: each DiT whole on every rank's GPU, in bf16;
+- `dit_storage="fp8"`: the linear layers stored in float8 (e4m3) and cast to the compute dtype
+  layer by layer as they run (diffusers' layerwise casting; norms, embeddings and the output
+  projection stay as they were): half the weights' memory, an error `benchmarks/experts.py`
+  measures;
+- `dit="fsdp"`: each DiT sharded over the ranks with PyTorch's FSDP2 (`fully_shard` per
+  transformer block, then the root): 1/N of the weights per rank, a block gathered while the
+  previous one computes;
+- `offload` (A14B): the low-noise expert waits in host memory; its first forward (at the
+  boundary) frees the high-noise expert, done with for this run, and brings it to the GPU.
+  (The official code moves the high-noise expert to the host instead, for a next prompt: on
+  one H200 that held both experts in host memory at once, 58 GB of RSS, and the swap took
+  30 s from pageable memory.)
+
+Built-in synthetic models are staged on the meta device and allocated only where they will
+live (`wanctl.models.configs.place`): no rank ever holds a whole expert it will shard.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from wanctl.models.configs import place
+
+FP8 = torch.float8_e4m3fn
+
+
+def prepare_dit(
+    dit: Any, *, storage: str, shard: bool, device: torch.device, compute: torch.dtype
+) -> Any:
+    """`dit` stored as asked, sharded if asked, then on `device` (allocated and filled there
+    if it was on the meta device)."""
+    dit.requires_grad_(False)  # inference only; FSDP2 also wants one dtype among trainables
+    if storage == "fp8":
+        dit.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute)
+    if shard:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in dit.blocks:
+            fully_shard(block)
+        fully_shard(dit)
+    return materialise(dit, device)
+
+
+def materialise(dit: Any, device: torch.device) -> Any:
+    """On `device`: random weights allocated there for a meta-device DiT (drawn on the GPU for
+    a host-resident one), else moved."""
+    if any(p.is_meta for p in dit.parameters()):
+        gpu = device.type == "cpu" and torch.cuda.is_available()
+        return place(dit, device, fill_on=torch.device("cuda") if gpu else None)
+    return dit.to(device)
+
+
+class BoundarySwap:
+    """The A14B's `offload` placement: the low-noise expert on the host until its first
+    forward, which frees the high-noise expert (its storage dropped to the meta device: no
+    host copy) and moves it in. `seconds` is the swap's time."""
+
+    def __init__(self, high: Any, low: Any, device: torch.device):
+        self.high, self.low, self.device = high, low, device
+        self.seconds: float | None = None
+        low.register_forward_pre_hook(self._swap)
+
+    def _swap(self, *_: Any) -> None:
+        if self.seconds is not None:
+            return
+        start = time.perf_counter()
+        self.high.to_empty(device="meta")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.low.to(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds = time.perf_counter() - start
