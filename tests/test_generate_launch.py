@@ -108,7 +108,8 @@ def test_diffusers_backend_launches_the_worker_with_the_presets_settings(
         "--frames", "121", "--steps", "50", "--seed", "42", "--device", "cuda",
         "--text-encoder", "gpu", "--latents", str(out / "cats.latents.safetensors"),
         "--output", str(out / "cats.mp4"), "--vae", str(ckpt / "vae"), "--decode-dtype", "bf16",
-        "--chunk-t", "2", "--decode-ranks", "2", "--run-dir", str(out / ".cats.mp4.wanctl"),
+        "--chunk-t", "2", "--decode-ranks", "2", "--dit", "replicated", "--dit-storage", "bf16",
+        "--run-dir", str(out / ".cats.mp4.wanctl"),
     )  # fmt: skip
     assert launched.spec.env == PRESET_ENV
     assert launched.settings == PRESET and launched.overridden == ()

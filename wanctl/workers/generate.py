@@ -54,6 +54,7 @@ from wanctl.decode.run import DTYPES, DecodeOptions, decode_rank
 from wanctl.decode.stream import StreamResult
 from wanctl.models.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
 from wanctl.models.catalog import MODELS
+from wanctl.models.condition import ReplayEncode, encode_first
 from wanctl.models.pipelines import NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
 from wanctl.models.placement import BoundarySwap, prepare_dit
 from wanctl.workers.failures import expected
@@ -157,8 +158,14 @@ def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> R
         negative = NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
         embeds = [e.to(device) for e in model.encode_prompts(args.prompt, negative, encode_on)]
         _release(device)  # the text encoder
+    vae = model.vae(device, encoder=args.image is not None)
+    if args.image is not None:
+        with phase("image_encode", status, result, device):
+            replay = encode_condition(model, vae, args, device)
     with phase("sampling", status, result, device):
-        latents = latents_of(sample(model, args, device, embeds, result), args, model)
+        latents = latents_of(sample(model, args, device, embeds, vae, result), args, model)
+        if args.image is not None and not replay.replayed:
+            raise RuntimeError("the pipeline encoded another conditioning clip than wanctl's")
         # The DiTs die with `sample`'s frame, but diffusers' hooks tie modules in reference
         # cycles: only the collector frees them (seen on a GPU: an expert's 26.6 GiB held
         # through the decode).
@@ -185,6 +192,7 @@ def sample(
     args: argparse.Namespace,
     device: torch.device,
     embeds: list[torch.Tensor],
+    vae: Any,
     result: RankResult,
 ) -> torch.Tensor:
     """Latents (1, C, T, h, w), float32, in the model's normalised space."""
@@ -193,7 +201,7 @@ def sample(
     dits, swap = load_dits(model, device, args)
     pipe = build_pipeline(
         dits[0],
-        model.vae(device, encoder=args.image is not None),
+        vae,
         model.scheduler(),
         family=family,
         image=args.image is not None,
@@ -213,7 +221,6 @@ def sample(
         from PIL import Image
 
         extra["image"] = Image.open(args.image).convert("RGB")
-        measure_encode(pipe.vae, device, result)
     ran = record_forwards(dits)
     with progress_bar("sampling", "steps", args.steps, dist.get_rank() == 0) as on_step:
         output = pipe(
@@ -261,29 +268,19 @@ def set_attention_backend(dits: list[Any], backend: str) -> None:
         dit.set_attention_backend(backend)
 
 
-def measure_encode(vae: Any, device: torch.device, result: RankResult) -> None:
-    """Time the pipeline's encode of the conditioning clip (the image, plus F-1 zero frames for
-    I2V-A14B, through the VAE encoder) as a phase of its own, `image_encode`: its peak is not
-    the sampler's. The sampling phase's peak restarts after it."""
-    encode = vae.encode
+def encode_condition(
+    model: WanModel, vae: Any, args: argparse.Namespace, device: torch.device
+) -> ReplayEncode:
+    """The image's conditioning clip through the VAE encoder before any DiT is loaded
+    (`wanctl.models.condition`): its peak is its own, not stacked on the experts'."""
+    from PIL import Image
 
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        out = encode(*args, **kwargs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            result.peak_allocated_gib["image_encode"] = (
-                torch.cuda.max_memory_allocated(device) / GIB
-            )
-            result.peak_reserved_gib["image_encode"] = torch.cuda.max_memory_reserved(device) / GIB
-            torch.cuda.reset_peak_memory_stats(device)
-        result.seconds["image_encode"] = time.perf_counter() - start
-        return out
-
-    vae.encode = timed
+    width, height = parse_size(args.size)
+    image = Image.open(args.image).convert("RGB")
+    replay = encode_first(vae, model.scheduler(), model.family, image, height=height,
+                          width=width, frames=args.frames, device=device)  # fmt: skip
+    _release(device)
+    return replay
 
 
 def guidance(args: argparse.Namespace, family: Family) -> dict[str, float]:
