@@ -58,8 +58,9 @@ def encode_first(
     pipe = build_pipeline(None, vae, scheduler, family=family, image=True)  # type: ignore[arg-type]
     pixels = pipe.video_processor.preprocess(image, height=height, width=width)
     replay = ReplayEncode(vae)
-    pipe.prepare_latents(
-        pixels.to(device, dtype=torch.float32), 1, vae.config.z_dim, height, width, frames,
-        torch.float32, device, torch.Generator("cpu").manual_seed(0),
-    )  # fmt: skip
+    with torch.no_grad():  # as the pipeline's call: no graph of the encoder's activations
+        pipe.prepare_latents(
+            pixels.to(device, dtype=torch.float32), 1, vae.config.z_dim, height, width, frames,
+            torch.float32, device, torch.Generator("cpu").manual_seed(0),
+        )  # fmt: skip
     return replay

@@ -158,17 +158,19 @@ def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> R
         negative = NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
         embeds = [e.to(device) for e in model.encode_prompts(args.prompt, negative, encode_on)]
         _release(device)  # the text encoder
-    vae = model.vae(device, encoder=args.image is not None)
+    vae: Any = model.vae(device, encoder=args.image is not None)
+    replay = None
     if args.image is not None:
         with phase("image_encode", status, result, device):
             replay = encode_condition(model, vae, args, device)
     with phase("sampling", status, result, device):
         latents = latents_of(sample(model, args, device, embeds, vae, result), args, model)
-        if args.image is not None and not replay.replayed:
+        if replay is not None and not replay.replayed:
             raise RuntimeError("the pipeline encoded another conditioning clip than wanctl's")
         # The DiTs die with `sample`'s frame, but diffusers' hooks tie modules in reference
         # cycles: only the collector frees them (seen on a GPU: an expert's 26.6 GiB held
-        # through the decode).
+        # through the decode); the fp32 VAE (0.5 GiB for the Wan2.1 one) goes too.
+        vae = replay = None
         _release(device)
     del embeds
     with phase("save", status, result, device):
