@@ -55,13 +55,30 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=["t2v", "i2v"])
-def two_ranks(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, image: Path
-) -> tuple[str, Path, dict]:
-    output = tmp_path_factory.mktemp(request.param) / "fox.mp4"
-    extra = ("--image", str(image)) if request.param == "i2v" else ()
-    return request.param, output, generate(CliRunner(), output, *MOE, *extra, "--gpus", "2")
+class Replicated:
+    """The replicated two-rank run of each kind (t2v, i2v), made once when first asked for."""
+
+    def __init__(self, folder: pytest.TempPathFactory, image: Path):
+        self.folder, self.image = folder, image
+        self.runs: dict[str, tuple[str, Path, dict]] = {}
+
+    def __call__(self, kind: str) -> tuple[str, Path, dict]:
+        if kind not in self.runs:
+            output = self.folder.mktemp(kind) / "fox.mp4"
+            extra = ("--image", str(self.image)) if kind == "i2v" else ()
+            summary = generate(CliRunner(), output, *MOE, *extra, "--gpus", "2")
+            self.runs[kind] = kind, output, summary
+        return self.runs[kind]
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory, image: Path) -> Replicated:
+    return Replicated(tmp_path_factory, image)
+
+
+@pytest.fixture(params=["t2v", "i2v"])
+def two_ranks(request: pytest.FixtureRequest, replicated: Replicated) -> tuple[str, Path, dict]:
+    return replicated(request.param)
 
 
 def test_two_ranks_write_every_frame_and_the_wan21_latents(
@@ -194,7 +211,7 @@ def test_the_dry_run_of_a_two_expert_model_uses_its_official_defaults(
     [("t2v", ("--dit", "fsdp")), ("i2v", ("--offload",))],
 )
 def test_each_expert_placement_samples_the_replicated_latents(
-    two_ranks: tuple[str, Path, dict],
+    replicated: Replicated,
     cli: CliRunner,
     tmp_path: Path,
     image: Path,
@@ -203,9 +220,7 @@ def test_each_expert_placement_samples_the_replicated_latents(
 ) -> None:
     """FSDP2 shards of both experts over the two ranks, or the low-noise expert on the CPU
     until the boundary: the same latents as both experts whole on every rank."""
-    replicated_kind, output, _ = two_ranks
-    if replicated_kind != kind:
-        pytest.skip(f"compared with the {kind} run")
+    _, output, _ = replicated(kind)
     extra = ("--image", str(image)) if kind == "i2v" else ()
     summary = generate(cli, tmp_path / "fox.mp4", *MOE, *extra, "--gpus", "2", *placement)
     assert summary["settings"]["dit" if "--dit" in placement else "offload"] in ("fsdp", True)
@@ -216,13 +231,11 @@ def test_each_expert_placement_samples_the_replicated_latents(
 
 
 def test_fp8_storage_samples_close_to_the_bf16_weights(
-    two_ranks: tuple[str, Path, dict], cli: CliRunner, tmp_path: Path
+    replicated: Replicated, cli: CliRunner, tmp_path: Path
 ) -> None:
     """Weights rounded to float8 change the latents, but not into another video: the error
     is about fp8's rounding (3 mantissa bits), not noise."""
-    kind, output, _ = two_ranks
-    if kind != "t2v":
-        pytest.skip("compared with the t2v run")
+    _, output, _ = replicated("t2v")
     summary = generate(cli, tmp_path / "fox.mp4", *MOE, "--gpus", "2", "--dit-storage", "fp8")
     assert summary["settings"]["dit_storage"] == "fp8"
     fp8 = load_latents(tmp_path / "fox.latents.safetensors").tensor
