@@ -39,7 +39,8 @@ def any_rig(request: pytest.FixtureRequest) -> FakeProbe:
 def wan(tmp_path: Path) -> tuple[Path, Path]:
     """A Wan2.2 checkout and the official checkpoint, as far as the launcher reads them."""
     repo, ckpt = tmp_path / "Wan2.2", tmp_path / "Wan2.2-TI2V-5B"
-    for path in (repo / "generate.py", repo / "wan/modules/vae2_2.py", ckpt / "config.json",
+    for path in (repo / "generate.py", repo / "wan/modules/vae2_2.py",
+                 repo / "wan/modules/vae2_1.py", ckpt / "config.json",
                  ckpt / "models_t5_umt5-xxl-enc-bf16.pth", ckpt / "Wan2.2_VAE.pth"):  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")

@@ -15,12 +15,13 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 import wanctl.generate.run as generate_run
 from wanctl.cli import app
 from wanctl.decode.latents import load_latents
-from wanctl.decode.load import TINY_CONFIG, random_vae
+from wanctl.decode.load import TINY_CONFIG, TINY_WAN21_CONFIG, random_vae
 from wanctl.doctor.report import DoctorReport
 from wanctl.generate import checks
 from wanctl.generate.options import GenerateOptions
@@ -30,6 +31,7 @@ FAKE_GENERATE = """
 import argparse, json, os
 import torch
 import torch.distributed as dist
+from wan.modules.vae2_1 import Wan2_1_VAE
 from wan.modules.vae2_2 import Wan2_2_VAE
 
 parser = argparse.ArgumentParser()
@@ -53,10 +55,11 @@ keys = ("PYTHONPATH", "WANCTL_LATENTS", "WANCTL_LATENTS_SOURCE", "WANCTL_RUN_DIR
         "WAN_VAE_DECODE_CHUNK_T", "OMP_NUM_THREADS")
 record = {"argv": vars(args), "env": {k: os.environ.get(k) for k in keys}}
 width, height = (int(side) for side in args.size.split("*"))
-latent = torch.randn(48, (args.frame_num - 1) // 4 + 1, height // 16, width // 16,
+channels, space, vae = (48, 16, Wan2_2_VAE) if args.task == "ti2v-5B" else (16, 8, Wan2_1_VAE)
+latent = torch.randn(channels, (args.frame_num - 1) // 4 + 1, height // space, width // space,
                      generator=torch.Generator().manual_seed(args.base_seed))
 if rank == 0:
-    video = Wan2_2_VAE().decode([latent])[0]
+    video = vae().decode([latent])[0]
     record["placeholder"] = list(video.shape)
     torch.save(latent, os.environ["FAKE_RECORD"] + ".latent.pt")
     with open(args.save_file, "wb") as placeholder:
@@ -67,7 +70,7 @@ if world > 1:
     dist.barrier()
 """
 FAKE_VAE = """
-class Wan2_2_VAE:
+class Wan2_{version}_VAE:
     def decode(self, zs):
         raise RuntimeError("the official decode ran: wanctl's hook did not take")
 """
@@ -79,7 +82,9 @@ def official(tmp_path: Path) -> tuple[Path, Path]:
     """The fake checkout, and a checkpoint folder whose Wan2.2_VAE.pth holds the tiny decoder."""
     repo, ckpt = tmp_path / "Wan2.2", tmp_path / "Wan2.2-TI2V-5B"
     files = {repo / "generate.py": FAKE_GENERATE, repo / "wan/__init__.py": "",
-             repo / "wan/modules/__init__.py": "", repo / "wan/modules/vae2_2.py": FAKE_VAE,
+             repo / "wan/modules/__init__.py": "",
+             repo / "wan/modules/vae2_2.py": FAKE_VAE.format(version=2),
+             repo / "wan/modules/vae2_1.py": FAKE_VAE.format(version=1),
              ckpt / "config.json": "{}", ckpt / "models_t5_umt5-xxl-enc-bf16.pth": ""}  # fmt: skip
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +149,70 @@ def test_the_hooked_decode_saves_the_latents_and_wanctl_decodes_them_on_every_ra
     summary = json.loads(result.stdout)
     assert summary["backend"] == "wan-repo" and len(summary["per_rank"]) == 2
     assert not placeholder.parent.exists()
+
+
+@pytest.fixture
+def official_a14b(official: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """An official T2V-A14B checkpoint folder: two experts' configs, the T5 file, and a
+    Wan2.1_VAE.pth holding the tiny Wan2.1 decoder."""
+    repo, _ = official
+    ckpt = tmp_path / "Wan2.2-T2V-A14B"
+    for expert in ("high_noise_model", "low_noise_model"):
+        (ckpt / expert).mkdir(parents=True)
+        config = {"_class_name": "WanModel", "model_type": "t2v", "in_dim": 16}
+        (ckpt / expert / "config.json").write_text(json.dumps(config))
+    (ckpt / "models_t5_umt5-xxl-enc-bf16.pth").write_text("")
+    torch.save(random_vae(TINY_WAN21_CONFIG).state_dict(), ckpt / "Wan2.1_VAE.pth")
+    return repo, ckpt
+
+
+def test_the_hook_takes_over_the_wan21_decode_of_the_a14b_tasks(
+    cli: CliRunner, official_a14b: tuple[Path, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """--task t2v-A14B from the checkpoint folder, its size and fps; `Wan2_1_VAE.decode` saves
+    the 16-channel latents, which wanctl decodes with the checkpoint's Wan2.1_VAE.pth."""
+    monkeypatch.setenv("FAKE_RECORD", str(tmp_path / "record.json"))
+    output = tmp_path / "fox.mp4"
+    repo, ckpt = official_a14b
+    result = cli.invoke(app, [
+        "generate", "--backend", "wan-repo", "--wan-repo", str(repo), "--ckpt-dir", str(ckpt),
+        "--device", "cpu", "--gpus", "2", "--size", "832*480", "--frames", str(FRAMES),
+        "--steps", "2", "--seed", "3", "--prompt", "a fox", "-o", str(output), "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    argv = json.loads((tmp_path / "record.json").read_text())["argv"]
+    assert (argv["task"], argv["size"], argv["ulysses_size"]) == ("t2v-A14B", "832*480", 2)
+    latents = load_latents(tmp_path / "fox.latents.safetensors")
+    assert latents.tensor.shape == (1, 16, 2, 60, 104) and latents.fps == 16
+    assert latents.source["model"] == f"Wan2.2-t2v-A14B ({ckpt})"
+    assert imageio_ffmpeg.count_frames_and_secs(str(output))[0] == FRAMES
+    summary = json.loads(result.stdout)
+    assert summary["family"] == "t2v-A14B" and summary["fps"] == 16
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--size", "1280*704"), "does not run t2v-A14B at 1280*704"),
+        (("--size", "1280*720", "--guidance-2", "3"), "--guidance-2 would not reach"),
+        (("--size", "1280*720", "--image", "IMAGE"), "t2v-A14B takes no image"),
+    ],
+)
+def test_a14b_requests_the_official_code_cannot_run_are_refused(
+    cli: CliRunner, official_a14b: tuple[Path, Path], tmp_path: Path,
+    args: tuple[str, ...], message: str,
+) -> None:  # fmt: skip
+    repo, ckpt = official_a14b
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (64, 64)).save(image)
+    args = tuple(str(image) if a == "IMAGE" else a for a in args)
+    result = cli.invoke(app, [
+        "generate", "--backend", "wan-repo", "--wan-repo", str(repo), "--ckpt-dir", str(ckpt),
+        "--device", "cpu", "--prompt", "a fox", "-o", str(tmp_path / "v.mp4"), "--dry-run",
+        *args,
+    ])  # fmt: skip
+    assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_a_rank_of_the_official_code_that_dies_is_named_with_its_cause(

@@ -30,8 +30,6 @@ from wanctl.core.workload import Workload, ulysses_problem
 GIB = 1024**3
 DTYPE_BYTES = {"fp8": 1, "bf16": 2, "fp32": 4}
 BACKENDS = ("diffusers", "wan-repo")
-# The sizes the official generate.py runs ti2v-5B at (its SUPPORTED_SIZES)
-OFFICIAL_SIZES = ("1280*704", "704*1280")
 PHASES = ("text_encode", "sampling", "decode")
 
 
@@ -176,9 +174,10 @@ def _decode(settings: Settings) -> Placement:
 
 def run_problem(workload: Workload, settings: Settings) -> str | None:
     """Why the backend cannot run `workload` with `settings` whatever the memory, or None."""
-    if settings.backend == "wan-repo" and workload.size not in OFFICIAL_SIZES:
+    sizes = workload.family.sizes
+    if settings.backend == "wan-repo" and workload.size not in sizes:
         return (
-            f"the official generate.py runs ti2v-5B at {' and '.join(OFFICIAL_SIZES)} only "
+            f"the official generate.py runs {workload.family.name} at {', '.join(sizes)} only "
             f"(its SUPPORTED_SIZES), not {workload.size}"
         )
     if settings.backend == "diffusers" and settings.offload and workload.family.experts == 1:

@@ -47,6 +47,7 @@ def check_request(options: GenerateOptions) -> None:
         )
     if options.backend == "wan-repo":
         check_wan_repo(options)
+        check_image_use(options)
     else:
         check_diffusers_model(options)
     if options.image is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from wanctl.core.families import TI2V_5B, Family
 from wanctl.core.workload import parse_size
-from wanctl.models.catalog import MODELS, checkpoint_problem, model_family
+from wanctl.models.catalog import MODELS, checkpoint_problem, model_family, official_family
 
 BACKENDS = ("diffusers", "wan-repo")
 DEVICES = ("cuda", "cpu")
@@ -63,7 +63,9 @@ class GenerateOptions:
     def _family(self) -> Family:
         """The model's family; TI2V-5B where the model is not known yet (the checks before
         launch refuse it, with the reason)."""
-        if self.backend == "wan-repo" or (self.model is not None and self.model not in MODELS):
+        if self.backend == "wan-repo":
+            return official_family(self.ckpt_dir) if self.ckpt_dir else TI2V_5B
+        if self.model is not None and self.model not in MODELS:
             return TI2V_5B
         if self.model is None and (self.ckpt_dir is None or checkpoint_problem(self.ckpt_dir)):
             return TI2V_5B

@@ -54,7 +54,7 @@ from wanctl.generate.diffusers import worker_request
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan, GenerateSummary
 from wanctl.generate.settings import launch_env, overrides_of, resolve_settings
-from wanctl.generate.wan_repo import WAN_VAE, hook_env, torchrun_script_argv, wan_repo_args
+from wanctl.generate.wan_repo import hook_env, official_vae, torchrun_script_argv, wan_repo_args
 from wanctl.models.catalog import NOTES, vae_spec
 from wanctl.probe.base import Probe
 from wanctl.tune.predict import MemoryPlan
@@ -108,7 +108,7 @@ def build_spec(
 
 def model_vae(options: GenerateOptions) -> str:
     if options.backend == "wan-repo":
-        return str(Path(options.ckpt_dir or ".") / WAN_VAE)
+        return official_vae(options)
     return vae_spec(options.model, options.ckpt_dir)
 
 

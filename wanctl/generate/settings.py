@@ -69,9 +69,14 @@ def resolve_settings(
 
 
 UNPLANNED = (
-    "{family} defaults: both experts on every GPU, the decode on every rank (the "
-    "memory model plans TI2V-5B runs only so far: no prediction)"
+    "{family} defaults: {placement}, the decode on every rank (the memory model plans TI2V-5B "
+    "runs only so far: no prediction)"
 )
+# Where the experts are in an unplanned A14B run's defaults, per backend.
+DEFAULT_PLACEMENT = {
+    "diffusers": "both experts on every GPU",
+    "wan-repo": "the official code's placement (on one GPU it keeps the idle expert on the CPU)",
+}
 
 
 def unplanned(
@@ -86,7 +91,10 @@ def unplanned(
     settings = dataclasses.replace(settings, **overrides)
     check_settings(settings, options, workload)
     env = environment(settings, sys.platform, report.recommended_env)
-    return settings, UNPLANNED.format(family=workload.family.name), None, env
+    source = UNPLANNED.format(
+        family=workload.family.name, placement=DEFAULT_PLACEMENT[settings.backend]
+    )
+    return settings, source, None, env
 
 
 def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, Any]:

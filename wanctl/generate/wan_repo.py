@@ -9,13 +9,14 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from wanctl.core.families import TI2V_5B
+from wanctl.core.architectures import WAN21_VAE, WAN22_VAE
+from wanctl.core.families import Family
 from wanctl.core.launch import (
     Runner,
     RunResult,
     torchrun_argv,
 )
-from wanctl.core.settings import OFFICIAL_SIZES, Settings
+from wanctl.core.settings import Settings
 from wanctl.core.status import classify
 from wanctl.errors import UsageError, WanctlError
 from wanctl.generate.failures import DecodeFailed, failure, read_statuses
@@ -29,11 +30,24 @@ from wanctl.workers.wan_hook import (
     SOURCE_ENV,
 )
 
-# The official code: its TI2V task and the files it reads (its sizes: OFFICIAL_SIZES).
-WAN_TASK = "ti2v-5B"
-WAN_REPO_FILES = ("generate.py", "wan/modules/vae2_2.py")
-WAN_CKPT_FILES = ("config.json", "models_t5_umt5-xxl-enc-bf16.pth", "Wan2.2_VAE.pth")
-WAN_VAE = "Wan2.2_VAE.pth"
+# The official code: the files it reads per model (its tasks are the family names).
+WAN_REPO_FILES = ("generate.py", "wan/modules/vae2_2.py", "wan/modules/vae2_1.py")
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+VAE_FILES = {WAN22_VAE.name: "Wan2.2_VAE.pth", WAN21_VAE.name: "Wan2.1_VAE.pth"}
+EXPERT_FILES = ("high_noise_model/config.json", "low_noise_model/config.json")
+DOWNLOADS = {"ti2v-5B": "Wan-AI/Wan2.2-TI2V-5B", "t2v-A14B": "Wan-AI/Wan2.2-T2V-A14B",
+             "i2v-A14B": "Wan-AI/Wan2.2-I2V-A14B"}  # fmt: skip
+
+
+def checkpoint_files(family: Family) -> tuple[str, ...]:
+    """What the official code reads from the checkpoint folder of `family`."""
+    dits = EXPERT_FILES if family.experts == 2 else ("config.json",)
+    return (*dits, T5_FILE, VAE_FILES[family.vae.name])
+
+
+def official_vae(options: GenerateOptions) -> str:
+    """The checkpoint's VAE file, which wanctl's decode loads."""
+    return str(Path(options.ckpt_dir or ".") / VAE_FILES[options.family.vae.name])
 
 
 def check_wan_repo(options: GenerateOptions) -> None:
@@ -48,22 +62,30 @@ def check_wan_repo(options: GenerateOptions) -> None:
             why="it takes the negative prompt of its config and has no option for it",
             fix="drop --negative-prompt, or use the diffusers backend",
         )
+    if options.guidance_2 is not None:
+        raise UsageError(
+            "--guidance-2 would not reach the official generate.py",
+            why="its --sample_guide_scale sets one scale for both experts",
+            fix="drop --guidance-2 (--guidance sets both), or use the diffusers backend",
+        )
     fix = "pass --wan-repo with a clone of github.com/Wan-Video/Wan2.2"
     if options.wan_repo is None:
         raise UsageError("the wan-repo backend needs --wan-repo", fix=fix)
     _require_files(options.wan_repo, WAN_REPO_FILES, "a Wan2.2 checkout", fix)
     if options.ckpt_dir is None:
         raise UsageError(
-            "the wan-repo backend needs --ckpt-dir", fix="pass the Wan2.2-TI2V-5B folder"
+            "the wan-repo backend needs --ckpt-dir",
+            fix="pass the official checkpoint folder (Wan2.2-TI2V-5B, Wan2.2-T2V-A14B, ...)",
         )
+    family = options.family
     _require_files(
-        options.ckpt_dir, WAN_CKPT_FILES, "the official Wan2.2-TI2V-5B checkpoint",
-        "huggingface-cli download Wan-AI/Wan2.2-TI2V-5B --local-dir DIR, then --ckpt-dir DIR",
+        options.ckpt_dir, checkpoint_files(family), f"the official Wan2.2 {family.name} checkpoint",
+        f"hf download {DOWNLOADS[family.name]} --local-dir DIR, then --ckpt-dir DIR",
     )  # fmt: skip
-    if options.size not in OFFICIAL_SIZES:
+    if options.size not in family.sizes:
         raise UsageError(
-            f"the official generate.py does not run {WAN_TASK} at {options.size}",
-            why=f"its SUPPORTED_SIZES for {WAN_TASK} are {' and '.join(OFFICIAL_SIZES)}",
+            f"the official generate.py does not run {family.name} at {options.size}",
+            why=f"its SUPPORTED_SIZES for {family.name} are {', '.join(family.sizes)}",
             fix="use one of them, or the diffusers backend",
         )
 
@@ -72,7 +94,8 @@ def wan_repo_args(
     options: GenerateOptions, settings: Settings, paths: RunPaths, world: int
 ) -> list[str]:
     """The official generate.py's flags, in the order of the user's own command."""
-    args = ["--task", WAN_TASK, "--size", options.size, "--ckpt_dir", str(options.ckpt_dir)]
+    task = options.family.name
+    args = ["--task", task, "--size", options.size, "--ckpt_dir", str(options.ckpt_dir)]
     if settings.dit == "fsdp":
         args.append("--dit_fsdp")
     args += ["--ulysses_size", str(world), "--offload_model", str(settings.offload),
@@ -102,9 +125,10 @@ def torchrun_script_argv(
 def hook_env(paths: RunPaths, options: GenerateOptions, base: Mapping[str, str]) -> dict[str, str]:
     """What the official code's children need for the decode hook: the hook first on
     PYTHONPATH, where to save the latents, and what to record with them."""
-    source = {"model": f"Wan2.2-{WAN_TASK} ({options.ckpt_dir})", "prompt": options.prompt,
+    family = options.family
+    source = {"model": f"Wan2.2-{family.name} ({options.ckpt_dir})", "prompt": options.prompt,
               "seed": str(options.seed), "steps": str(options.steps), "size": options.size,
-              "fps": str(TI2V_5B.fps)}  # fmt: skip
+              "fps": str(family.fps)}  # fmt: skip
     python_path = os.pathsep.join(p for p in (str(HOOK_DIR), base.get("PYTHONPATH", "")) if p)
     return {
         "PYTHONPATH": python_path,
@@ -125,7 +149,7 @@ def finish(
     if not plan.paths.latents.is_file():
         if result.ok:
             raise WanctlError(
-                "the official generate.py finished without calling Wan2_2_VAE.decode",
+                "the official generate.py finished without calling its VAE's decode",
                 why="wanctl's hook saves the latents when it is called; it never was",
                 fix="check that --wan-repo is an unmodified Wan2.2 checkout",
             )

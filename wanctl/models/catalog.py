@@ -66,6 +66,21 @@ def model_family(name: str | None, checkpoint: Path | None, *, image: bool) -> F
     return _family_of(index)
 
 
+def official_family(folder: Path) -> Family:
+    """The model of an official (non-diffusers) checkpoint folder: an A14B one when it holds
+    `high_noise_model/` (I2V when that DiT's config says `model_type` i2v, 36 input channels),
+    else TI2V-5B. Reads JSON only."""
+    config = folder / "high_noise_model" / "config.json"
+    if not config.is_file():
+        return TI2V_5B
+    try:
+        values = json.loads(config.read_text())
+    except (OSError, ValueError):
+        values = {}
+    values = values if isinstance(values, dict) else {}
+    return a14b(values.get("model_type") == "i2v" or values.get("in_dim") == 36)
+
+
 def vae_spec(name: str | None, checkpoint: Path | None) -> str:
     """What `wanctl decode --vae` takes for the decoder weights of a model."""
     if name is not None:

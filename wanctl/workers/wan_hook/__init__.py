@@ -4,9 +4,10 @@ without editing the checkout.
 The official `generate.py` decodes on rank 0 alone, the whole video on one GPU (the OOM this
 project is about). wanctl puts this folder first on the children's PYTHONPATH, so that Python
 runs its `sitecustomize.py` at start-up in every process; when `WANCTL_LATENTS` is set, that
-installs an import hook which, once `wan.modules.vae2_2` is imported, replaces
-`Wan2_2_VAE.decode` with `save_instead_of_decode`: the sampled latents (a list of one
-normalised (48, T, h, w) tensor) go to the latents file, and the official code gets a
+installs an import hook which, once `wan.modules.vae2_2` (TI2V-5B) or `wan.modules.vae2_1` (the
+A14B models) is imported, replaces `Wan2_2_VAE.decode` or `Wan2_1_VAE.decode` with
+`save_instead_of_decode`: the sampled latents (a list of one normalised (48, T, h, w) or
+(16, T, h, w) tensor) go to the latents file, and the official code gets a
 one-frame black placeholder, which it writes to its --save_file (a scratch path). wanctl then
 decodes the latents on every GPU and writes the video to the user's path. A rank of the official
 code that dies of an exception records it in `WANCTL_RUN_DIR` as wanctl's own workers do, so
@@ -32,12 +33,13 @@ HOOK_DIR = Path(__file__).resolve().parent
 LATENTS_ENV = "WANCTL_LATENTS"  # where to save the latents
 SOURCE_ENV = "WANCTL_LATENTS_SOURCE"  # JSON: the latents file's source metadata, and fps
 RUN_DIR_ENV = "WANCTL_RUN_DIR"  # where each rank records why it died
-TARGET = "wan.modules.vae2_2"
+# The official VAE modules, and the class whose decode the hook takes over in each.
+TARGETS = {"wan.modules.vae2_2": "Wan2_2_VAE", "wan.modules.vae2_1": "Wan2_1_VAE"}
 PLACEHOLDER_SIZE = 16  # pixels of the placeholder frame
 
 
 def install() -> None:
-    """Hook the import of `wan.modules.vae2_2`, and record a rank's fatal exception, when
+    """Hook the import of the official VAE modules, and record a rank's fatal exception, when
     wanctl asked for it (WANCTL_LATENTS)."""
     if os.environ.get(LATENTS_ENV) and not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
@@ -59,7 +61,8 @@ def _recording(previous: Any) -> Any:
 
 
 def save_instead_of_decode(self: Any, zs: Sequence[Any]) -> list[Any]:
-    """`Wan2_2_VAE.decode(zs)` as wanctl runs it: save the latents, return a placeholder."""
+    """`Wan2_2_VAE.decode(zs)` or `Wan2_1_VAE.decode(zs)` as wanctl runs it: save the
+    latents, return a placeholder."""
     import torch
 
     from wanctl.decode.latents import Latents, save_latents
@@ -108,13 +111,13 @@ def run_shadowed_sitecustomize() -> None:
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Finds `wan.modules.vae2_2` as the other finders would, with a loader that patches the
-    module once it has run."""
+    """Finds the official VAE modules as the other finders would, with a loader that patches
+    each once it has run."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != TARGET:
+        if fullname not in TARGETS:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
@@ -132,4 +135,4 @@ class _PatchingLoader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self.loader.exec_module(module)
-        module.Wan2_2_VAE.decode = save_instead_of_decode
+        getattr(module, TARGETS[module.__name__]).decode = save_instead_of_decode
