@@ -200,8 +200,11 @@ def dry_run_document(plan: GeneratePlan) -> dict[str, object]:
         "predicted_peak_gib": {p.name: round(p.total_gib, 2) for p in predicted.phases}
         if predicted
         else None,
+        "host_ram_gib": {"per_rank": round(plan.host.per_rank_gib, 2),
+                         "total": round(plan.host.total_gib, 2),
+                         "parts": dict(plan.host.parts)} if plan.host else None,
         "notes": list(plan.notes),
-    }
+    }  # fmt: skip
 
 
 def render_plan(plan: GeneratePlan, console: Console) -> None:
@@ -221,6 +224,8 @@ def render_plan(plan: GeneratePlan, console: Console) -> None:
     if plan.predicted:
         peaks = ", ".join(f"{p.name} {p.total_gib:.1f}" for p in plan.predicted.phases)
         table.add_row("predicted peak GiB", peaks)
+    if plan.host:
+        table.add_row("host RAM GiB", plan.host.describe())
     table.add_row("latents", str(plan.paths.latents))
     for note in plan.notes:
         table.add_row("note", note)

@@ -10,12 +10,14 @@ from wanctl.core.launch import (
     CHUNK_ENV,
     check_output,
 )
+from wanctl.core.settings import GIB, Settings
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
 from wanctl.doctor.report import DoctorReport, Status
 from wanctl.errors import UsageError, WanctlError
 from wanctl.generate.options import BACKENDS, DEVICES, GenerateOptions, RunPaths
 from wanctl.generate.wan_repo import check_wan_repo
 from wanctl.models.catalog import DOWNLOAD_FIX, MODELS, checkpoint_problem
+from wanctl.tune.host import HostPlan
 
 # Checks that matter on the CPU (no driver is expected there).
 CPU_CHECKS = ("torch", "diffusers", "ffmpeg")
@@ -151,6 +153,32 @@ def check_disk(paths: RunPaths, workload: Workload, free_bytes: int) -> None:
             why="the latents and the video are written there",
             fix="free some space or write the output elsewhere",
         )
+
+
+HOST_MARGIN = 0.9  # of the host's free memory a plan may take: the page cache and the rest
+
+
+def check_host_memory(host: HostPlan, available_bytes: int | None, settings: Settings) -> None:
+    """The ranks of this host must fit its free RAM; else refuse, with what would fit."""
+    if available_bytes is None:
+        return
+    room = HOST_MARGIN * available_bytes / GIB
+    if host.total_gib <= room:
+        return
+    fits = int(room // host.per_rank_gib)
+    options = [f"--gpus {fits} (each rank needs {host.per_rank_gib:.1f} GiB)"] if fits else []
+    if settings.offload:
+        options.append("drop --offload (the low-noise expert waits in host memory)")
+        if settings.dit_storage == "bf16":
+            options.append("--dit-storage fp8 (the waiting expert in half the memory)")
+    options.append("free host memory, or add swap")
+    raise UsageError(
+        f"host RAM: this run needs about {host.total_gib:.1f} GiB, the host has "
+        f"{available_bytes / GIB:.1f} GiB free",
+        why=f"{host.describe()}; beyond {HOST_MARGIN:.0%} of the free memory the kernel's "
+        "out-of-memory killer stops ranks while they load",
+        fix="; or ".join(options),
+    )
 
 
 def choose_device(options: GenerateOptions, report: DoctorReport, visible: int) -> str:

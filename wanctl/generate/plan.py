@@ -12,6 +12,7 @@ from wanctl.core.launch import LaunchSpec
 from wanctl.core.settings import Settings
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.models.attention import AttentionChoice
+from wanctl.tune.host import HostPlan
 from wanctl.tune.predict import MemoryPlan
 
 
@@ -35,6 +36,7 @@ class GeneratePlan:
     decode_command: str
     predicted: MemoryPlan | None
     notes: tuple[str, ...]
+    host: HostPlan | None = None  # host RAM of this node's ranks
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from wanctl.doctor.run import diagnose
 from wanctl.generate import diffusers, wan_repo
 from wanctl.generate.checks import (
     check_disk,
+    check_host_memory,
     check_preflight,
     check_request,
     check_tokens,
@@ -57,6 +58,7 @@ from wanctl.generate.settings import launch_env, overrides_of, resolve_settings
 from wanctl.generate.wan_repo import hook_env, official_vae, torchrun_script_argv, wan_repo_args
 from wanctl.models.catalog import NOTES, vae_spec
 from wanctl.probe.base import Probe
+from wanctl.tune.host import HostPlan, host_plan
 from wanctl.tune.predict import MemoryPlan
 
 # --- what a rank records ---------------------------------------------------------------
@@ -145,6 +147,9 @@ def prepare(
     )
     paths = RunPaths.for_output(options.output)
     check_disk(paths, workload, disk_free(paths.output.parent))
+    host = planned_host(options, device, settings, workload, ranks)
+    if host is not None:
+        check_host_memory(host, report.system.host_mem_available_bytes, settings)
     wanted = {**settings_env, **thread_env(device, ranks, env)}
     child_env, kept = launch_env(wanted, dict(options.env), env)
     if options.backend == "wan-repo":
@@ -166,8 +171,19 @@ def prepare(
         spec=build_spec(options, device, settings, paths, child_env),
         decode_command=decode_command(paths, vae, settings, device),
         predicted=predicted,
+        host=host,
         notes=_notes(options, device, world, predicted, kept),
     )
+
+
+def planned_host(
+    options: GenerateOptions, device: str, settings: Settings, workload: Workload, ranks: int
+) -> HostPlan | None:
+    """The host RAM of this node's ranks (the diffusers worker on GPUs; the official code's
+    own loading is not modelled)."""
+    if device != "cuda" or options.backend != "diffusers":
+        return None
+    return host_plan(workload, settings, ranks, checkpoint=options.model is None)
 
 
 def _notes(

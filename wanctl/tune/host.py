@@ -1,0 +1,83 @@
+"""Host memory: what one rank of the diffusers worker holds in host RAM, and the check a launch
+makes against the host's free memory before any rank starts (Wan2.2 issue 58: two ranks with
+32 GB of RAM, killed by the kernel's OOM killer while loading).
+
+Per rank, on top of the process itself (`BASELINE_GIB`: python, torch, CUDA's host side):
+- a checkpoint's weights pass through host memory on their way to the GPU: `from_pretrained`
+  reads each network there first, one at a time (UMT5, then each DiT; the fp32 VAE with an
+  image), so the largest of them is the transient;
+- with `--offload`, the A14B's low-noise expert waits there until the boundary (bf16 or fp8);
+- an I2V run keeps its conditioning clip (3 x F x H x W float32) there for the pipeline's
+  encode to be answered from (`wanctl.models.condition`).
+The built-in synthetic models are allocated where they live: only the waiting expert.
+
+Measured on one H200 (synthetic-a14b, 1280*720 x 81): 2.50 GB of RSS with nothing on the host
+(fp8 storage), 30.3 GB with the low-noise expert waiting there (26.6 GiB predicted on top of
+the baseline: 29.2 GB). A checkpoint's load was not measured. Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wanctl.core.settings import GIB, Settings
+from wanctl.core.workload import Workload
+from wanctl.tune.predict import PARAMS
+
+BASELINE_GIB = 2.50e9 / GIB  # measured: the worker's RSS with no weights on the host
+# Parameters (diffusers 0.42.1, meta device): the A14B expert, and of it the linear layers
+# that layerwise casting stores in fp8 (not the patch and condition embedders, norms or the
+# output projection); the whole Wan2.1 VAE. TI2V-5B's, UMT5-XXL's and the Wan2.2 VAE's are
+# `wanctl.tune.predict.PARAMS`.
+EXPERT_PARAMS = 14_288_491_584
+EXPERT_FP8_PARAMS = 14_053_314_560
+WAN21_VAE_PARAMS = 126_892_531
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """GiB of host RAM one rank holds at its peak, what it is made of, and the ranks of this
+    host that each hold as much."""
+
+    parts: tuple[tuple[str, float], ...]
+    ranks: int
+
+    @property
+    def per_rank_gib(self) -> float:
+        return sum(gib for _, gib in self.parts)
+
+    @property
+    def total_gib(self) -> float:
+        return self.per_rank_gib * self.ranks
+
+    def describe(self) -> str:
+        shown = " + ".join(f"{name} {gib:.1f}" for name, gib in self.parts)
+        return f"{self.ranks} rank(s) x ({shown}) = {self.total_gib:.1f} GiB"
+
+
+def dit_gib(workload: Workload, storage: str) -> float:
+    """One DiT's weights (an A14B expert, or TI2V-5B's), bf16 or fp8-stored."""
+    if workload.family.experts == 1:
+        return PARAMS["dit"] * 2 / GIB
+    if storage == "fp8":
+        return (EXPERT_FP8_PARAMS + (EXPERT_PARAMS - EXPERT_FP8_PARAMS) * 2) / GIB
+    return EXPERT_PARAMS * 2 / GIB
+
+
+def host_plan(workload: Workload, settings: Settings, ranks: int, *, checkpoint: bool) -> HostPlan:
+    """The host RAM of the diffusers worker's ranks on one host."""
+    parts = [("process", BASELINE_GIB)]
+    waiting = dit_gib(workload, settings.dit_storage) if settings.offload else 0.0
+    if checkpoint:
+        loads = [PARAMS["text_encoder"] * 2 / GIB, dit_gib(workload, "bf16")]
+        if workload.image:
+            vae = WAN21_VAE_PARAMS if workload.family.experts == 2 else PARAMS["vae"]
+            loads.append(vae * 4 / GIB)
+        # the low-noise expert is read last: while it waits, nothing else passes through
+        parts.append(("weights on their way to the GPU", max(max(loads), waiting)))
+    elif waiting:
+        parts.append(("the waiting expert", waiting))
+    if workload.image and workload.family.experts == 2:
+        parts.append(("the conditioning clip", 3 * workload.frames * workload.width
+                      * workload.height * 4 / GIB))  # fmt: skip
+    return HostPlan(tuple(parts), ranks)
