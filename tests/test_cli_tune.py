@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -46,6 +47,28 @@ def test_the_table_names_the_settings_and_exports(cli: CliRunner) -> None:
     assert result.exit_code == 0
     assert "decode on 2 rank(s) in bf16, chunk_t 1" in result.stdout
     assert "export WAN_VAE_DECODE_CHUNK_T=1" in result.stdout
+    # a checkpoint's UMT5-XXL (10.6 GiB in bf16) passes through each rank's host memory
+    text = " ".join(result.stdout.split())
+    assert (
+        "host RAM, loading a checkpoint: 2 rank(s) x (process 2.3 + weights on their way to" in text
+    )
+    assert "the GPU 10.6) = 25.8 GiB" in text
+
+
+def test_the_host_ram_of_this_machine_is_set_against_the_plan(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = dataclasses.replace(scenario("rtx4090x2_no_p2p"))
+    local = dataclasses.replace(
+        local,
+        system_info=dataclasses.replace(local.system_info, host_mem_available_bytes=16 * 2**30),
+    )
+    monkeypatch.setattr(tune_run, "LocalProbe", lambda: local)
+    result = cli.invoke(app, ["tune", "--size", "1280*704", "--frames", "121"],
+                        env={"COLUMNS": "200"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "= 25.8 GiB of 16.0 GiB free" in result.stdout
+    assert "generate refuses this run here" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from wanctl.commands.options import (
 from wanctl.core.settings import describe
 from wanctl.errors import WanctlError
 from wanctl.render import err_console, show
+from wanctl.tune.host import HOST_MARGIN
 from wanctl.tune.measure import MeasuredPhase
 from wanctl.tune.run import TuneOptions, TuneReport, refusal, run
 from wanctl.tune.search import Alternative, Constraints
@@ -162,6 +163,8 @@ def render(report: TuneReport, console: Console) -> None:
         )
     for key, value in chosen.env.items():
         console.print(f"  export {key}={value}", highlight=False, markup=False)
+    if report.host is not None:
+        _render_host(report, console)
     for note in chosen.notes:
         console.print(f"[dim]note: {note}[/]", highlight=False)
     if report.preset_error:
@@ -174,6 +177,23 @@ def render(report: TuneReport, console: Console) -> None:
         )
     if report.written:
         console.print(f"saved to {report.written}", highlight=False)
+
+
+def _render_host(report: TuneReport, console: Console) -> None:
+    """The host RAM of the run's ranks (loading a checkpoint), against this machine's."""
+    host = report.host
+    assert host is not None
+    line = f"host RAM, loading a checkpoint: {host.describe()}"
+    free = report.host_free_gib
+    if free is not None:
+        line += f" of {free:.1f} GiB free"
+    console.print(line, highlight=False, markup=False)
+    if free is not None and host.total_gib > HOST_MARGIN * free:
+        console.print(
+            f"[yellow]warning: more than {HOST_MARGIN:.0%} of the free host RAM: generate "
+            "refuses this run here (fewer GPUs, or free memory)[/]",
+            highlight=False,
+        )
 
 
 def _render_alternatives(found: tuple[Alternative, ...], console: Console) -> None:

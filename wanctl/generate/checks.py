@@ -17,7 +17,7 @@ from wanctl.errors import UsageError, WanctlError
 from wanctl.generate.options import BACKENDS, DEVICES, GenerateOptions, RunPaths
 from wanctl.generate.wan_repo import check_wan_repo
 from wanctl.models.catalog import DOWNLOAD_FIX, MODELS, checkpoint_problem
-from wanctl.tune.host import HostPlan
+from wanctl.tune.host import HOST_MARGIN, HostPlan
 
 # Checks that matter on the CPU (no driver is expected there).
 CPU_CHECKS = ("torch", "diffusers", "ffmpeg")
@@ -153,9 +153,6 @@ def check_disk(paths: RunPaths, workload: Workload, free_bytes: int) -> None:
             why="the latents and the video are written there",
             fix="free some space or write the output elsewhere",
         )
-
-
-HOST_MARGIN = 0.9  # of the host's free memory a plan may take: the page cache and the rest
 
 
 def check_host_memory(host: HostPlan, available_bytes: int | None, settings: Settings) -> None:

@@ -24,6 +24,7 @@ from wanctl.core.settings import GIB, Settings
 from wanctl.core.workload import Workload
 from wanctl.tune.predict import PARAMS
 
+HOST_MARGIN = 0.9  # of the host's free memory a run may take: the page cache and the rest
 BASELINE_GIB = 2.50e9 / GIB  # measured: the worker's RSS with no weights on the host
 # Parameters (diffusers 0.42.1, meta device): the A14B expert, and of it the linear layers
 # that layerwise casting stores in fp8 (not the patch and condition embedders, norms or the

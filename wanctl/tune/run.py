@@ -7,12 +7,14 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
+from wanctl.core.settings import GIB
 from wanctl.core.workload import Workload, parse_size
 from wanctl.doctor.passive import nccl_environment
 from wanctl.errors import UsageError, WanctlError
 from wanctl.probe.base import System, fingerprint
 from wanctl.probe.local import LocalProbe
 from wanctl.tune import presets
+from wanctl.tune.host import HostPlan, host_plan
 from wanctl.tune.measure import MeasuredPhase, measure_plan
 from wanctl.tune.predict import MemoryPlan
 from wanctl.tune.search import Alternative, Constraints, alternatives, plan
@@ -42,22 +44,25 @@ class TuneReport:
     preset_error: str | None = None  # why the rig's preset could not be read
     measured: tuple[MeasuredPhase, ...] = ()
     written: str | None = None  # the preset file written by --save / --measure
+    host: HostPlan | None = None  # the diffusers worker's host RAM, loading a checkpoint
+    host_free_gib: float | None = None  # this machine's free RAM (a described rig: unknown)
 
     @property
     def ran_out_of_memory(self) -> bool:
         return any(phase.out_of_memory for phase in self.measured)
 
 
-def resolve_rig(options: TuneOptions) -> tuple[str, presets.Rig, str]:
-    """The rig's fingerprint, its description and the platform the run will be on."""
+def resolve_rig(options: TuneOptions) -> tuple[str, presets.Rig, str, float | None]:
+    """The rig's fingerprint, its description, the platform the run will be on and the host's
+    free RAM in GiB (known for this machine only)."""
     if options.rig is not None and options.preset is not None:
         raise UsageError("--rig and --preset both name a rig", fix="give one of them")
     if options.rig is not None:
         inventory, rig = presets.rig_of(options.rig)
-        return fingerprint(inventory), rig, "linux"
+        return fingerprint(inventory), rig, "linux", None
     if options.preset is not None:
         found = presets.require(options.preset)
-        return found.fingerprint, found.rig, "linux"
+        return found.fingerprint, found.rig, "linux", None
     probe = LocalProbe()
     inventory = probe.gpus()
     if not inventory.live_gpus():
@@ -68,11 +73,12 @@ def resolve_rig(options: TuneOptions) -> tuple[str, presets.Rig, str]:
         )
     system: System = probe.system()
     rig = presets.rig_from_inventory(inventory, nccl_environment(inventory, system))
-    return fingerprint(inventory), rig, sys.platform
+    free = system.host_mem_available_bytes
+    return fingerprint(inventory), rig, sys.platform, free / GIB if free else None
 
 
 def run(options: TuneOptions) -> TuneReport:
-    rig_fingerprint, rig, platform = resolve_rig(options)
+    rig_fingerprint, rig, platform, host_free_gib = resolve_rig(options)
     width, height = parse_size(options.size)
     gpus = rig.gpus if options.gpus is None else options.gpus
     if gpus > rig.gpus:
@@ -93,6 +99,10 @@ def run(options: TuneOptions) -> TuneReport:
         else alternatives(workload, rig.card, constraints, platform=platform),
         saved=saved,
         preset_error=preset_error,
+        host=host_plan(workload, chosen.settings, gpus, checkpoint=True)
+        if chosen.settings.backend == "diffusers"
+        else None,
+        host_free_gib=host_free_gib,
     )
     if not chosen.runnable:
         return report
