@@ -1,3 +1,4 @@
-"""The Wan2.2 VAE decode: `load` (the VAE), `engine` (exact chunked traversal with an explicit
-causal cache), `parallel` (patch parallelism over torch.distributed), `writers` and `stream`
-(frames to the file as they come), `fallback` and `job` (`wanctl decode` as a library)."""
+"""The Wan VAE decode (Wan2.2's and Wan2.1's): `load` (the VAE), `latents` (the file format),
+`engine` (exact chunked traversal with an explicit causal cache), `fused` (its norm kernel),
+`parallel` (patch parallelism over torch.distributed), `writers` and `stream` (frames to the
+file as they come), `fallback` and `run` (`wanctl decode` as a library)."""

@@ -9,17 +9,19 @@ then of the patch-parallel decode.
 NCCL on GPUs (rank r on cuda:LOCAL_RANK), gloo on CPUs. The phases, each recorded in
 DIR/rank<r>.json as it starts (`wanctl.core.status.RankStatus`):
 - text_encode: the prompt and the negative prompt are encoded, then the encoder is dropped;
+- image_encode (with `--image`): the conditioning clip through the VAE encoder, before any DiT
+  is loaded (`wanctl.models.condition`);
 - sampling: the DiT (or the two experts of an A14B model, the high-noise one while t >=
-  boundary x 1000; each step's expert is recorded from the forwards that ran), Ulysses-parallel
+  boundary x 1000; each step's expert is recorded from the forwards that ran), placed as
+  `--dit`, `--dit-storage` and `--offload` say (`wanctl.models.placement`), Ulysses-parallel
   over all ranks, from the same seed (the same noise) on every rank; every rank ends with the
-  whole latents. On GPUs the attention backend is chosen
-  first (`wanctl.models.attention`): every rank times the candidates on the shape it attends
-  over, and
-  all run the fastest that holds on every rank;
+  whole latents. On GPUs the attention backend is chosen first (`wanctl.models.attention`):
+  every rank times the candidates on the shape it attends over, and all run the fastest that
+  holds on every rank;
 - save: rank 0 writes the latents file while the others wait at a barrier, so that no decode
   starts (nor can fail) before the latents are safe;
 - decode: each of the first `--decode-ranks` ranks decodes a slab of rows of every frame
-  (`wanctl.vae`), rank 0 writes the video.
+  (`wanctl.decode`), rank 0 writes the video.
 A rank that fails records the phase and cause there, and exits non-zero: torchrun stops the
 others. Rank 0 ends by writing DIR/summary.json with every rank's figures.
 """
