@@ -257,3 +257,30 @@ def test_placements_that_cannot_run_are_refused(
     result = cli.invoke(app, ["generate", *MOE, *args, "-o", str(tmp_path / "v.mp4"),
                               "--dry-run"])  # fmt: skip
     assert result.exit_code == 2 and message in result.output
+
+
+def test_a_guidance_of_zero_is_kept_and_the_defaults_are_the_models() -> None:
+    from argparse import Namespace
+
+    from wanctl.workers.generate import guidance
+
+    assert guidance(Namespace(guidance=0.0, guidance_2=0.0), T2V_A14B) == {
+        "guidance_scale": 0.0, "guidance_scale_2": 0.0,
+    }  # fmt: skip
+    assert guidance(Namespace(guidance=None, guidance_2=None), I2V_A14B) == {
+        "guidance_scale": 3.5, "guidance_scale_2": 3.5,
+    }  # fmt: skip
+
+
+def test_the_two_expert_built_ins_run_where_their_kind_does(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tiny-moe falls back to the CPU without a GPU, as tiny does; synthetic-a14b is refused
+    there, as synthetic-5b is."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    base = ["generate", "--prompt", "a fox", "-o", str(tmp_path / "v.mp4"), "--dry-run"]
+    moe = cli.invoke(app, [*base, "--model", "tiny-moe", "--json"])
+    assert moe.exit_code == 0 and json.loads(moe.stdout)["device"] == "cpu"
+    synthetic = cli.invoke(app, [*base, "--model", "synthetic-a14b", "--device", "cpu"])
+    assert synthetic.exit_code == 2
+    assert "synthetic-a14b is for timing and memory on a GPU" in synthetic.output

@@ -134,8 +134,8 @@ print(json.dumps({"seconds": seconds, "after_warm_up": after_warm_up, "after_dec
 @cuda
 def test_warm_up_compiles_what_the_decode_launches(tmp_path: Path) -> None:
     """In a fresh process and an empty Triton cache, nothing is compiled after `warm_up` (one
-    kernel for the norms of 256 and 512 channels, with and without a bias; those of 128 take
-    the eager path); a second process finds it in the cache."""
+    kernel per block of channels: 256 for the norms of 256 and 512 channels, 128 for those of
+    128, with and without a bias); a second process finds them in the cache."""
     env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path)}
 
     def run() -> dict[str, float]:

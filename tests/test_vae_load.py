@@ -191,3 +191,17 @@ def test_another_vae_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(UsageError, match="neither the Wan2.2 nor the Wan2.1 VAE"):
         load_vae(str(tmp_path / "other"))
+
+
+def test_odd_vae_files_are_refused_with_a_message(tmp_path: Path) -> None:
+    """Files the cheap family check cannot read leave the refusal to `load_vae`."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00" * 64)
+    save_file({"decoder.conv_in.weight": torch.zeros(4)}, str(tmp_path / "flat.safetensors"))
+    (tmp_path / "listed").mkdir()
+    (tmp_path / "listed" / "config.json").write_text("[1, 2]")
+    for name in ("corrupt.safetensors", "flat.safetensors", "listed"):
+        assert spec_family(str(tmp_path / name)) is None
+        with pytest.raises(UsageError):
+            load_vae(str(tmp_path / name))

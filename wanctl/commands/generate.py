@@ -58,7 +58,8 @@ def generate(
         ),
     ] = None,
     frames: Annotated[
-        int | None, typer.Option(help="Frames, 4n+1; default: the model's (121; A14B 81).")
+        int | None,
+        typer.Option(min=1, help="Frames, 4n+1; default: the model's (121; A14B 81)."),
     ] = None,
     steps: Annotated[
         int | None,

@@ -65,7 +65,7 @@ DitStorageOption = Annotated[
     typer.Option(
         "--dit-storage",
         help="Pin the DiT's weights in bf16, or stored in fp8 and computed in bf16 "
-        "(diffusers: half the memory, an error the plan states).",
+        "(diffusers: half the memory; README: its measured error).",
     ),
 ]
 

@@ -3,7 +3,7 @@ UMT5-XXL and the two VAEs, and what a latents file's VAE implies (`VaeFamily`)."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # diffusers `WanTransformer3DModel` of Wan2.2-TI2V-5B-Diffusers/transformer. The TI2V
@@ -97,7 +97,7 @@ class VaeFamily:
     name: str
     channels: int
     spatial: int
-    config: dict[str, Any]
+    config: dict[str, Any] = field(compare=False, hash=False)
     temporal: int = 4
 
 

@@ -9,7 +9,7 @@ is a mixture of two experts, and the official sampling defaults (`wan/configs/*.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from wanctl.core.architectures import (
@@ -27,7 +27,7 @@ class Family:
     expert's (one value for a single DiT); `image` is "optional", "required" or "none"."""
 
     name: str  # the official task name (`--task`)
-    dit: dict[str, Any]
+    dit: dict[str, Any] = field(compare=False, hash=False)
     vae: VaeFamily
     boundary: float | None  # None: one DiT
     shift: float

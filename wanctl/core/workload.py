@@ -67,7 +67,7 @@ class Workload:
 
 def ulysses_problem(workload: Workload, backend: str = "diffusers") -> str | None:
     """Why the backend's Ulysses cannot split `workload` over its `gpus` ranks, as a sentence,
-    or None when it can. The degree must divide the DiT's attention heads (`HEADS`); diffusers
+    or None when it can. The degree must divide the DiT's attention heads (24, A14B 40); diffusers
     also gives every rank an equal share of the tokens (the official code pads the sequence to a
     multiple of the degree). Pure: the workload alone decides."""
     gpus, heads = workload.gpus, workload.family.heads

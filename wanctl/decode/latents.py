@@ -7,7 +7,8 @@ A safetensors file holding one tensor named `latents`, of shape (1, C, T, h, w) 
   from the sampler) and need `z * std + mean` before decoding, "false" when already denormalised;
 - `vae` (optional): the VAE that made them, "wan2.2" (TI2V-5B: C = 48, 16x in space) or
   "wan2.1" (the A14B models: C = 16, 8x); without it, the channel count says which;
-- `fps` (optional, default 24): the frame rate of the decoded video;
+- `fps` (optional; default 24 for the Wan2.2 VAE's latents, 16 for the Wan2.1 VAE's, the
+  models' own rates): the frame rate of the decoded video;
 - `model`, `prompt`, `seed`, `steps`, `size` (optional): where the latents came from.
 
 T latent frames decode to 4(T-1)+1 frames of (16h x 16w, or 8h x 8w) pixels.
@@ -31,7 +32,8 @@ from wanctl.core.architectures import (
 from wanctl.errors import UsageError
 
 TENSOR_NAME = "latents"
-DEFAULT_FPS = 24.0
+DEFAULT_FPS = 24.0  # TI2V-5B's
+WAN21_FPS = 16.0  # the A14B models'; latents without an `fps` play at their model's rate
 SOURCE_KEYS = ("model", "prompt", "seed", "steps", "size")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -100,7 +102,7 @@ def load_latents(path: Path) -> Latents:
     return Latents(
         tensor=tensor,
         normalized=_normalized(path, metadata),
-        fps=_fps(path, metadata),
+        fps=_fps(path, metadata, default=DEFAULT_FPS if tensor.shape[1] == 48 else WAN21_FPS),
         source={k: metadata[k] for k in SOURCE_KEYS if k in metadata},
     )
 
@@ -184,8 +186,8 @@ def _check_vae(path: Path, metadata: Mapping[str, str], channels: int) -> None:
         )
 
 
-def _fps(path: Path, metadata: Mapping[str, str]) -> float:
-    value = metadata.get("fps", str(DEFAULT_FPS))
+def _fps(path: Path, metadata: Mapping[str, str], default: float) -> float:
+    value = metadata.get("fps", str(default))
     try:
         fps = float(value)
     except ValueError:

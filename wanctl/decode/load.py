@@ -156,11 +156,12 @@ def spec_family(spec: str) -> VaeFamily | None:
     path = vae_path(spec)
     try:
         if path.is_dir():
-            z_dim = json.loads((path / "config.json").read_text()).get("z_dim")
+            config = json.loads((path / "config.json").read_text())
+            z_dim = config.get("z_dim") if isinstance(config, dict) else None
         else:
             z_dim = _conv_in_channels(path)
-    except (OSError, ValueError, RuntimeError):
-        return None  # `load_vae` says what is wrong with the file
+    except Exception:  # any unreadable file: `load_vae` says what is wrong with it
+        return None
     return vae_family_for_channels(z_dim) if isinstance(z_dim, int) else None
 
 
@@ -187,10 +188,11 @@ def _conv_in_channels(path: Path) -> int | None:
         with safe_open(str(path), framework="pt") as handle:
             keys = set(handle.keys())
             name = next((n for n in names if n in keys), None)
-            return handle.get_slice(name).get_shape()[1] if name else None
+            shape = handle.get_slice(name).get_shape() if name else []
+            return int(shape[1]) if len(shape) > 1 else None
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     tensor = next((state[n] for n in names if isinstance(state, dict) and n in state), None)
-    return int(tensor.shape[1]) if tensor is not None else None
+    return int(tensor.shape[1]) if tensor is not None and tensor.dim() > 1 else None
 
 
 def original_to_diffusers(
@@ -259,7 +261,7 @@ def _decoder_only(config: Mapping[str, Any]) -> AutoencoderKLWan:
 def _from_diffusers_dir(path: Path) -> AutoencoderKLWan:
     try:
         vae = AutoencoderKLWan.from_pretrained(str(path))
-    except (OSError, ValueError, RuntimeError) as error:
+    except Exception as error:  # a broken folder is the user's to fix, whatever diffusers raises
         raise UsageError(
             f"cannot load the diffusers VAE in {path}", why=str(error), fix=_FIX
         ) from None
@@ -281,7 +283,7 @@ def _from_weights_file(path: Path) -> AutoencoderKLWan:
     try:
         vae = _decoder_only(_config_of(state))
         vae.load_state_dict(state, strict=True, assign=True)
-    except (KeyError, RuntimeError) as error:
+    except (KeyError, RuntimeError, IndexError) as error:  # missing, misshapen or 1-D weights
         raise UsageError(
             f"{path} does not fit the Wan2.2 or the Wan2.1 VAE",
             why=str(error).splitlines()[0],

@@ -57,7 +57,7 @@ def decode_to_file(
     split: RowSplit | None = None,
     on_frames: FramesDone | None = None,
 ) -> StreamResult:
-    """Decode latents `z` (1, 48, T, h, w), already in the decoder's space (see
+    """Decode latents `z` (1, C, T, h, w), already in the decoder's space (see
     `Latents.for_decoder`), into `output` (.mp4 or .npy). With `split`, every rank of its group
     must call this with the same `z`; rank 0 writes and reports frames through `on_frames`."""
     device = vae.device

@@ -155,20 +155,27 @@ def check_disk(paths: RunPaths, workload: Workload, free_bytes: int) -> None:
         )
 
 
-def check_host_memory(host: HostPlan, available_bytes: int | None, settings: Settings) -> None:
-    """The ranks of this host must fit its free RAM; else refuse, with what would fit."""
+def check_host_memory(
+    host: HostPlan, available_bytes: int | None, settings: Settings, workload: Workload
+) -> None:
+    """The ranks of this host must fit its free RAM; else refuse, with what would fit (a GPU
+    count Ulysses can split the run over)."""
     if available_bytes is None:
         return
     room = HOST_MARGIN * available_bytes / GIB
     if host.total_gib <= room:
         return
-    fits = int(room // host.per_rank_gib)
-    options = [f"--gpus {fits} (each rank needs {host.per_rank_gib:.1f} GiB)"] if fits else []
+    fits = [
+        n for n in ulysses_degrees(workload.family.heads)
+        if n * host.per_rank_gib <= room
+        and ulysses_problem(dataclasses.replace(workload, gpus=n), settings.backend) is None
+    ]  # fmt: skip
+    options = [f"--gpus {fits[-1]} (each rank needs {host.per_rank_gib:.1f} GiB)"] if fits else []
     if settings.offload:
         options.append("drop --offload (the low-noise expert waits in host memory)")
         if settings.dit_storage == "bf16":
             options.append("--dit-storage fp8 (the waiting expert in half the memory)")
-    options.append("free host memory, or add swap")
+    options.append("free host memory, or add swap (--skip-preflight launches anyway)")
     raise UsageError(
         f"host RAM: this run needs about {host.total_gib:.1f} GiB, the host has "
         f"{available_bytes / GIB:.1f} GiB free",
@@ -182,11 +189,12 @@ def choose_device(options: GenerateOptions, report: DoctorReport, visible: int) 
     """cuda when a GPU is visible and torch can use it; the CPU for the tiny model when not,
     or when asked. The 5B models on the CPU take hours per step: only when asked."""
     can_cuda = visible > 0 and report.software.torch_cuda is not None
-    device = options.device or ("cuda" if can_cuda or options.model != "tiny" else "cpu")
-    if device == "cpu" and options.model == "synthetic-5b":
+    anywhere = options.model in ("tiny", "tiny-moe")
+    device = options.device or ("cuda" if can_cuda or not anywhere else "cpu")
+    if device == "cpu" and options.model in ("synthetic-5b", "synthetic-a14b"):
         raise UsageError(
-            "synthetic-5b is for timing and memory on a GPU",
-            fix="run it on a GPU machine, or use --model tiny on the CPU",
+            f"{options.model} is for timing and memory on a GPU",
+            fix="run it on a GPU machine, or use --model tiny (or tiny-moe) on the CPU",
         )
     if device == "cpu" and options.backend == "wan-repo":
         raise UsageError(

@@ -148,8 +148,8 @@ def prepare(
     paths = RunPaths.for_output(options.output)
     check_disk(paths, workload, disk_free(paths.output.parent))
     host = planned_host(options, device, settings, workload, ranks)
-    if host is not None:
-        check_host_memory(host, report.system.host_mem_available_bytes, settings)
+    if host is not None and options.preflight:
+        check_host_memory(host, report.system.host_mem_available_bytes, settings, workload)
     wanted = {**settings_env, **thread_env(device, ranks, env)}
     child_env, kept = launch_env(wanted, dict(options.env), env)
     if options.backend == "wan-repo":

@@ -141,7 +141,7 @@ def check_settings(settings: Settings, options: GenerateOptions, workload: Workl
             f"the {settings.backend} backend cannot run these settings "
             f"({'your flags' if chosen else 'the preset'})",
             why=problem,
-            fix="drop --dit fsdp, --offload or --dit-storage (`wanctl tune` says what fits)",
+            fix="drop --dit fsdp, --offload or --dit-storage, as the reason says",
         )
     _, height, width = workload.latent
     rows = max(height, width)

@@ -12,6 +12,7 @@ Built-in models:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,12 @@ def checkpoint_problem(folder: Path) -> str | None:
     pipeline = index.get("_class_name")
     if pipeline not in ("WanPipeline", "WanImageToVideoPipeline"):
         return f"{folder} holds a {pipeline} checkpoint, not a Wan2.2 one"
-    if _two_experts(index) and not isinstance(index.get("boundary_ratio"), (int, float)):
-        return f"{folder}/model_index.json names two experts but no boundary_ratio"
+    boundary = index.get("boundary_ratio")
+    if _two_experts(index) and not (isinstance(boundary, float) and 0 < boundary < 1):
+        return (
+            f"{folder}/model_index.json names two experts but its boundary_ratio is "
+            f"{boundary!r}, not a fraction of the timesteps (T2V-A14B: 0.875, I2V-A14B: 0.9)"
+        )
     expected = _family_of(index).dit["in_channels"]
     try:
         channels = json.loads((folder / "transformer/config.json").read_text()).get("in_channels")
@@ -137,6 +142,9 @@ def _two_experts(index: dict[str, Any]) -> bool:
 
 
 def _family_of(index: dict[str, Any]) -> Family:
+    """The family, with the checkpoint's own boundary between its experts."""
     if not _two_experts(index):
         return TI2V_5B
-    return a14b(index.get("_class_name") == "WanImageToVideoPipeline")
+    family = a14b(index.get("_class_name") == "WanImageToVideoPipeline")
+    boundary = index.get("boundary_ratio")
+    return dataclasses.replace(family, boundary=boundary) if isinstance(boundary, float) else family

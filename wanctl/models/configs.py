@@ -132,11 +132,21 @@ def parameter_counts() -> dict[str, int]:
         vae = AutoencoderKLWan(**VAE_TI2V_5B)
     return {
         "dit": _count(dit),
+        "dit_fp8": fp8_stored(dit),
         "dit_block": _count(dit.blocks[0]),
         "text_encoder": _count(build_text_encoder("meta", torch.bfloat16)),
         "vae_decoder": _count(build_vae_decoder("meta", torch.bfloat16)),
         "vae": _count(vae),
     }
+
+
+def fp8_stored(dit: Any) -> int:
+    """Parameters diffusers' layerwise casting stores in fp8 (on a meta-device `dit`, which
+    it casts)."""
+    import torch
+
+    dit.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    return sum(p.numel() for p in dit.parameters() if p.dtype == torch.float8_e4m3fn)
 
 
 def _count(module: Any) -> int:

@@ -31,10 +31,16 @@ FP8 = torch.float8_e4m3fn
 
 
 def prepare_dit(
-    dit: Any, *, storage: str, shard: bool, device: torch.device, compute: torch.dtype
+    dit: Any,
+    *,
+    storage: str,
+    shard: bool,
+    device: torch.device,
+    compute: torch.dtype,
+    fill_on: torch.device | None = None,
 ) -> Any:
-    """`dit` stored as asked, sharded if asked, then on `device` (allocated and filled there
-    if it was on the meta device)."""
+    """`dit` stored as asked, sharded if asked, then on `device` (allocated there if it was on
+    the meta device, its random values drawn on `fill_on`, by default `device`)."""
     dit.requires_grad_(False)  # inference only; FSDP2 also wants one dtype among trainables
     if storage == "fp8":
         dit.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute)
@@ -44,15 +50,14 @@ def prepare_dit(
         for block in dit.blocks:
             fully_shard(block)
         fully_shard(dit)
-    return materialise(dit, device)
+    return materialise(dit, device, fill_on)
 
 
-def materialise(dit: Any, device: torch.device) -> Any:
-    """On `device`: random weights allocated there for a meta-device DiT (drawn on the GPU for
-    a host-resident one), else moved."""
+def materialise(dit: Any, device: torch.device, fill_on: torch.device | None = None) -> Any:
+    """On `device`: random weights allocated there for a meta-device DiT (drawn on `fill_on`:
+    the run's GPU fills a host-resident expert in seconds), else moved."""
     if any(p.is_meta for p in dit.parameters()):
-        gpu = device.type == "cpu" and torch.cuda.is_available()
-        return place(dit, device, fill_on=torch.device("cuda") if gpu else None)
+        return place(dit, device, fill_on=fill_on if fill_on != device else None)
     return dit.to(device)
 
 

@@ -126,6 +126,9 @@ def resident_gib(resident: Resident) -> float:
     """GiB of one network's weights (or its FSDP shard) on a rank's GPU."""
     if resident.network == "DiT" and resident.dtype == "bf16":  # diffusers keeps a few in fp32
         n_bytes = (PARAMS["dit"] - DIT_FP32_PARAMS) * 2 + DIT_FP32_PARAMS * 4
+    elif resident.network == "DiT" and resident.dtype == "fp8":  # the linear layers only
+        rest = PARAMS["dit"] - PARAMS["dit_fp8"] - DIT_FP32_PARAMS
+        n_bytes = PARAMS["dit_fp8"] + rest * 2 + DIT_FP32_PARAMS * 4
     else:
         n_bytes = PARAMS[_PARAM_KEYS[resident.network]] * DTYPE_BYTES[resident.dtype]
     return _gib(n_bytes / resident.shards)
@@ -279,6 +282,7 @@ def _notes(settings: Settings) -> tuple[str, ...]:
 # (diffusers 0.42.1, transformers of this venv); tests/test_memory.py checks them against it.
 PARAMS = {
     "dit": 4_999_787_712,
+    "dit_fp8": 4_908_595_200,  # the linear layers layerwise casting stores in fp8
     "dit_block": 163_656_704,
     "text_encoder": 5_680_910_336,
     "vae_decoder": 555_051_580,

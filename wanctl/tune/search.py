@@ -36,9 +36,9 @@ def candidates(workload: Workload, constraints: Constraints, platform: str) -> I
     """Settings the backend executes, cheapest compromise first. The text encoder on the GPU
     before the CPU (a CPU encode of 5.7 B parameters takes tens of seconds); for the official
     code, `--offload_model` (seconds of copies a run) before `--t5_cpu`, and the DiT replicated
-    before `--dit_fsdp` (FSDP all-gathers every layer at every step; several GPUs only). The
-    diffusers worker neither shards nor offloads the DiT (`Settings.unsupported`): it is never
-    proposed there, only tried when pinned, so that the refusal can say why. Decode on every
+    before `--dit_fsdp` (FSDP all-gathers every layer at every step; several GPUs only). For
+    the diffusers worker neither is proposed (TI2V-5B's DiT is freed before the decode anyway;
+    sharding saves at most its 9.3 GiB): only tried when pinned. Decode on every
     rank and chunk_t 1 unless pinned: fewer ranks or larger chunks only add memory."""
     official = constraints.backend == "wan-repo"
     dits = ["replicated", "fsdp"] if official and workload.gpus > 1 else ["replicated"]

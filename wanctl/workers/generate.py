@@ -259,7 +259,7 @@ def load_dits(
     swap = None
     if low is not None:
         waits = torch.device("cpu") if args.offload else device
-        dits.append(prepare_dit(low, device=waits, **placed))
+        dits.append(prepare_dit(low, device=waits, fill_on=device, **placed))
         swap = BoundarySwap(dits[0], dits[1], device) if args.offload else None
     if dist.get_world_size() > 1:
         for dit in dits:
@@ -290,9 +290,10 @@ def encode_condition(
 def guidance(args: argparse.Namespace, family: Family) -> dict[str, float]:
     """The pipeline's guidance scales: the DiT's, or the high-noise expert's and the low-noise
     expert's; the model's official ones where not given."""
-    scales = {"guidance_scale": args.guidance or family.guidance[0]}
+    given = (args.guidance, args.guidance_2)
+    scales = {"guidance_scale": family.guidance[0] if given[0] is None else given[0]}
     if family.experts == 2:
-        scales["guidance_scale_2"] = args.guidance_2 or family.guidance[1]
+        scales["guidance_scale_2"] = family.guidance[1] if given[1] is None else given[1]
     return scales
 
 
