@@ -75,7 +75,6 @@ I2V_A14B = Family(
     shift=5.0, guidance=(3.5, 3.5), steps=40, frames=81, fps=16.0, sizes=A14B_SIZES,
     image="required",
 )  # fmt: skip
-FAMILIES = {family.name: family for family in (TI2V_5B, T2V_A14B, I2V_A14B)}
 
 
 def a14b(image: bool) -> Family:

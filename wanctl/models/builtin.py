@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from wanctl.core.architectures import DIT_TI2V_5B, TEXT_TOKENS
-from wanctl.core.families import I2V_A14B, T2V_A14B, TI2V_5B, Family
+from wanctl.core.families import T2V_A14B, TI2V_5B, Family, a14b
 from wanctl.models.pipelines import encode_with, wan_scheduler
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ class SyntheticA14B(Synthetic5B):
 
 def built_in(name: str, dtype: torch.dtype, *, image: bool) -> Any:
     """The built-in model `name` (a `WanModel`)."""
-    moe_family = I2V_A14B if image else T2V_A14B
+    moe_family = a14b(image)
     if name == "tiny":
         return TinyModel()
     if name == "tiny-moe":

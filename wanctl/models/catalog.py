@@ -1,7 +1,7 @@
 """Which model a run samples with, without torch: the built-in models, a diffusers checkpoint
 folder's family (read from its JSON files), the VAE that decodes its latents, and what its
 summary says about it. The launcher reads this; the workers build the models
-(`wanctl.models.pipelines.model_for`).
+(`wanctl.models.select.model_for`).
 
 Built-in models:
 - `tiny`: the TI2V-5B structure made narrow, random weights (runs anywhere, in seconds);

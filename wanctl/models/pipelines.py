@@ -5,12 +5,12 @@ A worker uses a model phase by phase, so that no two big networks are on the GPU
 `encode_prompts` (then the text encoder is dropped), `transformer` (and `transformer_2`, the
 low-noise expert of the A14B models), `vae` and `scheduler` for sampling; the decode loads the
 decoder alone from `wanctl.models.catalog.vae_spec`, the name `wanctl decode --vae` takes for
-the same weights. The models: `wanctl.models.builtin` and `wanctl.models.checkpoint`.
+the same weights. The models: `wanctl.models.builtin` and `wanctl.models.checkpoint`, chosen by
+`wanctl.models.select.model_for`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from wanctl.core.architectures import TEXT_TOKENS
@@ -58,22 +58,6 @@ class WanModel(Protocol):
     def scheduler(self) -> Any:
         """A diffusers scheduler."""
         ...
-
-
-def model_for(
-    name: str | None, checkpoint: Path | None, dtype: torch.dtype, *, image: bool = False
-) -> WanModel:
-    """A built-in model (`wanctl.models.catalog.MODELS`), or the diffusers checkpoint at
-    `checkpoint`; `image` picks I2V-A14B over T2V-A14B for the two-expert built-ins."""
-    from wanctl.models.builtin import built_in
-    from wanctl.models.checkpoint import DiffusersCheckpoint
-
-    if name is not None:
-        model: WanModel = built_in(name, dtype, image=image)
-        return model
-    if checkpoint is None:
-        raise ValueError("a built-in model's name or a checkpoint is needed")
-    return DiffusersCheckpoint(checkpoint, dtype)
 
 
 def build_pipeline(

@@ -57,8 +57,9 @@ from wanctl.decode.stream import StreamResult
 from wanctl.models.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
 from wanctl.models.catalog import MODELS
 from wanctl.models.condition import ReplayEncode, encode_first
-from wanctl.models.pipelines import NEGATIVE_PROMPT, WanModel, build_pipeline, model_for
+from wanctl.models.pipelines import NEGATIVE_PROMPT, WanModel, build_pipeline
 from wanctl.models.placement import BoundarySwap, prepare_dit
+from wanctl.models.select import model_for
 from wanctl.workers.failures import expected
 
 GIB = 2**30
