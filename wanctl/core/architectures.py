@@ -92,17 +92,20 @@ VAE_WAN21: dict[str, Any] = {
 @dataclass(frozen=True)
 class VaeFamily:
     """One of the two Wan VAEs, as far as latents and pixels go: `name` is what a latents file
-    records, `channels` its latent width, `spatial` and `temporal` the compression."""
+    records, `channels` its latent width, `spatial` and `temporal` the compression, `file` its
+    weights in an official checkpoint, `models` the ones that sample its latents."""
 
     name: str
     channels: int
     spatial: int
+    file: str
+    models: str
     config: dict[str, Any] = field(compare=False, hash=False)
     temporal: int = 4
 
 
-WAN22_VAE = VaeFamily("wan2.2", 48, 16, VAE_TI2V_5B)
-WAN21_VAE = VaeFamily("wan2.1", 16, 8, VAE_WAN21)
+WAN22_VAE = VaeFamily("wan2.2", 48, 16, "Wan2.2_VAE.pth", "TI2V-5B", VAE_TI2V_5B)
+WAN21_VAE = VaeFamily("wan2.1", 16, 8, "Wan2.1_VAE.pth", "T2V-A14B and I2V-A14B", VAE_WAN21)
 VAE_FAMILIES = {family.name: family for family in (WAN22_VAE, WAN21_VAE)}
 
 

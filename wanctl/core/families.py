@@ -77,6 +77,11 @@ I2V_A14B = Family(
 )  # fmt: skip
 
 
+def default_fps(vae: VaeFamily) -> float:
+    """The frame rate of the models whose latents `vae` decodes (TI2V-5B 24, A14B 16)."""
+    return next(f.fps for f in (TI2V_5B, T2V_A14B, I2V_A14B) if f.vae is vae)
+
+
 def a14b(image: bool) -> Family:
     """The A14B model of a run with (I2V) or without (T2V) a conditioning image."""
     return I2V_A14B if image else T2V_A14B

@@ -29,11 +29,11 @@ from wanctl.core.architectures import (
     VaeFamily,
     vae_family_for_channels,
 )
+from wanctl.core.families import default_fps
 from wanctl.errors import UsageError
 
 TENSOR_NAME = "latents"
-DEFAULT_FPS = 24.0  # TI2V-5B's
-WAN21_FPS = 16.0  # the A14B models'; latents without an `fps` play at their model's rate
+DEFAULT_FPS = 24.0  # a `Latents` made without one: TI2V-5B's
 SOURCE_KEYS = ("model", "prompt", "seed", "steps", "size")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -51,10 +51,7 @@ class Latents:
     @property
     def vae(self) -> VaeFamily:
         """The VAE of this channel count: the one that made them, the one that decodes them."""
-        family = vae_family_for_channels(int(self.tensor.shape[1]))
-        if family is None:
-            raise ValueError(f"no Wan VAE makes latents of shape {tuple(self.tensor.shape)}")
-        return family
+        return _family(self.tensor)
 
     @property
     def latent_frames(self) -> int:
@@ -102,7 +99,7 @@ def load_latents(path: Path) -> Latents:
     return Latents(
         tensor=tensor,
         normalized=_normalized(path, metadata),
-        fps=_fps(path, metadata, default=DEFAULT_FPS if tensor.shape[1] == 48 else WAN21_FPS),
+        fps=_fps(path, metadata, default=default_fps(_family(tensor))),
         source={k: metadata[k] for k in SOURCE_KEYS if k in metadata},
     )
 
@@ -169,6 +166,13 @@ def _normalized(path: Path, metadata: Mapping[str, str]) -> bool:
             " 'false' if already multiplied by the VAE's std and shifted by its mean",
         )
     return value == "true"
+
+
+def _family(tensor: torch.Tensor) -> VaeFamily:
+    family = vae_family_for_channels(int(tensor.shape[1]))
+    if family is None:
+        raise ValueError(f"no Wan VAE makes latents of shape {tuple(tensor.shape)}")
+    return family
 
 
 def _check_vae(path: Path, metadata: Mapping[str, str], channels: int) -> None:

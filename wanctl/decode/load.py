@@ -24,9 +24,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from wanctl.core.architectures import (
-    VAE_FAMILIES,
     VAE_TI2V_5B,
     VAE_WAN21,
+    WAN21_VAE,
     VaeFamily,
     vae_family_for_channels,
     vae_family_of,
@@ -168,16 +168,14 @@ def spec_family(spec: str) -> VaeFamily | None:
 def check_latents_fit(latents_vae: VaeFamily, vae: VaeFamily, spec: str) -> None:
     """Latents decode only with the VAE family that made them."""
     if latents_vae is not vae:
-        makers = {"wan2.2": "TI2V-5B", "wan2.1": "T2V-A14B and I2V-A14B"}
+        made = latents_vae
         raise UsageError(
-            f"these latents were made by the {latents_vae.name} VAE "
-            f"({latents_vae.channels} channels) and {spec} is the {vae.name} VAE "
-            f"({vae.channels} channels)",
-            why=f"the {latents_vae.name} VAE ({makers[latents_vae.name]}) alone decodes them",
-            fix=f"pass --vae with the {latents_vae.name} VAE of the model that sampled them"
-            + (" (Wan2.1_VAE.pth, or the A14B folder's vae/)" if latents_vae.name == "wan2.1"
-               else " (Wan2.2_VAE.pth, or the TI2V-5B folder's vae/)"),
-        )  # fmt: skip
+            f"these latents were made by the {made.name} VAE ({made.channels} channels) and "
+            f"{spec} is the {vae.name} VAE ({vae.channels} channels)",
+            why=f"the {made.name} VAE ({made.models}) alone decodes them",
+            fix=f"pass --vae with the {made.name} VAE of the model that sampled them "
+            f"({made.file}, or the {made.models} diffusers folder's vae/)",
+        )
 
 
 def _conv_in_channels(path: Path) -> int | None:
@@ -301,8 +299,7 @@ def _config_of(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     are z_dim (48: Wan2.2, 16: Wan2.1), conv_out's input channels the decoder's base width."""
     z_dim = int(state["decoder.conv_in.weight"].shape[1])
     base = int(state["decoder.conv_out.weight"].shape[1])
-    family = vae_family_for_channels(z_dim)
-    if family is VAE_FAMILIES["wan2.1"]:
+    if vae_family_for_channels(z_dim) is WAN21_VAE:
         return {**WAN21_CONFIG, "base_dim": base}
     return {**TI2V_5B_CONFIG, "z_dim": z_dim, "decoder_base_dim": base}
 

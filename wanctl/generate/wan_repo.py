@@ -9,7 +9,6 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from wanctl.core.architectures import WAN21_VAE, WAN22_VAE
 from wanctl.core.families import Family
 from wanctl.core.launch import (
     Runner,
@@ -33,7 +32,6 @@ from wanctl.workers.wan_hook import (
 # The official code: the files it reads per model (its tasks are the family names).
 WAN_REPO_FILES = ("generate.py", "wan/modules/vae2_2.py", "wan/modules/vae2_1.py")
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-VAE_FILES = {WAN22_VAE.name: "Wan2.2_VAE.pth", WAN21_VAE.name: "Wan2.1_VAE.pth"}
 EXPERT_FILES = ("high_noise_model/config.json", "low_noise_model/config.json")
 DOWNLOADS = {"ti2v-5B": "Wan-AI/Wan2.2-TI2V-5B", "t2v-A14B": "Wan-AI/Wan2.2-T2V-A14B",
              "i2v-A14B": "Wan-AI/Wan2.2-I2V-A14B"}  # fmt: skip
@@ -42,12 +40,12 @@ DOWNLOADS = {"ti2v-5B": "Wan-AI/Wan2.2-TI2V-5B", "t2v-A14B": "Wan-AI/Wan2.2-T2V-
 def checkpoint_files(family: Family) -> tuple[str, ...]:
     """What the official code reads from the checkpoint folder of `family`."""
     dits = EXPERT_FILES if family.experts == 2 else ("config.json",)
-    return (*dits, T5_FILE, VAE_FILES[family.vae.name])
+    return (*dits, T5_FILE, family.vae.file)
 
 
 def official_vae(options: GenerateOptions) -> str:
     """The checkpoint's VAE file, which wanctl's decode loads."""
-    return str(Path(options.ckpt_dir or ".") / VAE_FILES[options.family.vae.name])
+    return str(Path(options.ckpt_dir or ".") / options.family.vae.file)
 
 
 def check_wan_repo(options: GenerateOptions) -> None:

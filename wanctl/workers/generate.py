@@ -162,18 +162,23 @@ def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> R
         embeds = [e.to(device) for e in model.encode_prompts(args.prompt, negative, encode_on)]
         _release(device)  # the text encoder
     vae: Any = model.vae(device, encoder=args.image is not None)
-    replay = None
+    image, replay = None, None
     if args.image is not None:
+        from PIL import Image
+
+        image = Image.open(args.image).convert("RGB")
         with phase("image_encode", status, result, device):
-            replay = encode_condition(model, vae, args, device)
+            replay = encode_condition(model, vae, image, args, device)
     with phase("sampling", status, result, device):
-        latents = latents_of(sample(model, args, device, embeds, vae, result), args, model)
+        sampled = sample(model, args, device, embeds, vae, image, result)
+        latents = latents_of(sampled, args, model)
         if replay is not None and not replay.replayed:
             raise RuntimeError("the pipeline encoded another conditioning clip than wanctl's")
         # The DiTs die with `sample`'s frame, but diffusers' hooks tie modules in reference
         # cycles: only the collector frees them (seen on a GPU: an expert's 26.6 GiB held
         # through the decode); the fp32 VAE (0.5 GiB for the Wan2.1 one) goes too.
         vae = replay = None
+        del sampled
         _release(device)
     del embeds
     with phase("save", status, result, device):
@@ -198,6 +203,7 @@ def sample(
     device: torch.device,
     embeds: list[torch.Tensor],
     vae: Any,
+    image: Any,
     result: RankResult,
 ) -> torch.Tensor:
     """Latents (1, C, T, h, w), float32, in the model's normalised space."""
@@ -222,10 +228,8 @@ def sample(
         result.seconds["attention"] = time.perf_counter() - start
     width, height = parse_size(args.size)
     extra: dict[str, Any] = guidance(args, family)
-    if args.image is not None:
-        from PIL import Image
-
-        extra["image"] = Image.open(args.image).convert("RGB")
+    if image is not None:
+        extra["image"] = image
     ran = record_forwards(dits)
     with progress_bar("sampling", "steps", args.steps, dist.get_rank() == 0) as on_step:
         output = pipe(
@@ -274,14 +278,11 @@ def set_attention_backend(dits: list[Any], backend: str) -> None:
 
 
 def encode_condition(
-    model: WanModel, vae: Any, args: argparse.Namespace, device: torch.device
+    model: WanModel, vae: Any, image: Any, args: argparse.Namespace, device: torch.device
 ) -> ReplayEncode:
     """The image's conditioning clip through the VAE encoder before any DiT is loaded
     (`wanctl.models.condition`): its peak is its own, not stacked on the experts'."""
-    from PIL import Image
-
     width, height = parse_size(args.size)
-    image = Image.open(args.image).convert("RGB")
     replay = encode_first(vae, model.scheduler(), model.family, image, height=height,
                           width=width, frames=args.frames, device=device)  # fmt: skip
     _release(device)
