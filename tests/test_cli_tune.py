@@ -55,7 +55,7 @@ def test_the_table_names_the_settings_and_exports(cli: CliRunner) -> None:
     assert "the GPU 10.6) = 25.8 GiB" in text
 
 
-def test_the_host_ram_of_this_machine_is_set_against_the_plan(
+def test_a_plan_this_hosts_ram_cannot_hold_is_refused_with_fewer_gpus(
     cli: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     local = dataclasses.replace(scenario("rtx4090x2_no_p2p"))
@@ -66,9 +66,14 @@ def test_the_host_ram_of_this_machine_is_set_against_the_plan(
     monkeypatch.setattr(tune_run, "LocalProbe", lambda: local)
     result = cli.invoke(app, ["tune", "--size", "1280*704", "--frames", "121"],
                         env={"COLUMNS": "200"})  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "= 25.8 GiB of 16.0 GiB free" in result.stdout
-    assert "generate refuses this run here" in result.stdout
+    assert result.exit_code == 1, result.output
+    assert "= 25.8 GiB of host RAM, more than 90% of the 16.0 GiB free" in result.stdout
+    assert "does not fit the host's RAM" in result.stderr
+    assert "1 GPUs (instead of 2)" in result.stderr  # one rank loads alone
+    roomy = cli.invoke(app, ["tune", "--size", "1280*704", "--frames", "121", "--host-ram", "64"],
+                       env={"COLUMNS": "200"})  # fmt: skip
+    assert roomy.exit_code == 0, roomy.output
+    assert "= 25.8 GiB of 59.6 GiB free" in roomy.stdout
 
 
 @pytest.mark.parametrize(

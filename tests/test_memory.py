@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
+from wanctl.core.families import FAMILIES
 from wanctl.core.settings import DTYPE_BYTES, GIB, PHASES, Resident, Settings, placements
 from wanctl.core.workload import Workload, decode_pixels, parse_size, ulysses_problem
 from wanctl.errors import UsageError
 from wanctl.probe.catalog import MODELS
 from wanctl.tune import predict as memory
 from wanctl.tune.fit import coefficients, fit, in_effect
-from wanctl.tune.measurements import MEASUREMENTS, SUPERSEDED, Measurement
+from wanctl.tune.measurements import A14B_SOURCE, MEASUREMENTS, SUPERSEDED, Measurement
 from wanctl.tune.predict import Card, predict, resident_gib
 from wanctl.tune.search import Constraints, alternatives, candidates, plan
 
@@ -22,6 +24,7 @@ RTX_5090 = Card(MODELS["rtx-5090"].name, MODELS["rtx-5090"].memory_total_mib)
 RTX_4090 = Card(MODELS["rtx-4090"].name, MODELS["rtx-4090"].memory_total_mib)
 H100 = Card(MODELS["h100"].name, MODELS["h100"].memory_total_mib)
 USER = Workload(1280, 704, 121, 2)  # shared/seed: 2x RTX 5090, ti2v-5B, Ulysses 2
+FIVE_B = memory.PARAMS["ti2v-5B"]
 
 
 def totals(workload: Workload, settings: Settings) -> dict[str, float]:
@@ -90,7 +93,7 @@ def test_activations_fall_as_one_over_n() -> None:
     """Sampling: the rank's share of tokens, plus the small part every rank computes over the
     whole sequence (traced under Ulysses). Decode: the rank's slab, plus its halo rows."""
     c = coefficients()
-    share = c.dit_global / (c.dit_local + c.dit_global)
+    share = c.dit_global["TI2V-5B"] / (c.dit_local["TI2V-5B"] + c.dit_global["TI2V-5B"])
     assert 0 < share < 0.05
     one = activations(dataclasses.replace(USER, gpus=1), Settings(decode_ranks=1))
     for n in (2, 4, 8):
@@ -111,12 +114,12 @@ def test_weights_are_replicated_or_a_1_over_n_fsdp_shard() -> None:
     replicated = phase_of(eight, official, "sampling")
     sharded = phase_of(eight, dataclasses.replace(official, dit="fsdp"), "sampling")
     shard = resident_gib(Resident("DiT", "fp32", 8))
-    assert shard * 8 == pytest.approx(memory.PARAMS["dit"] * DTYPE_BYTES["fp32"] / GIB)
+    assert shard * 8 == pytest.approx(FIVE_B["dit"] * DTYPE_BYTES["fp32"] / GIB)
     assert sharded.parts["DiT fp32 1/8 shard"] == shard
     assert sharded.weights_gib == pytest.approx(
         replicated.weights_gib - resident_gib(Resident("DiT", "bf16")) + shard
     )
-    gathered = 2 * memory.PARAMS["dit_block"] * DTYPE_BYTES["bf16"] / GIB
+    gathered = 2 * FIVE_B["dit_block"] * DTYPE_BYTES["bf16"] / GIB
     assert sharded.activations_gib - replicated.activations_gib == pytest.approx(gathered)
 
 
@@ -148,9 +151,9 @@ def test_each_phase_holds_what_the_backends_code_holds() -> None:
     image = Workload(1280, 704, 121, 2, image=True)
     with_vae = phase_of(image, Settings(decode_ranks=2), "sampling").weights_gib
     without = phase_of(USER, Settings(decode_ranks=2), "sampling").weights_gib
-    assert with_vae - without == pytest.approx(memory.PARAMS["vae"] * DTYPE_BYTES["fp32"] / GIB)
+    assert with_vae - without == pytest.approx(FIVE_B["vae"] * DTYPE_BYTES["fp32"] / GIB)
     assert phase_of(USER, Settings(), "decode").weights_gib == pytest.approx(
-        memory.PARAMS["vae_decoder"] * DTYPE_BYTES["bf16"] / GIB
+        FIVE_B["vae_decoder"] * DTYPE_BYTES["bf16"] / GIB
     )
 
 
@@ -190,6 +193,7 @@ NO_GENERATE_ROWS = (
     "benchmarks/memory_model.py on a GPU and paste the block it prints"
 )
 GENERATE_ROWS = [m for m in in_effect(MEASUREMENTS) if m.source == GENERATE_SOURCE]
+A14B_ROWS = [m for m in in_effect(MEASUREMENTS) if m.source == A14B_SOURCE]
 # Every GPU row the fit uses, whichever harness measured it.
 GPU_ROWS = [m for m in in_effect(MEASUREMENTS)
             if m.method == "cuda" and m.phase in PHASES and not m.held_out]  # fmt: skip
@@ -205,12 +209,8 @@ def label(m: Measurement | None) -> str:
 
 
 def setup(m: Measurement) -> tuple[Workload, Settings]:
-    """The run a row measured, as `benchmarks/memory_model.py` judges it: its size on its
-    ranks, decoding on all of them, at its chunk_t, dtype, decoder and allocator setting."""
-    workload = Workload(m.width, m.height, m.frames, m.ranks)
-    settings = Settings(chunk_t=max(1, m.chunk_t), decode_ranks=m.ranks, decode_dtype=m.dtype,
-                        expandable_segments=m.expandable, decoder=m.decoder)  # fmt: skip
-    return workload, settings
+    """The run a row measured, as `benchmarks/memory_model.py` judges it (`Measurement.run`)."""
+    return m.run()
 
 
 def errors_of(m: Measurement) -> dict[str, float]:
@@ -232,9 +232,21 @@ def test_the_benchmark_records_the_rows_these_tests_judge() -> None:
     spec = importlib.util.spec_from_file_location("memory_model_benchmark", path)
     assert spec is not None and spec.loader is not None
     benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    sys.modules[spec.name] = benchmark  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(benchmark)
+    finally:
+        del sys.modules[spec.name]
     assert benchmark.SOURCE == GENERATE_SOURCE
     assert set(benchmark.FIT) == FIT_SIZES and set(benchmark.HELD_OUT) >= HELD_OUT_SIZES
+    assert benchmark.A14B_SOURCE == A14B_SOURCE
+    recorded = {(m.model, m.width, m.height, m.frames, m.placement, m.held_out)
+                for m in A14B_ROWS}  # fmt: skip
+    for case in (*benchmark.A14B_FIT, *benchmark.A14B_HELD_OUT):
+        model = "i2v-A14B" if case.image else "t2v-A14B"
+        placement = f"replicated {case.storage}" + (" offload" if case.offload else "")
+        wanted = (model, case.width, case.height, case.frames, placement, case.held_out)
+        assert wanted in recorded, wanted
 
 
 @pytest.mark.parametrize("expandable", [True, False], ids=["expandable", "default"])
@@ -355,21 +367,24 @@ def test_a_later_row_of_the_same_configuration_replaces_an_earlier_one() -> None
     )
     assert in_effect((row, halved)) == (halved,)
     refit = fit((*MEASUREMENTS, halved))
-    assert refit.decode["wanctl"] != coefficients().decode["wanctl"]
-    assert refit.decode["diffusers"] == coefficients().decode["diffusers"]
+    wanctl, diffusers = ("wanctl", row.family.vae.name), ("diffusers", "wan2.2")
+    assert refit.decode[wanctl] != coefficients().decode[wanctl]
+    assert refit.decode[diffusers] == coefficients().decode[diffusers]
 
 
 def test_every_coefficient_names_its_measurements() -> None:
     for row in (*MEASUREMENTS, *SUPERSEDED):
         assert row.device and row.versions and row.date and row.source and row.method
     c = coefficients()
-    assert set(c.provenance) >= {"sampling", "text_encode", "reserved_ratio", "context"}
+    assert set(c.provenance) >= {"sampling (TI2V-5B)", "sampling (A14B expert)", "text_encode",
+                                 "image_encode (wan2.1)", "reserved_ratio", "context"}  # fmt: skip
     assert all(c.provenance.values())
-    for decoder in ("wanctl", "diffusers"):
-        devices = {m.device for m in GPU_ROWS if m.phase == "decode" and m.decoder == decoder}
+    for decoder, vae in (("wanctl", "wan2.2"), ("diffusers", "wan2.2"), ("wanctl", "wan2.1")):
+        devices = {m.device for m in GPU_ROWS if m.phase == "decode" and m.decoder == decoder
+                   and m.family.vae.name == vae}  # fmt: skip
         assert devices, decoder
-        assert all(device in c.provenance[f"decode ({decoder})"] for device in devices)
-        assert "trace" not in c.provenance[f"decode ({decoder})"]  # GPU rows win over traces
+        assert all(device in c.provenance[f"decode ({decoder}, {vae})"] for device in devices)
+        assert "trace" not in c.provenance[f"decode ({decoder}, {vae})"]  # GPU rows win
     # measured: expandable segments reserve less than the default allocator; a decoder whose
     # decode no GPU measured with the default allocator yet must not be predicted to reserve
     # less with it than with expandable segments
@@ -389,7 +404,7 @@ def test_every_coefficient_names_its_measurements() -> None:
 def test_parameter_counts_match_the_architectures() -> None:
     from wanctl.models.configs import parameter_counts
 
-    assert parameter_counts() == memory.PARAMS
+    assert {name: parameter_counts(family) for name, family in FAMILIES.items()} == memory.PARAMS
 
 
 def test_too_big_for_one_4090_is_refused_with_the_nearest_runs_that_fit() -> None:

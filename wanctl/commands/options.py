@@ -29,6 +29,14 @@ class Dit(str, Enum):
     fsdp = "fsdp"
 
 
+class Task(str, Enum):
+    """The official task names of the models wanctl plans."""
+
+    ti2v_5b = "ti2v-5B"
+    t2v_a14b = "t2v-A14B"
+    i2v_a14b = "i2v-A14B"
+
+
 class DitStorage(str, Enum):
     bf16 = "bf16"
     fp8 = "fp8"

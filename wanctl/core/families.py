@@ -27,6 +27,7 @@ class Family:
     expert's (one value for a single DiT); `image` is "optional", "required" or "none"."""
 
     name: str  # the official task name (`--task`)
+    dit_name: str  # the DiT's architecture: the memory model's activations are fitted per DiT
     dit: dict[str, Any] = field(compare=False, hash=False)
     vae: VaeFamily
     boundary: float | None  # None: one DiT
@@ -61,25 +62,28 @@ class Family:
 
 
 TI2V_5B = Family(
-    name="ti2v-5B", dit=DIT_TI2V_5B, vae=WAN22_VAE, boundary=None, shift=5.0,
+    name="ti2v-5B", dit_name="TI2V-5B", dit=DIT_TI2V_5B, vae=WAN22_VAE, boundary=None, shift=5.0,
     guidance=(5.0,), steps=50, frames=121, fps=24.0, sizes=("1280*704", "704*1280"),
     image="optional",
 )  # fmt: skip
 A14B_SIZES = ("1280*720", "720*1280", "832*480", "480*832")
 T2V_A14B = Family(
-    name="t2v-A14B", dit=DIT_A14B, vae=WAN21_VAE, boundary=0.875, shift=12.0,
-    guidance=(4.0, 3.0), steps=40, frames=81, fps=16.0, sizes=A14B_SIZES, image="none",
+    name="t2v-A14B", dit_name="A14B expert", dit=DIT_A14B, vae=WAN21_VAE, boundary=0.875,
+    shift=12.0, guidance=(4.0, 3.0), steps=40, frames=81, fps=16.0, sizes=A14B_SIZES, image="none",
 )  # fmt: skip
 I2V_A14B = Family(
-    name="i2v-A14B", dit={**DIT_A14B, "in_channels": 36}, vae=WAN21_VAE, boundary=0.9,
-    shift=5.0, guidance=(3.5, 3.5), steps=40, frames=81, fps=16.0, sizes=A14B_SIZES,
-    image="required",
+    name="i2v-A14B", dit_name="A14B expert", dit={**DIT_A14B, "in_channels": 36},
+    vae=WAN21_VAE, boundary=0.9, shift=5.0, guidance=(3.5, 3.5), steps=40, frames=81,
+    fps=16.0, sizes=A14B_SIZES, image="required",
 )  # fmt: skip
+
+
+FAMILIES = {family.name: family for family in (TI2V_5B, T2V_A14B, I2V_A14B)}
 
 
 def default_fps(vae: VaeFamily) -> float:
     """The frame rate of the models whose latents `vae` decodes (TI2V-5B 24, A14B 16)."""
-    return next(f.fps for f in (TI2V_5B, T2V_A14B, I2V_A14B) if f.vae is vae)
+    return next(f.fps for f in FAMILIES.values() if f.vae is vae)
 
 
 def a14b(image: bool) -> Family:

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wanctl.core.families import TI2V_5B, Family
 from wanctl.core.workload import Workload, ulysses_problem
 
 GIB = 1024**3
 DTYPE_BYTES = {"fp8": 1, "bf16": 2, "fp32": 4}
 BACKENDS = ("diffusers", "wan-repo")
-PHASES = ("text_encode", "sampling", "decode")
+PHASES = ("text_encode", "image_encode", "sampling", "decode")
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ class Settings:
 class Resident:
     """One network's weights on a rank's GPU during a phase: whole, or a 1/`shards` FSDP shard."""
 
-    network: str  # "text encoder" | "DiT" | "VAE" (encoder and decoder) | "VAE decoder"
+    # "text encoder" | "DiT" | "high-noise expert" | "low-noise expert" | "VAE" (encoder and
+    # decoder) | "VAE decoder"
+    network: str
     dtype: str
     shards: int = 1
 
@@ -113,28 +116,50 @@ class Placement:
         return f"{held}; {self.computes}; {self.after}"
 
 
-def placements(settings: Settings, gpus: int, *, image: bool = False) -> tuple[Placement, ...]:
-    """The phases of a run on `gpus` ranks with `settings`, each with what it holds on a rank's
-    GPU. `text_encode` is listed only when UMT5 runs on the GPU (on the CPU it holds nothing
-    there that the next phase does not). `image`: an image conditions the first frame."""
+def placements(
+    settings: Settings, gpus: int, *, image: bool = False, family: Family = TI2V_5B
+) -> tuple[Placement, ...]:
+    """The phases of a run of `family` on `gpus` ranks with `settings`, each with what it holds
+    on a rank's GPU. `text_encode` is listed only when UMT5 runs on the GPU (on the CPU it
+    holds nothing there that the next phase does not). `image`: an image conditions the video;
+    for I2V-A14B its whole clip is encoded first (`image_encode`), TI2V-5B encodes the first
+    frame alone inside sampling."""
     if settings.backend == "wan-repo":
         return _official(settings, gpus)
     encoder = Resident("text encoder", "bf16")
-    dit = Resident("DiT", settings.dit_storage, gpus if settings.dit == "fsdp" else 1)
     phases = []
     if settings.text_encoder == "gpu":
         phases.append(Placement("text_encode", (encoder,), "UMT5 over 512 tokens", "freed"))
     vae = (Resident("VAE", "fp32"),) if image else ()
+    if image and family.experts == 2:
+        phases.append(Placement("image_encode", vae, "the conditioning clip through the VAE "
+                                "encoder", "the VAE kept for the pipeline"))  # fmt: skip
+    dits, held = _dits(settings, gpus, family)
+    share = f" over 1/{gpus} of the tokens" if gpus > 1 else ""
     phases += [
         Placement(
             "sampling",
-            (dit, *vae),
-            f"one DiT forward over 1/{gpus} of the tokens" if gpus > 1 else "one DiT forward",
-            "DiT freed" + (", VAE freed" if image else ""),
+            (*dits, *vae),
+            f"one {family.dit_name} forward{share}",
+            f"{held} freed" + (", VAE freed" if image else ""),
         ),
         _decode(settings),
     ]
     return tuple(phases)
+
+
+def _dits(settings: Settings, gpus: int, family: Family) -> tuple[tuple[Resident, ...], str]:
+    """The DiTs on a rank's GPU while it samples, and what they are called: TI2V-5B's DiT, or
+    the two experts (with `offload` the high-noise one alone: the low-noise one waits on the
+    CPU and takes its place at the boundary, so one is ever on the GPU)."""
+    shards = gpus if settings.dit == "fsdp" else 1
+    if family.experts == 1:
+        return (Resident("DiT", settings.dit_storage, shards),), "DiT"
+    names = ("high-noise expert",) if settings.offload else EXPERTS
+    return tuple(Resident(name, settings.dit_storage, shards) for name in names), "experts"
+
+
+EXPERTS = ("high-noise expert", "low-noise expert")
 
 
 def _official(settings: Settings, gpus: int) -> tuple[Placement, ...]:

@@ -105,14 +105,15 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-TOP_UPSCALE = 8  # the decoder's top resolution is the latent's x8 (then unpatchified x2)
+TOP_UPSCALE = 8  # the decoders' top resolution is the latent's x8 (Wan2.2's then unpatchified x2)
 
 
-def decode_pixels(width: int, height: int, ranks: int) -> int:
-    """Output pixels one decode rank produces: each frame is split along its longer side
-    (`wanctl.decode.parallel`), the first ranks taking the remainder; a split rank also holds a
-    halo row each side at the decoder's top resolution, where the largest activations live."""
+def decode_pixels(width: int, height: int, ranks: int, spatial: int = SPATIAL) -> int:
+    """Output pixels one decode rank produces with a VAE of `spatial` compression: each frame
+    is split along its longer side (`wanctl.decode.parallel`), the first ranks taking the
+    remainder; a split rank also holds a halo row each side at the decoder's top resolution,
+    where the largest activations live."""
     long, short = max(width, height), min(width, height)
-    latent_rows = math.ceil(long / SPATIAL / ranks)
-    halo = 2 * SPATIAL // TOP_UPSCALE if ranks > 1 else 0
-    return (latent_rows * SPATIAL + halo) * short
+    latent_rows = math.ceil(long / spatial / ranks)
+    halo = 2 * spatial // TOP_UPSCALE if ranks > 1 else 0
+    return (latent_rows * spatial + halo) * short

@@ -8,18 +8,18 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from wanctl.core.families import TI2V_5B
 from wanctl.core.launch import (
     CHUNK_ENV,
     chunk_t,
 )
-from wanctl.core.settings import Settings, run_problem
+from wanctl.core.settings import GIB, Settings, run_problem
 from wanctl.core.workload import Workload
 from wanctl.doctor.report import DoctorReport
 from wanctl.errors import UsageError
 from wanctl.generate.options import GenerateOptions
 from wanctl.tune import presets
 from wanctl.tune.predict import MemoryPlan, environment, predict
+from wanctl.tune.predict import unplanned as unplanned_reason
 
 # Variables the user may have exported under another name.
 ALIASES = {"PYTORCH_CUDA_ALLOC_CONF": ("PYTORCH_ALLOC_CONF",)}
@@ -47,11 +47,15 @@ def resolve_settings(
         settings = dataclasses.replace(settings, **overrides)
         check_settings(settings, options, workload)
         return settings, "CPU defaults", None, {CHUNK_ENV: str(settings.chunk_t)}
-    if workload.family is not TI2V_5B:
+    if unplanned_reason(workload, options.backend):
         return unplanned(options, report, workload, overrides)
+    free = report.system.host_mem_available_bytes
     resolved = presets.resolve(
-        report.inventory, workload, backend=options.backend, nccl_env=report.recommended_env
-    )
+        report.inventory, workload, backend=options.backend, nccl_env=report.recommended_env,
+        # a checkpoint's load passes through host RAM: choose among settings the host holds
+        host_free_gib=free / GIB if free and options.model is None and options.preflight
+        else None,
+    )  # fmt: skip
     source = resolved.source
     if source == "model":
         source = f"memory model (no preset for {report.fingerprint} at this size)"
@@ -69,14 +73,9 @@ def resolve_settings(
 
 
 UNPLANNED = (
-    "{family} defaults: {placement}, the decode on every rank (the memory model plans TI2V-5B "
-    "runs only so far: no prediction)"
+    "{family} defaults: the official code's placement (on one GPU it keeps the idle expert on "
+    "the CPU), the decode on every rank (no prediction: {reason})"
 )
-# Where the experts are in an unplanned A14B run's defaults, per backend.
-DEFAULT_PLACEMENT = {
-    "diffusers": "both experts on every GPU",
-    "wan-repo": "the official code's placement (on one GPU it keeps the idle expert on the CPU)",
-}
 
 
 def unplanned(
@@ -85,16 +84,14 @@ def unplanned(
     workload: Workload,
     overrides: dict[str, Any],
 ) -> tuple[Settings, str, None, dict[str, str]]:
-    """The settings of a run the memory model does not plan (the A14B models): the defaults,
-    the flags over them, no prediction; the source says so."""
+    """The settings of a run the memory model does not plan (the official code's A14B runs):
+    the defaults, the flags over them, no prediction; the source says why."""
     settings = Settings(backend=options.backend, decode_ranks=workload.gpus)
     settings = dataclasses.replace(settings, **overrides)
     check_settings(settings, options, workload)
     env = environment(settings, sys.platform, report.recommended_env)
-    source = UNPLANNED.format(
-        family=workload.family.name, placement=DEFAULT_PLACEMENT[settings.backend]
-    )
-    return settings, source, None, env
+    reason = unplanned_reason(workload, settings.backend) or ""
+    return settings, UNPLANNED.format(family=workload.family.name, reason=reason), None, env
 
 
 def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The three networks of a Wan2.2 TI2V-5B run, as constructor arguments, and builders of
+"""The networks of a Wan2.2 run (TI2V-5B's by default, or an A14B model's), and builders of
 synthetic copies: the real architectures with random weights (memory does not depend on the
 values), on a given device and dtype, or on the meta device (to count parameters, or to set a
 model up before `place` allocates it).
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from wanctl.core.architectures import DIT_TI2V_5B, UMT5_XXL, VAE_TI2V_5B
+from wanctl.core.families import TI2V_5B, Family
 
 if TYPE_CHECKING:
     import torch
@@ -45,12 +46,15 @@ def build_text_encoder(
     return encoder
 
 
-def build_vae_decoder(device: torch.device | str, dtype: torch.dtype) -> AutoencoderKLWan:
-    """The TI2V-5B VAE without its encoder (decoding never uses it), random weights."""
+def build_vae_decoder(
+    device: torch.device | str, dtype: torch.dtype, config: dict[str, Any] | None = None
+) -> AutoencoderKLWan:
+    """A VAE of `config` (TI2V-5B's by default) without its encoder (decoding never uses it),
+    random weights."""
     from diffusers import AutoencoderKLWan
 
     def decoder_only() -> AutoencoderKLWan:
-        vae: Any = AutoencoderKLWan(**VAE_TI2V_5B)
+        vae: Any = AutoencoderKLWan(**(config or VAE_TI2V_5B))
         vae.encoder = None
         vae.quant_conv = None
         return vae
@@ -122,20 +126,22 @@ def _drop_shared(model: Any) -> list[tuple[Any, str, Any, str]]:
     return dropped
 
 
-def parameter_counts() -> dict[str, int]:
-    """Parameters of each network, counted on the meta device (no memory, about a second)."""
+def parameter_counts(family: Family = TI2V_5B) -> dict[str, int]:
+    """Parameters of each network of `family` (a DiT: one expert), counted on the meta device
+    (no memory, about a second)."""
     import torch
     from diffusers import AutoencoderKLWan
 
-    dit: Any = build_dit("meta", torch.bfloat16)
+    dit: Any = build_dit("meta", torch.bfloat16, config=family.dit)
     with torch.device("meta"):
-        vae = AutoencoderKLWan(**VAE_TI2V_5B)
+        vae = AutoencoderKLWan(**family.vae.config)
     return {
         "dit": _count(dit),
+        "dit_fp32": sum(p.numel() for p in dit.parameters() if p.dtype == torch.float32),
         "dit_fp8": fp8_stored(dit),
         "dit_block": _count(dit.blocks[0]),
         "text_encoder": _count(build_text_encoder("meta", torch.bfloat16)),
-        "vae_decoder": _count(build_vae_decoder("meta", torch.bfloat16)),
+        "vae_decoder": _count(build_vae_decoder("meta", torch.bfloat16, family.vae.config)),
         "vae": _count(vae),
     }
 

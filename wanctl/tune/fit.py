@@ -1,6 +1,7 @@
 """The memory model's coefficients, fitted from `wanctl.tune.measurements`: activations per
-token of the DiT (and how Ulysses splits them), per decoder pixel of the decode, UMT5's, the
-allocator's reserve per phase, the CUDA context and NCCL's buffers."""
+token of each DiT architecture (and how Ulysses splits them), per decoder pixel of each VAE's
+decode, per frame pixel of the I2V encode, UMT5's, the allocator's reserve per phase, the CUDA
+context and NCCL's buffers."""
 
 from __future__ import annotations
 
@@ -17,43 +18,50 @@ from wanctl.tune.measurements import MEASUREMENTS, Measurement
 class Coefficients:
     """What the model computes with, fitted from `MEASUREMENTS` by `fit`."""
 
-    # by decoder: bytes per rank pixel per dtype byte, per call and per latent frame in it
-    decode: dict[str, tuple[float, float]]
-    dit_local: float  # bf16 activation bytes per token of this rank's share
-    dit_global: float  # bf16 activation bytes per token of the whole sequence, on every rank
+    # by (decoder, VAE): bytes per rank pixel per dtype byte, per call and per latent frame
+    decode: dict[tuple[str, str], tuple[float, float]]
+    # by DiT architecture (`Family.dit_name`):
+    dit_local: dict[str, float]  # bf16 activation bytes per token of this rank's share
+    dit_global: dict[str, float]  # bf16 bytes per token of the whole sequence, every rank
     text_encode_gib: float  # UMT5-XXL activations at 512 tokens
-    # reserved / allocated activations by (phase, expandable segments, decoder, chunk_t): for
-    # the decode, one per decoder and chunk_t measured, and ("", 0) over every decode row; for
-    # the other phases ("", 0). Read them through `ratio`.
-    reserved_ratio: dict[tuple[str, bool, str, int], float]
+    # by VAE: bytes per pixel of a frame the I2V encode holds beyond its clip
+    image_encode: dict[str, float]
+    # reserved / allocated activations by (phase, expandable segments, decoder, VAE, chunk_t):
+    # for the decode, one per decoder, VAE and chunk_t measured, and ("", "", 0) over every
+    # decode row; for the other phases ("", "", 0). Read them through `ratio`.
+    reserved_ratio: dict[tuple[str, bool, str, str, int], float]
     context_gib: float
     nccl_gib: float
     expandable_measured: bool
     provenance: dict[str, str]
 
-    def ratio(self, phase: str, expandable: bool, decoder: str = "", chunk_t: int = 0) -> float:
+    def ratio(
+        self, phase: str, expandable: bool, decoder: str = "", chunk_t: int = 0,
+        vae: str = "wan2.2",
+    ) -> float:  # fmt: skip
         """`_ratio`, but never below expandable segments' for the default allocator's decode
         (every measurement has it reserve more; a decoder measured with expandable segments
         alone would otherwise take another decoder's default ratio)."""
         if not expandable and phase == "decode":
-            return max(self._ratio(phase, False, decoder, chunk_t),
-                       self._ratio(phase, True, decoder, chunk_t))  # fmt: skip
-        return self._ratio(phase, expandable, decoder, chunk_t)
+            return max(self._ratio(phase, False, decoder, chunk_t, vae),
+                       self._ratio(phase, True, decoder, chunk_t, vae))  # fmt: skip
+        return self._ratio(phase, expandable, decoder, chunk_t, vae)
 
-    def _ratio(self, phase: str, expandable: bool, decoder: str = "", chunk_t: int = 0) -> float:
-        """The reserved ratio of a phase: for the decode, the decoder's at the largest chunk_t
-        measured up to `chunk_t` (the smallest measured if all are larger), else every
-        decoder's; with the allocator setting asked, else with the default allocator (which
-        reserves more); else the largest ratio measured."""
+    def _ratio(self, phase: str, expandable: bool, decoder: str, chunk_t: int, vae: str) -> float:
+        """The reserved ratio of a phase: for the decode, the decoder's with this VAE at the
+        largest chunk_t measured up to `chunk_t` (the smallest measured if all are larger),
+        else every decoder's; with the allocator setting asked, else with the default
+        allocator (which reserves more); else the largest ratio measured."""
         for mode in (expandable, False):
             measured = sorted(
-                k for p, e, d, k in self.reserved_ratio if (p, e, d) == (phase, mode, decoder) and k
-            )
+                k for p, e, d, v, k in self.reserved_ratio
+                if (p, e, d, v) == (phase, mode, decoder, vae) and k
+            )  # fmt: skip
             if phase == "decode" and measured:
                 k = max((k for k in measured if k <= chunk_t), default=measured[0])
-                return self.reserved_ratio[phase, mode, decoder, k]
-            if (phase, mode, "", 0) in self.reserved_ratio:
-                return self.reserved_ratio[phase, mode, "", 0]
+                return self.reserved_ratio[phase, mode, decoder, vae, k]
+            if (phase, mode, "", "", 0) in self.reserved_ratio:
+                return self.reserved_ratio[phase, mode, "", "", 0]
         return max(self.reserved_ratio.values())
 
 
@@ -62,7 +70,7 @@ def in_effect(rows: tuple[Measurement, ...]) -> tuple[Measurement, ...]:
     where, by which procedure), the last one, so that a re-run pasted below replaces it."""
     latest = {
         (m.phase, m.width, m.height, m.frames, m.ranks, m.chunk_t, m.dtype, m.expandable,
-         m.decoder, m.method, m.device, m.source): m
+         m.decoder, m.method, m.device, m.source, m.model, m.placement): m
         for m in rows
     }  # fmt: skip
     return tuple(latest.values())
@@ -90,25 +98,25 @@ def _describe(rows: list[Measurement]) -> str:
 
 def fit(rows: tuple[Measurement, ...] = MEASUREMENTS) -> Coefficients:
     """Fit the coefficients: GPU measurements where there are some, traces for the structure
-    GPUs have not measured yet (how Ulysses splits the DiT's activations), per decoder.
-    """
+    GPUs have not measured yet (how Ulysses splits the DiT's activations: traced on TI2V-5B,
+    whose blocks the A14B experts share, and applied to both), per decoder and VAE, per DiT."""
     rows = tuple(m for m in in_effect(rows) if not m.held_out)
     decode_rows = {
-        decoder: [m for m in _rows("decode", rows, "cuda") if m.decoder == decoder]
-        or [m for m in _rows("decode", rows) if m.decoder == decoder]
-        for decoder in sorted({m.decoder for m in _rows("decode", rows)})
+        key: [m for m in _rows("decode", rows, "cuda") if _decoder(m) == key]
+        or [m for m in _rows("decode", rows) if _decoder(m) == key]
+        for key in sorted({_decoder(m) for m in _rows("decode", rows)})
     }
-    decode = {decoder: _decode_fit(chosen) for decoder, chosen in decode_rows.items()}
+    decode = {key: _decode_fit(chosen) for key, chosen in decode_rows.items()}
 
     sampling = _rows("sampling", rows)
-    gpu = [m for m in sampling if m.method == "cuda"] or sampling
-    single = [m for m in gpu if m.ranks == 1] or gpu
-    per_token = sum((m.allocated_gib - m.weights_gib) * GIB / tokens(m) for m in single) / len(
-        single
-    )
     traced = [m for m in sampling if m.method == "trace"]
     degrees = {m.ranks for m in traced}
     global_share = _global_share(traced) if 1 in degrees and len(degrees) > 1 else 0.0
+    per_dit = _per_dit([m for m in sampling if m.method == "cuda"] or sampling)
+    encode_rows = {
+        vae: [m for m in _rows("image_encode", rows) if m.family.vae.name == vae]
+        for vae in sorted({m.family.vae.name for m in _rows("image_encode", rows)})
+    }
 
     text = _rows("text_encode", rows, "cuda") or _rows("text_encode", rows)
     with_reserved = [m for m in rows if m.reserved_gib is not None and m.phase in PHASES]
@@ -116,21 +124,24 @@ def fit(rows: tuple[Measurement, ...] = MEASUREMENTS) -> Coefficients:
     context, nccl = _rows("context", rows), _rows("nccl", rows)
     return Coefficients(
         decode=decode,
-        dit_local=per_token * (1 - global_share),
-        dit_global=per_token * global_share,
+        dit_local={dit: value * (1 - global_share) for dit, (value, _) in per_dit.items()},
+        dit_global={dit: value * global_share for dit, (value, _) in per_dit.items()},
         text_encode_gib=max(m.allocated_gib - m.weights_gib for m in text),
+        image_encode={vae: _encode_fit(chosen) for vae, chosen in encode_rows.items()},
         reserved_ratio=_reserved_ratios(with_reserved),
         context_gib=max(m.allocated_gib for m in context),
         nccl_gib=max(m.allocated_gib for m in nccl),
         expandable_measured=measured_expandable,
         provenance={
-            **{f"decode ({d})": _describe(chosen) for d, chosen in decode_rows.items()},
-            "sampling": _describe(single)
-            + (f"; Ulysses split: {_describe(traced)}" if global_share else ""),
+            **{f"decode ({d}, {v})": _describe(chosen) for (d, v), chosen in decode_rows.items()},
+            **{f"sampling ({dit})": _describe(chosen)
+               + (f"; Ulysses split: {_describe(traced)}" if global_share else "")
+               for dit, (_, chosen) in per_dit.items()},
+            **{f"image_encode ({v})": _describe(chosen) for v, chosen in encode_rows.items()},
             "text_encode": _describe(text),
             "reserved_ratio": _describe(with_reserved)
-            + "; per phase and allocator setting (the decode's per decoder and chunk_t), the "
-            "ratio whose reserved figure errs least on the worst of its rows; a setting "
+            + "; per phase and allocator setting (the decode's per decoder, VAE and chunk_t), "
+            "the ratio whose reserved figure errs least on the worst of its rows; a setting "
             "without a measurement of its own takes the default allocator's",
             "context": _describe(context) + "; the largest",
             "nccl": _describe(nccl),
@@ -138,30 +149,61 @@ def fit(rows: tuple[Measurement, ...] = MEASUREMENTS) -> Coefficients:
     )  # fmt: skip
 
 
+def _decoder(m: Measurement) -> tuple[str, str]:
+    return m.decoder, m.family.vae.name
+
+
+def _per_dit(rows: list[Measurement]) -> dict[str, tuple[float, list[Measurement]]]:
+    """Activation bytes per token of each DiT architecture, the mean over its one-rank rows
+    (every row where none is single-rank), with the rows used."""
+    result = {}
+    for dit in sorted({m.family.dit_name for m in rows}):
+        mine = [m for m in rows if m.family.dit_name == dit]
+        single = [m for m in mine if m.ranks == 1] or mine
+        per_token = [(m.allocated_gib - m.weights_gib) * GIB / tokens(m) for m in single]
+        result[dit] = (sum(per_token) / len(per_token), single)
+    return result
+
+
+def _encode_fit(rows: list[Measurement]) -> float:
+    """Bytes per frame pixel the I2V encode holds beyond its fp32 clip (the encoder runs over a
+    few frames at a time, so its work grows with the frame's area, not the clip's length): the
+    least-squares slope through the origin."""
+    points = [
+        (m.width * m.height, (m.allocated_gib - m.weights_gib) * GIB
+         - 3 * m.frames * m.width * m.height * 4)
+        for m in rows
+    ]  # fmt: skip
+    return sum(x * y for x, y in points) / sum(x * x for x, _ in points)
+
+
 def _decode_fit(rows: list[Measurement]) -> tuple[float, float]:
     """Activation bytes per rank pixel per dtype byte = fixed + per_frame x chunk_t. Rows of a
     single chunk_t cannot say what a frame more per call costs: refused, never a free chunk."""
     if len({m.chunk_t for m in rows}) < 2:
         raise ValueError(
-            f"the {rows[0].decoder} decode rows measure chunk_t {rows[0].chunk_t} alone: the "
-            "fit needs two chunk_t values (benchmarks/memory_model.py measures 1 and 2)"
+            f"the {rows[0].decoder} decode rows of the {rows[0].family.vae.name} VAE measure "
+            f"chunk_t {rows[0].chunk_t} alone: the fit needs two chunk_t values "
+            "(benchmarks/memory_model.py measures 1 and 2)"
         )
     return _least_squares([
         (float(m.chunk_t), (m.allocated_gib - m.weights_gib) * GIB
-         / (decode_pixels(m.width, m.height, m.ranks) * DTYPE_BYTES[m.dtype]))
+         / (decode_pixels(m.width, m.height, m.ranks, m.family.vae.spatial)
+            * DTYPE_BYTES[m.dtype]))
         for m in rows
     ])  # fmt: skip
 
 
-def _reserved_ratios(rows: list[Measurement]) -> dict[tuple[str, bool, str, int], float]:
+def _reserved_ratios(rows: list[Measurement]) -> dict[tuple[str, bool, str, str, int], float]:
     """Reserved over allocated activations for each phase and allocator setting, and for the
-    decode each decoder and chunk_t too: the ratio r that minimises the largest relative error
-    of `weights + r x activations` against the measured reserved figures of its rows."""
-    groups: dict[tuple[str, bool, str, int], list[Measurement]] = {}
+    decode each decoder, VAE and chunk_t too: the ratio r that minimises the largest relative
+    error of `weights + r x activations` against the measured reserved figures of its rows."""
+    groups: dict[tuple[str, bool, str, str, int], list[Measurement]] = {}
     for m in rows:
-        groups.setdefault((m.phase, m.expandable, "", 0), []).append(m)
+        groups.setdefault((m.phase, m.expandable, "", "", 0), []).append(m)
         if m.phase == "decode":
-            groups.setdefault((m.phase, m.expandable, m.decoder, m.chunk_t), []).append(m)
+            key = (m.phase, m.expandable, m.decoder, m.family.vae.name, m.chunk_t)
+            groups.setdefault(key, []).append(m)
     return {key: _minimax_ratio(group) for key, group in groups.items()}
 
 
@@ -201,4 +243,4 @@ def coefficients() -> Coefficients:
 
 
 def tokens(m: Measurement) -> int:
-    return Workload(m.width, m.height, m.frames, 1).tokens
+    return Workload(m.width, m.height, m.frames, 1, family=m.family).tokens

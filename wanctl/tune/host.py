@@ -20,19 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wanctl.core.settings import GIB, Settings
+from wanctl.core.settings import GIB, Resident, Settings
 from wanctl.core.workload import Workload
-from wanctl.tune.predict import PARAMS
+from wanctl.tune.predict import PARAMS, resident_gib
 
 HOST_MARGIN = 0.9  # of the host's free memory a run may take: the page cache and the rest
 BASELINE_GIB = 2.50e9 / GIB  # measured: the worker's RSS with no weights on the host
-# Parameters (diffusers 0.42.1, meta device): the A14B expert, and of it the linear layers
-# that layerwise casting stores in fp8 (not the patch and condition embedders, norms or the
-# output projection); the whole Wan2.1 VAE. TI2V-5B's, UMT5-XXL's and the Wan2.2 VAE's are
-# `wanctl.tune.predict.PARAMS`.
-EXPERT_PARAMS = 14_288_491_584
-EXPERT_FP8_PARAMS = 14_053_314_560
-WAN21_VAE_PARAMS = 126_892_531
 
 
 @dataclass(frozen=True)
@@ -58,11 +51,7 @@ class HostPlan:
 
 def dit_gib(workload: Workload, storage: str) -> float:
     """One DiT's weights (an A14B expert, or TI2V-5B's), bf16 or fp8-stored."""
-    if workload.family.experts == 1:
-        return PARAMS["dit"] * 2 / GIB
-    if storage == "fp8":
-        return (EXPERT_FP8_PARAMS + (EXPERT_PARAMS - EXPERT_FP8_PARAMS) * 2) / GIB
-    return EXPERT_PARAMS * 2 / GIB
+    return resident_gib(Resident("DiT", storage), workload.family)
 
 
 def host_plan(workload: Workload, settings: Settings, ranks: int, *, checkpoint: bool) -> HostPlan:
@@ -70,10 +59,10 @@ def host_plan(workload: Workload, settings: Settings, ranks: int, *, checkpoint:
     parts = [("process", BASELINE_GIB)]
     waiting = dit_gib(workload, settings.dit_storage) if settings.offload else 0.0
     if checkpoint:
-        loads = [PARAMS["text_encoder"] * 2 / GIB, dit_gib(workload, "bf16")]
+        params = PARAMS[workload.family.name]
+        loads = [params["text_encoder"] * 2 / GIB, dit_gib(workload, "bf16")]
         if workload.image:
-            vae = WAN21_VAE_PARAMS if workload.family.experts == 2 else PARAMS["vae"]
-            loads.append(vae * 4 / GIB)
+            loads.append(params["vae"] * 4 / GIB)
         # the low-noise expert is read last: while it waits, nothing else passes through
         parts.append(("weights on their way to the GPU", max(max(loads), waiting)))
     elif waiting:

@@ -53,12 +53,17 @@ def measure_plan(
             + (f", the smallest {min(sizes):.0f} GiB" if sizes else ""),
             fix="run it on the rig itself (or a machine with as many GPUs, each as large)",
         )
+    workload = plan.workload
+    a14b = workload.family.experts == 2
     with tempfile.TemporaryDirectory(prefix="wanctl-measure-") as scratch:
         folder = Path(scratch)
         request = WorkerRequest(
-            prompt=PROMPT, size=plan.workload.size, frames=plan.workload.frames, steps=1,
+            prompt=PROMPT, size=workload.size, frames=workload.frames,
+            steps=2 if a14b else 1,  # the A14B's two experts (and an offload's swap) both run
             seed=0, device="cuda", settings=plan.settings, latents=folder / "x.safetensors",
-            output=folder / "x.npy", vae="synthetic", run_dir=folder, model="synthetic-5b",
+            output=folder / "x.npy", vae="synthetic-wan2.1" if a14b else "synthetic",
+            run_dir=folder, model="synthetic-a14b" if a14b else "synthetic-5b",
+            image=_grey_image(folder, workload.width, workload.height) if workload.image else None,
             memory_cap_gib=plan.card.gib if max(sizes) > plan.card.gib else None,
         )  # fmt: skip
         env = {**plan.env, CHUNK_ENV: str(plan.settings.chunk_t)}
@@ -68,6 +73,15 @@ def measure_plan(
         if ranks is None:
             return _failed(plan, folder, result.output)
     return tuple(_worst(ranks, phase.name) for phase in plan.phases)
+
+
+def _grey_image(folder: Path, width: int, height: int) -> Path:
+    """A conditioning image of the run's size (its values change no peak)."""
+    from PIL import Image
+
+    path = folder / "image.png"
+    Image.new("RGB", (width, height), (128, 128, 128)).save(path)
+    return path
 
 
 def _worst(ranks: list[dict[str, object]], phase: str) -> MeasuredPhase:
@@ -92,7 +106,8 @@ def _failed(plan: MemoryPlan, folder: Path, output: str) -> tuple[MeasuredPhase,
             "the measuring run failed",
             why="; ".join(f"rank {r['rank']} in {r['phase']}: {r.get('message')}" for r in failed)
             or (output.strip().splitlines() or ["no rank reported"])[-1],
-            fix="run the same plan with `wanctl generate --model synthetic-5b` to see its output",
+            fix="run the same plan with `wanctl generate --model synthetic-5b` (A14B: "
+            "synthetic-a14b) to see its output",
         )
     died = next(r["phase"] for r in failed)
     names = [phase.name for phase in plan.phases]

@@ -7,6 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from wanctl.core.families import FAMILIES, Family
+from wanctl.core.settings import Settings
+from wanctl.core.workload import Workload
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -33,11 +37,40 @@ class Measurement:
     decoder: str = "diffusers"  # decode rows: "diffusers" (AutoencoderKLWan) or "wanctl"
     # A row kept to judge the fit on a size it never saw: `fit` leaves it out.
     held_out: bool = False
+    model: str = "ti2v-5B"  # the family run (`wanctl.core.families`): its DiT and its VAE
+    # Where the DiTs were (`Settings`): replicated or fsdp, bf16 or fp8, the idle expert
+    # offloaded; the weights column already counts what they hold.
+    placement: str = ""
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.model]
+
+    def run(self) -> tuple[Workload, Settings]:
+        """The run this row measured, as the model prices it: its size and model on its ranks,
+        decoding on all of them at its chunk_t, dtype, decoder and allocator setting, the DiTs
+        where `placement` says ("replicated bf16", "replicated fp8 offload", "fsdp bf16")."""
+        family = self.family
+        workload = Workload(self.width, self.height, self.frames, self.ranks,
+                            image=family.image == "required", family=family)  # fmt: skip
+        dit, storage, *offload = (self.placement or "replicated bf16").split()
+        settings = Settings(
+            chunk_t=max(1, self.chunk_t), decode_ranks=self.ranks, decode_dtype=self.dtype,
+            expandable_segments=self.expandable, decoder=self.decoder, dit=dit,
+            dit_storage=storage, offload=offload == ["offload"],
+        )  # fmt: skip
+        return workload, settings
+
+
+def placement_of(settings: Settings) -> str:
+    """A run's DiT placement as a row records it (`Measurement.placement`)."""
+    return f"{settings.dit} {settings.dit_storage}" + (" offload" if settings.offload else "")
 
 
 # The columns of a run's rows (`measured_run`): phase, width, height, frames, ranks, chunk_t,
-# dtype, expandable segments, decoder, allocated GiB, reserved GiB (None for a trace), weights GiB.
-Row = tuple[Any, ...]  # the columns above, and `held_out` last where it is True
+# dtype, expandable segments, decoder, allocated GiB, reserved GiB (None for a trace), weights
+# GiB; then, where given, `held_out` and the placement.
+Row = tuple[Any, ...]
 
 
 def measured_run(
@@ -50,10 +83,11 @@ def measured_run(
     source: str = "benchmarks/memory_model.py",
     context_gib: float | None = None,
     context_after_gib: float | None = None,
+    model: str = "ti2v-5B",
 ) -> tuple[Measurement, ...]:
     """The rows of one run of `benchmarks/memory_model.py`, as it prints them, with the run's
-    device, versions and date on each; the CUDA context measured after initialisation and,
-    where the run printed it, after the phases ran (once their kernels are loaded)."""
+    device, versions, date and model on each; the CUDA context measured after initialisation
+    and, where the run printed it, after the phases ran (once their kernels are loaded)."""
     contexts = [
         Measurement("context", 0, 0, 0, 1, 0, "bf16", False, gib, None, 0.0, method, device,
                     versions, date, f"{source}: torch.cuda.mem_get_info() {when}")
@@ -66,9 +100,10 @@ def measured_run(
         *(
             Measurement(phase, width, height, frames, ranks, chunk_t, dtype, expandable,
                         allocated, reserved, weights, method, device, versions, date, source,
-                        decoder, *held_out)
+                        decoder, held_out=bool(rest and rest[0]), model=model,
+                        placement=rest[1] if len(rest) > 1 else "")
             for (phase, width, height, frames, ranks, chunk_t, dtype, expandable, decoder,
-                 allocated, reserved, weights, *held_out) in rows
+                 allocated, reserved, weights, *rest) in rows
         ),
     )  # fmt: skip
 
@@ -79,6 +114,14 @@ _TRACE: dict[str, Any] = dict(
     source="benchmarks/memory_model.py --trace",
 )
 
+
+A14B_SOURCE = "benchmarks/memory_model.py: wanctl generate --model synthetic-a14b --steps 2"
+_A14B_RUNS: dict[str, Any] = dict(
+    device="NVIDIA H200",
+    versions="torch 2.11.0+cu130, diffusers 0.42.1",
+    date="2026-12-02",
+    source=A14B_SOURCE,
+)
 
 MEASUREMENTS: tuple[Measurement, ...] = (
     # `python benchmarks/memory_model.py` on one H100 (a harness of its own: each phase alone):
@@ -192,6 +235,74 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("nccl", 0, 0, 0, 2, 0, "bf16", False, 0.5, None, 0.0, "estimate",
                 device="-", versions="NCCL 2.2x", date="2026-11-24",
                 source="estimate from NCCL's buffer sizes; to measure under torchrun"),
+    # `python benchmarks/memory_model.py --model synthetic-a14b` (`--cases fit`, then
+    # `--cases held-out`) on one H200: the A14B models' phases as `wanctl generate` runs them,
+    # one GPU, two steps (both experts ran), each expert placement; the T2V fit's latents also
+    # decoded at chunk_t 2 by `wanctl decode`. The placement closes each row.
+    *measured_run(
+        **_A14B_RUNS,
+        model="t2v-A14B",
+        rows=(
+            ("text_encode", 832, 480, 81, 1, 1, "bf16", True, "wanctl",
+             11.098, 11.137, 10.582, False, "replicated bf16"),
+            ("sampling", 832, 480, 81, 1, 1, "bf16", True, "wanctl",
+             56.903, 57.668, 53.337, False, "replicated bf16"),
+            ("decode", 832, 480, 81, 1, 1, "bf16", True, "wanctl",
+             3.513, 4.426, 0.137, False, "replicated bf16"),
+            ("decode", 832, 480, 81, 1, 2, "bf16", True, "wanctl",
+             4.962, 7.268, 0.137, False, "replicated bf16"),
+            ("text_encode", 1280, 720, 81, 1, 1, "bf16", True, "wanctl",
+             11.098, 11.137, 10.582, False, "replicated bf16"),
+            ("sampling", 1280, 720, 81, 1, 1, "bf16", True, "wanctl",
+             61.505, 63.254, 53.337, False, "replicated bf16"),
+            ("decode", 1280, 720, 81, 1, 1, "bf16", True, "wanctl",
+             7.88, 9.836, 0.137, False, "replicated bf16"),
+            ("decode", 1280, 720, 81, 1, 2, "bf16", True, "wanctl",
+             11.198, 18.557, 0.137, False, "replicated bf16"),
+            ("text_encode", 720, 1280, 61, 1, 1, "bf16", True, "wanctl",
+             11.098, 11.137, 10.582, True, "replicated fp8 offload"),
+            ("sampling", 720, 1280, 61, 1, 1, "bf16", True, "wanctl",
+             19.813, 21.148, 13.581, True, "replicated fp8 offload"),
+            ("decode", 720, 1280, 61, 1, 1, "bf16", True, "wanctl",
+             7.88, 9.621, 0.137, True, "replicated fp8 offload"),
+            ("text_encode", 1024, 576, 61, 1, 1, "bf16", True, "wanctl",
+             11.098, 11.137, 10.582, True, "replicated bf16"),
+            ("sampling", 1024, 576, 61, 1, 1, "bf16", True, "wanctl",
+             57.344, 58.215, 53.337, True, "replicated bf16"),
+            ("decode", 1024, 576, 61, 1, 1, "bf16", True, "wanctl",
+             5.105, 6.184, 0.137, True, "replicated bf16"),
+        ),
+    ),
+    *measured_run(
+        **_A14B_RUNS,
+        model="i2v-A14B",
+        rows=(
+            ("text_encode", 1280, 720, 81, 1, 1, "bf16", True, "wanctl",
+             11.098, 11.137, 10.582, False, "replicated fp8"),
+            ("image_encode", 1280, 720, 81, 1, 1, "bf16", True, "wanctl",
+             16.136, 20.172, 0.473, False, "replicated fp8"),
+            ("sampling", 1280, 720, 81, 1, 1, "bf16", True, "wanctl",
+             35.93, 37.637, 27.635, False, "replicated fp8"),
+            ("decode", 1280, 720, 81, 1, 1, "bf16", True, "wanctl",
+             7.88, 9.836, 0.137, False, "replicated fp8"),
+            ("text_encode", 832, 480, 81, 1, 1, "bf16", True, "wanctl",
+             11.098, 11.137, 10.582, False, "replicated bf16 offload"),
+            ("image_encode", 832, 480, 81, 1, 1, "bf16", True, "wanctl",
+             7.287, 9.059, 0.473, False, "replicated bf16 offload"),
+            ("sampling", 832, 480, 81, 1, 1, "bf16", True, "wanctl",
+             30.762, 31.494, 27.142, False, "replicated bf16 offload"),
+            ("decode", 832, 480, 81, 1, 1, "bf16", True, "wanctl",
+             3.513, 4.426, 0.137, False, "replicated bf16 offload"),
+            ("text_encode", 480, 832, 49, 1, 1, "bf16", True, "wanctl",
+             11.098, 11.137, 10.582, True, "replicated fp8"),
+            ("image_encode", 480, 832, 49, 1, 1, "bf16", True, "wanctl",
+             7.135, 8.941, 0.473, True, "replicated fp8"),
+            ("sampling", 480, 832, 49, 1, 1, "bf16", True, "wanctl",
+             29.897, 30.469, 27.635, True, "replicated fp8"),
+            ("decode", 480, 832, 49, 1, 1, "bf16", True, "wanctl",
+             3.513, 4.426, 0.137, True, "replicated fp8"),
+        ),
+    ),
 )  # fmt: skip
 
 

@@ -1,12 +1,16 @@
-"""The memory model: each phase's peak GPU memory on the worst rank of a Wan2.2 TI2V-5B run,
-for what the backend really holds in it (`wanctl.core.settings.placements`).
+"""The memory model: each phase's peak GPU memory on the worst rank of a Wan2.2 run (TI2V-5B
+with both backends, T2V-A14B and I2V-A14B with diffusers), for what the backend really holds
+in it (`wanctl.core.settings.placements`).
 
 - `text_encode` (UMT5 on the GPU): its bf16 weights (and, for the official code, its fp32 VAE
   and, with several ranks, the DiT, loaded at construction) and its activations at 512 tokens.
-- `sampling`: the DiT's weights (bf16 whole, or for the official code's FSDP an fp32 1/N shard
-  plus two gathered bf16 blocks), what else the backend keeps (the fp32 VAE with an image for
-  diffusers; the fp32 VAE always, and UMT5 unless offloaded, for the official code), and the
-  activations of one forward over this rank's tokens. Ulysses splits the sequence: the
+- `image_encode` (I2V-A14B): the fp32 VAE, the conditioning clip on the GPU and the encoder's
+  activations, per pixel of a frame (it encodes the clip a few frames at a time).
+- `sampling`: the DiT's weights, or both experts' (bf16, or fp8-stored; whole, or an FSDP 1/N
+  shard plus two gathered bf16 blocks; one expert at a time with `offload`), what else the
+  backend keeps (the fp32 VAE with an image for diffusers; the fp32 VAE always, and UMT5 unless
+  offloaded, for the official code), and the activations of one forward over this rank's
+  tokens, per DiT architecture. Ulysses splits the sequence: the
   activations are `tokens x (per_local / N + per_global)`, the second part being what every rank
   computes over the whole sequence (rotary tables, the gathered output).
 - `decode`: wanctl's engine in both backends, holding the VAE decoder alone, and the activations
@@ -16,7 +20,7 @@ for what the backend really holds in it (`wanctl.core.settings.placements`).
 Weights come from the parameter counts (`PARAMS`, exact); activations from coefficients fitted
 on measured runs (`wanctl.tune.fit`, `wanctl.tune.measurements`); the allocator reserves a ratio
 of the activations (`Coefficients.ratio`, per phase and allocator setting, and for the decode
-per decoder and chunk_t); the CUDA context (and NCCL's buffers with several GPUs) comes on top.
+per decoder, VAE and chunk_t); the CUDA context (and NCCL's buffers with several GPUs) comes on top.
 A plan fits when every phase leaves `SAFETY_MARGIN` of the card free. tests/test_memory.py
 checks the model against every measured run, on sizes the fit used and on sizes it left out.
 """
@@ -27,8 +31,10 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from wanctl.core.families import TI2V_5B, Family
 from wanctl.core.settings import (
     DTYPE_BYTES,
+    EXPERTS,
     GIB,
     Placement,
     Resident,
@@ -111,29 +117,33 @@ class MemoryPlan:
     notes: tuple[str, ...] = ()
     source: str = "model"
     problem: str | None = None  # why the run cannot go whatever the memory (`ulysses_problem`)
+    host_problem: str | None = None  # why the host's RAM cannot hold its ranks (where known)
 
     @property
     def runnable(self) -> bool:
-        """It fits, and diffusers' Ulysses can split it over its GPUs."""
-        return self.fits and self.problem is None
+        """It fits, on the GPUs and in the host's RAM where known, and the backend can split
+        it over its GPUs."""
+        return self.fits and self.problem is None and self.host_problem is None
 
 
 def _gib(n_bytes: float) -> float:
     return n_bytes / GIB
 
 
-def resident_gib(resident: Resident) -> float:
-    """GiB of one network's weights (or its FSDP shard) on a rank's GPU."""
-    if resident.network == "DiT" and resident.dtype == "bf16":  # diffusers keeps a few in fp32
-        n_bytes = (PARAMS["dit"] - DIT_FP32_PARAMS) * 2 + DIT_FP32_PARAMS * 4
-    elif resident.network == "DiT" and resident.dtype == "fp8":  # the linear layers only
-        rest = PARAMS["dit"] - PARAMS["dit_fp8"] - DIT_FP32_PARAMS
-        n_bytes = PARAMS["dit_fp8"] + rest * 2 + DIT_FP32_PARAMS * 4
+def resident_gib(resident: Resident, family: Family = TI2V_5B) -> float:
+    """GiB of one network of `family` (or its FSDP shard) on a rank's GPU."""
+    params = PARAMS[family.name]
+    if resident.network in DITS and resident.dtype == "bf16":  # diffusers keeps a few in fp32
+        n_bytes = (params["dit"] - params["dit_fp32"]) * 2 + params["dit_fp32"] * 4
+    elif resident.network in DITS and resident.dtype == "fp8":  # the linear layers only
+        rest = params["dit"] - params["dit_fp8"] - params["dit_fp32"]
+        n_bytes = params["dit_fp8"] + rest * 2 + params["dit_fp32"] * 4
     else:
-        n_bytes = PARAMS[_PARAM_KEYS[resident.network]] * DTYPE_BYTES[resident.dtype]
+        n_bytes = params[_PARAM_KEYS[resident.network]] * DTYPE_BYTES[resident.dtype]
     return _gib(n_bytes / resident.shards)
 
 
+DITS = ("DiT", *EXPERTS)
 _PARAM_KEYS = {"DiT": "dit", "text encoder": "text_encoder", "VAE": "vae",
                "VAE decoder": "vae_decoder"}  # fmt: skip
 
@@ -141,23 +151,36 @@ _PARAM_KEYS = {"DiT": "dit", "text encoder": "text_encoder", "VAE": "vae",
 def activations_gib(
     placement: Placement, workload: Workload, settings: Settings, c: Coefficients | None = None
 ) -> float:
-    """GiB of a phase's activations on the worst rank: UMT5 at 512 tokens; one DiT forward over
+    """GiB of a phase's activations on the worst rank: UMT5 at 512 tokens; the conditioning
+    clip (on the GPU in fp32) and the VAE encoder's work on its frames; one DiT forward over
     this rank's share of the tokens (plus the two bf16 blocks FSDP gathers at a time); one
     decoder call of `chunk_t` latent frames over this rank's rows. `c`: other coefficients than
     the fitted ones (a benchmark judging a fit on rows it left out)."""
     c = c or coefficients()
+    family = workload.family
     if placement.phase == "text_encode":
         return c.text_encode_gib
+    if placement.phase == "image_encode":
+        area = workload.width * workload.height
+        return _gib(clip_bytes(workload) + area * c.image_encode[family.vae.name])
     if placement.phase == "sampling":
-        n_bytes = workload.tokens * (c.dit_local / workload.gpus + c.dit_global)
-        if any(r.network == "DiT" and r.shards > 1 for r in placement.resident):
-            n_bytes += 2 * PARAMS["dit_block"] * 2
+        n_bytes = workload.tokens * (
+            c.dit_local[family.dit_name] / workload.gpus + c.dit_global[family.dit_name]
+        )
+        if any(r.network in DITS and r.shards > 1 for r in placement.resident):
+            n_bytes += 2 * PARAMS[family.name]["dit_block"] * 2
         return _gib(n_bytes)
-    fixed, per_frame = c.decode[settings.decoder]
-    pixels = decode_pixels(workload.width, workload.height, settings.decode_ranks)
+    fixed, per_frame = c.decode[settings.decoder, family.vae.name]
+    pixels = decode_pixels(workload.width, workload.height, settings.decode_ranks,
+                           family.vae.spatial)  # fmt: skip
     return _gib(
         pixels * DTYPE_BYTES[settings.decode_dtype] * (fixed + per_frame * settings.chunk_t)
     )
+
+
+def clip_bytes(workload: Workload) -> int:
+    """The I2V conditioning clip (the image and F-1 zero frames, RGB float32) on the GPU."""
+    return 3 * workload.frames * workload.width * workload.height * 4
 
 
 def phases(
@@ -169,13 +192,15 @@ def phases(
     c = c or coefficients()
     overhead = c.context_gib + (c.nccl_gib if workload.gpus > 1 else 0.0)
     result = []
-    for placement in placements(settings, workload.gpus, image=workload.image):
-        on_gpu = {r.describe(): resident_gib(r) for r in placement.resident}
+    family = workload.family
+    for placement in placements(settings, workload.gpus, image=workload.image, family=family):
+        on_gpu = {r.describe(): resident_gib(r, family) for r in placement.resident}
         weights_gib = sum(on_gpu.values())
         activation = activations_gib(placement, workload, settings, c)
         ratio = c.ratio(
-            placement.phase, settings.expandable_segments, settings.decoder, settings.chunk_t
-        )
+            placement.phase, settings.expandable_segments, settings.decoder, settings.chunk_t,
+            family.vae.name,
+        )  # fmt: skip
         reserved = weights_gib + ratio * activation
         result.append(
             Phase(
@@ -221,6 +246,13 @@ def predict(
     nccl_env: Mapping[str, str] | None = None,
 ) -> MemoryPlan:
     """The plan of `settings` on `card`, fitting or not."""
+    reason = unplanned(workload, settings.backend)
+    if reason:
+        raise UsageError(
+            f"no memory plan for {workload.family.name} with the {settings.backend} backend",
+            why=reason,
+            fix="plan it with --backend diffusers",
+        )
     if not 1 <= settings.decode_ranks <= workload.gpus:
         raise UsageError(
             f"{settings.decode_ranks} decode ranks for a run on {workload.gpus} GPUs",
@@ -246,6 +278,16 @@ def predict(
     )
 
 
+def unplanned(workload: Workload, backend: str) -> str | None:
+    """Why the memory model cannot price this backend's run of `workload`, or None."""
+    if backend == "wan-repo" and workload.family.experts == 2:
+        return (
+            "the memory model prices the official code's TI2V-5B runs only: where its "
+            f"generate.py keeps the {workload.family.name} experts has not been measured"
+        )
+    return None
+
+
 def _max_chunk_t(workload: Workload, settings: Settings, budget: float) -> int:
     """The largest chunk_t whose plan still fits (decoding everything at once at most)."""
     best = 0
@@ -257,8 +299,34 @@ def _max_chunk_t(workload: Workload, settings: Settings, budget: float) -> int:
     return best
 
 
+# The fp8-stored A14B expert's cost to quality: relative L2 error of one forward against bf16,
+# `benchmarks/experts.py` on one H200 (torch 2.11.0+cu130, diffusers 0.42.1, 2026-12-02;
+# random weights, 1280*720 x 81): on noise, and on a smooth field.
+FP8_ERROR = (5.75e-2, 5.87e-2)
+# The offload swap at the boundary: the low-noise expert (26.6 GiB) from pageable host memory
+# to the GPU, `wanctl generate --model synthetic-a14b --offload` on one H200 (2026-12-02).
+SWAP_SECONDS = 6.83
+
+
 def _notes(settings: Settings) -> tuple[str, ...]:
     notes = []
+    if settings.dit_storage == "fp8":
+        notes.append(
+            "the DiT's linear layers stored in fp8 and computed in bf16: half their memory, for "
+            f"a relative L2 error per forward of {FP8_ERROR[0]:.1e} (noise) to {FP8_ERROR[1]:.1e}"
+            " (a smooth field) against bf16, measured on an H200 with random A14B weights "
+            "(benchmarks/experts.py)"
+        )
+    if settings.offload and settings.backend == "diffusers":
+        notes.append(
+            "the low-noise expert waits in host RAM and replaces the high-noise one at the "
+            f"boundary: one swap a run ({SWAP_SECONDS:.1f} s on an H200)"
+        )
+    if settings.dit == "fsdp" and settings.backend == "diffusers":
+        notes.append(
+            "each DiT sharded with FSDP2: every forward all-gathers each block from the other "
+            "ranks (traffic on every step, over the links doctor measures)"
+        )
     if settings.chunk_t == 1:
         notes.append(
             "chunk_t 1: more latent frames per decoder call buy no speed and each costs a "
@@ -278,17 +346,24 @@ def _notes(settings: Settings) -> tuple[str, ...]:
     return tuple(notes)
 
 
-# Parameters of each network: `wanctl.models.configs.parameter_counts()` on the meta device
-# (diffusers 0.42.1, transformers of this venv); tests/test_memory.py checks them against it.
-PARAMS = {
-    "dit": 4_999_787_712,
-    "dit_fp8": 4_908_595_200,  # the linear layers layerwise casting stores in fp8
-    "dit_block": 163_656_704,
-    "text_encoder": 5_680_910_336,
-    "vae_decoder": 555_051_580,
-    "vae": 704_688_668,  # encoder and decoder: what the pipelines hold to encode an image
+# Parameters of each network of each model (a DiT: one expert; `dit_fp8`: the linear layers
+# layerwise casting stores in fp8; `dit_fp32`: what diffusers keeps in fp32,
+# `_keep_in_fp32_modules`; `vae`: encoder and decoder, what the pipelines hold to encode an
+# image): `wanctl.models.configs.parameter_counts(family)` on the meta device (diffusers
+# 0.42.1, transformers of this venv); tests/test_memory.py checks them against it.
+_UMT5_XXL = 5_680_910_336
+_A14B_EXPERT = {
+    "dit_fp32": 29_184_000,
+    "dit_fp8": 14_053_314_560,
+    "dit_block": 351_394_304,
+    "text_encoder": _UMT5_XXL,
+    "vae_decoder": 73_295_603,
+    "vae": 126_892_531,
 }
-
-
-# Of the DiT's parameters, diffusers keeps these in fp32 (`_keep_in_fp32_modules`).
-DIT_FP32_PARAMS = 10_973_184
+PARAMS: dict[str, dict[str, int]] = {
+    "ti2v-5B": {"dit": 4_999_787_712, "dit_fp32": 10_973_184, "dit_fp8": 4_908_595_200,
+                "dit_block": 163_656_704, "text_encoder": _UMT5_XXL,
+                "vae_decoder": 555_051_580, "vae": 704_688_668},
+    "t2v-A14B": {"dit": 14_288_491_584, **_A14B_EXPERT},
+    "i2v-A14B": {"dit": 14_288_901_184, **_A14B_EXPERT},  # 36 input channels
+}  # fmt: skip

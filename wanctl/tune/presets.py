@@ -96,14 +96,16 @@ class Entry:
     predicted: dict[str, Figures]
     measured: dict[str, Figures] = field(default_factory=dict)
     max_chunk_t: int = 0
+    model: str = "ti2v-5B"  # the official task name: entries before the A14B models are 5B's
 
     @property
-    def key(self) -> tuple[str, int, int, str]:
+    def key(self) -> tuple[str, str, int, int, str]:
         """The run it answers for: a preset holds one entry per key."""
-        return self.size, self.frames, self.gpus, self.settings.backend
+        return self.model, self.size, self.frames, self.gpus, self.settings.backend
 
     def matches(self, workload: Workload, backend: str) -> bool:
-        return self.key == (workload.size, workload.frames, workload.gpus, backend)
+        wanted = (workload.family.name, workload.size, workload.frames, workload.gpus, backend)
+        return self.key == wanted
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ def rig_from_inventory(inventory: GpuInventory, nccl_env: dict[str, str]) -> Rig
 def entry_of(memory_plan: MemoryPlan, *, created: str, source: str = "model") -> Entry:
     workload = memory_plan.workload
     return Entry(
+        model=workload.family.name,
         size=workload.size,
         frames=workload.frames,
         gpus=workload.gpus,
@@ -262,6 +265,7 @@ def _entry(table: dict[str, Any]) -> Entry:
         predicted=figures(table["predicted"]),
         measured=figures(table.get("measured", {})),
         max_chunk_t=int(table.get("max_chunk_t", 0)),
+        model=str(table.get("model", "ti2v-5B")),
     )
 
 
@@ -392,17 +396,20 @@ def resolve(
     backend: str = "diffusers",
     nccl_env: dict[str, str],
     platform: str = sys.platform,
+    host_free_gib: float | None = None,
 ) -> MemoryPlan:
     """The plan for `workload` with `backend` on this rig: a preset's settings when one holds
     this workload for this backend (user before shipped; figures re-predicted by the current
     model, its env as saved with doctor's current `nccl_env` over it: today's finding wins, the
-    file is not changed), else the model's own choice for the backend. `source` says which."""
+    file is not changed), else the model's own choice for the backend, among the settings the
+    host's free RAM holds where given. `source` says which."""
     card = Card.smallest(inventory)
     preset = load(fingerprint(inventory))
     entry = preset.find(workload, backend) if preset else None
     if preset is None or entry is None:
         constraints = Constraints(backend=backend)
-        return plan(workload, card, constraints, platform=platform, nccl_env=nccl_env)
+        return plan(workload, card, constraints, platform=platform, nccl_env=nccl_env,
+                    host_free_gib=host_free_gib)  # fmt: skip
     predicted = predict(workload, card, entry.settings, platform=platform, nccl_env=nccl_env)
     return dataclasses.replace(
         predicted,

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
+from wanctl.core.families import FAMILIES
 from wanctl.core.settings import GIB
 from wanctl.core.workload import Workload, parse_size
 from wanctl.doctor.passive import nccl_environment
@@ -23,8 +24,8 @@ from wanctl.tune.search import Alternative, Constraints, alternatives, plan
 @dataclass(frozen=True)
 class TuneOptions:
     gpus: int | None
-    size: str
-    frames: int
+    size: str  # "": the model's first official size
+    frames: int  # 0: the model's frames
     rig: str | None
     preset: str | None
     constraints: Constraints
@@ -32,6 +33,9 @@ class TuneOptions:
     save: bool
     force: bool
     json: bool
+    task: str = "ti2v-5B"  # the model: an official task name (`wanctl.core.families`)
+    # The host's free RAM; None: this machine's (a described rig's: unknown).
+    host_ram_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,16 +83,21 @@ def resolve_rig(options: TuneOptions) -> tuple[str, presets.Rig, str, float | No
 
 def run(options: TuneOptions) -> TuneReport:
     rig_fingerprint, rig, platform, host_free_gib = resolve_rig(options)
-    width, height = parse_size(options.size)
+    if options.host_ram_gb is not None:
+        host_free_gib = options.host_ram_gb * 1e9 / GIB
+    family = FAMILIES[options.task]
+    width, height = parse_size(options.size or family.sizes[0])
     gpus = rig.gpus if options.gpus is None else options.gpus
     if gpus > rig.gpus:
         raise UsageError(
             f"--gpus {gpus} on a rig of {rig.gpus} GPU{'s' if rig.gpus > 1 else ''}",
             fix=f"use --gpus {rig.gpus} or fewer, or plan for a larger rig with --rig",
         )
-    workload = Workload(width, height, options.frames, gpus)
+    workload = Workload(width, height, options.frames or family.frames, gpus,
+                        image=family.image == "required", family=family)  # fmt: skip
     constraints = options.constraints
-    chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env)
+    chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env,
+                  host_free_gib=host_free_gib)  # fmt: skip
     saved, preset_error = _saved_entry(rig_fingerprint, workload, constraints.backend)
     report = TuneReport(
         fingerprint=rig_fingerprint,
@@ -96,7 +105,9 @@ def run(options: TuneOptions) -> TuneReport:
         plan=chosen,
         alternatives=()
         if chosen.runnable
-        else alternatives(workload, rig.card, constraints, platform=platform),
+        else alternatives(
+            workload, rig.card, constraints, platform=platform, host_free_gib=host_free_gib
+        ),  # fmt: skip
         saved=saved,
         preset_error=preset_error,
         host=host_plan(workload, chosen.settings, gpus, checkpoint=True)
@@ -157,6 +168,16 @@ def refusal(report: TuneReport) -> WanctlError:
             fix=f"nearest runs that fit: {nearest}"
             if nearest
             else "use another size, frame count or number of GPUs",
+        )
+    if chosen.fits and chosen.host_problem:
+        workload = chosen.workload
+        return WanctlError(
+            f"{workload.family.name} {workload.size}x{workload.frames} on {workload.gpus} GPU(s)"
+            " does not fit the host's RAM",
+            why=chosen.host_problem,
+            fix=f"nearest runs that fit: {nearest}"
+            if nearest
+            else "free host memory or add RAM, or run on fewer GPUs",
         )
     return no_fit(report)
 

@@ -4,13 +4,13 @@ compromise first, and the nearest runs that would fit when none does."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from wanctl.core.settings import Settings
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
-from wanctl.tune.predict import Card, MemoryPlan, allocator_conf, predict
+from wanctl.tune.host import HOST_MARGIN, host_plan
+from wanctl.tune.predict import Card, MemoryPlan, allocator_conf, predict, unplanned
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Constraints:
     decode_dtype: str = "bf16"
     decode_ranks: int | None = None
     chunk_t: int | None = None
+    dit_storage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -33,33 +34,56 @@ class Alternative:
 
 
 def candidates(workload: Workload, constraints: Constraints, platform: str) -> Iterator[Settings]:
-    """Settings the backend executes, cheapest compromise first. The text encoder on the GPU
-    before the CPU (a CPU encode of 5.7 B parameters takes tens of seconds); for the official
-    code, `--offload_model` (seconds of copies a run) before `--t5_cpu`, and the DiT replicated
-    before `--dit_fsdp` (FSDP all-gathers every layer at every step; several GPUs only). For
-    the diffusers worker neither is proposed (TI2V-5B's DiT is freed before the decode anyway;
-    sharding saves at most its 9.3 GiB): only tried when pinned. Decode on every
-    rank and chunk_t 1 unless pinned: fewer ranks or larger chunks only add memory."""
-    official = constraints.backend == "wan-repo"
-    dits = ["replicated", "fsdp"] if official and workload.gpus > 1 else ["replicated"]
-    encoders = ["gpu", "cpu"]
-    offloads = [False, True] if official else [False]
-    choices = itertools.product(
-        [constraints.dit] if constraints.dit else dits,
-        [constraints.text_encoder] if constraints.text_encoder else encoders,
-        [constraints.offload] if constraints.offload is not None else offloads,
-    )
-    for dit, encoder, offload in choices:
-        yield Settings(
-            backend=constraints.backend,
-            chunk_t=constraints.chunk_t or 1,
-            decode_ranks=constraints.decode_ranks or workload.gpus,
-            decode_dtype=constraints.decode_dtype,
-            dit=dit,
-            offload=offload,
-            text_encoder=encoder,
-            expandable_segments=allocator_conf(platform) is not None,
-        )
+    """Settings the backend executes, cheapest compromise first (`placements_tried`), each
+    with the text encoder on the GPU before the CPU (a CPU encode of 5.7 B parameters takes
+    tens of seconds). Decode on every rank and chunk_t 1 unless pinned: fewer ranks or larger
+    chunks only add memory."""
+    for dit, storage, offload in placements_tried(workload, constraints):
+        for encoder in [constraints.text_encoder] if constraints.text_encoder else ["gpu", "cpu"]:
+            yield Settings(
+                backend=constraints.backend,
+                chunk_t=constraints.chunk_t or 1,
+                decode_ranks=constraints.decode_ranks or workload.gpus,
+                decode_dtype=constraints.decode_dtype,
+                dit=dit,
+                offload=offload,
+                text_encoder=encoder,
+                expandable_segments=allocator_conf(platform) is not None,
+                dit_storage=storage,
+            )
+
+
+def placements_tried(workload: Workload, constraints: Constraints) -> list[tuple[str, str, bool]]:
+    """(dit, dit_storage, offload) in the order tried, those the user pinned kept:
+
+    - the official code: the DiT replicated before `--dit_fsdp` (FSDP all-gathers every layer
+      at every step; several GPUs only), `--offload_model` (seconds of copies a run) after
+      not; in bf16 (it has no fp8 storage);
+    - diffusers, TI2V-5B: replicated in bf16 (the DiT is freed before the decode anyway;
+      sharding saves at most its 9.3 GiB);
+    - diffusers, A14B: both experts on the GPU; the idle one on the CPU (one swap of an expert
+      a run, about 7 s on an H200, and an expert's worth of host RAM per rank); both sharded
+      (an all-gather per block and forward: several GPUs only); then the same three with the
+      experts stored in fp8, which costs quality (`wanctl.tune.predict.FP8_ERROR`).
+    A pinned placement outside these is tried alone: the user asked for it (and
+    `run_problem` says when the backend cannot run it)."""
+    several = workload.gpus > 1
+    if constraints.backend == "wan-repo":
+        order = [(dit, "bf16", offload) for dit in ("replicated", "fsdp")[: 1 + several]
+                 for offload in (False, True)]  # fmt: skip
+    elif workload.family.experts == 1:
+        order = [("replicated", "bf16", False)]
+    else:
+        order = [(dit, storage, offload) for storage in ("bf16", "fp8")
+                 for dit, offload in (("replicated", False), ("replicated", True),
+                                      ("fsdp", False))[: 2 + several]]  # fmt: skip
+    pins = (constraints.dit, constraints.dit_storage, constraints.offload)
+    kept = [p for p in order if all(pin in (None, v) for pin, v in zip(pins, p, strict=True))]
+    if kept:
+        return kept
+    dit, storage, offload = order[0]
+    pinned_offload = offload if constraints.offload is None else constraints.offload
+    return [(constraints.dit or dit, constraints.dit_storage or storage, pinned_offload)]
 
 
 def plan(
@@ -69,18 +93,37 @@ def plan(
     *,
     platform: str = "linux",
     nccl_env: Mapping[str, str] | None = None,
+    host_free_gib: float | None = None,
 ) -> MemoryPlan:
     """The first settings that fit, in `candidates` order; when none does, the plan with the
     lowest peak (`fits` False: see `alternatives`). A run diffusers' Ulysses cannot split over
     its GPUs is planned all the same but carries the `problem` (`ulysses_problem`), so that it
-    is not `runnable` whatever the memory: `fits` stays the memory's verdict."""
+    is not `runnable` whatever the memory: `fits` stays the memory's verdict. With the host's
+    free RAM known, settings whose ranks the host cannot hold carry a `host_problem`."""
     tried = [
-        predict(workload, card, settings, platform=platform, nccl_env=nccl_env)
+        with_host(predict(workload, card, settings, platform=platform, nccl_env=nccl_env),
+                  host_free_gib)
         for settings in candidates(workload, constraints, platform)
-    ]
+    ]  # fmt: skip
     return next(
         (p for p in tried if p.runnable),
         next((p for p in tried if p.fits), min(tried, key=lambda p: p.peak_gib)),
+    )
+
+
+def with_host(memory_plan: MemoryPlan, host_free_gib: float | None) -> MemoryPlan:
+    """The plan with its `host_problem` when the diffusers worker's ranks (all on this host,
+    loading a checkpoint) need more than `HOST_MARGIN` of `host_free_gib`."""
+    if host_free_gib is None or memory_plan.settings.backend != "diffusers":
+        return memory_plan
+    workload = memory_plan.workload
+    host = host_plan(workload, memory_plan.settings, workload.gpus, checkpoint=True)
+    if host.total_gib <= HOST_MARGIN * host_free_gib:
+        return memory_plan
+    return dataclasses.replace(
+        memory_plan,
+        host_problem=f"its ranks need {host.describe()} of host RAM, more than "
+        f"{HOST_MARGIN:.0%} of the {host_free_gib:.1f} GiB free",
     )
 
 
@@ -90,6 +133,7 @@ def alternatives(
     constraints: Constraints = Constraints(),
     *,
     platform: str = "linux",
+    host_free_gib: float | None = None,
 ) -> tuple[Alternative, ...]:
     """The nearest runs that would fit and that the backend can split: each pin released, fewer
     frames, a smaller size of the same shape, the other backend (the official code shards the
@@ -97,9 +141,9 @@ def alternatives(
     these)."""
 
     def fitting(w: Workload, c: Constraints = constraints) -> MemoryPlan | None:
-        if ulysses_problem(w, c.backend):
+        if ulysses_problem(w, c.backend) or unplanned(w, c.backend):
             return None
-        found = plan(w, card, c, platform=platform)
+        found = plan(w, card, c, platform=platform, host_free_gib=host_free_gib)
         return found if found.runnable else None
 
     found: list[Alternative] = []
@@ -107,6 +151,7 @@ def alternatives(
         "text_encoder": dataclasses.replace(constraints, text_encoder=None),
         "offload": dataclasses.replace(constraints, offload=None),
         "dit": dataclasses.replace(constraints, dit=None),
+        "dit_storage": dataclasses.replace(constraints, dit_storage=None),
         "decode_ranks": dataclasses.replace(constraints, decode_ranks=None),
         "chunk_t": dataclasses.replace(constraints, chunk_t=None),
     }
@@ -132,12 +177,14 @@ def alternatives(
         sharded = " (the DiT sharded with --dit_fsdp)" if p.settings.dit == "fsdp" else ""
         found.append(Alternative(f"--backend {other}{sharded}", p))
     pins = dataclasses.replace(constraints, decode_ranks=None)
-    if ulysses_problem(workload, constraints.backend):
-        for gpus in (n for n in reversed(ulysses_degrees()) if n < workload.gpus):
+    # fewer ranks when these cannot split the run, or hold less host RAM
+    if ulysses_problem(workload, constraints.backend) or host_free_gib is not None:
+        for gpus in (n for n in reversed(ulysses_degrees(workload.family.heads))
+                     if n < workload.gpus):  # fmt: skip
             if p := fitting(dataclasses.replace(workload, gpus=gpus), pins):
                 found.append(Alternative(f"{gpus} GPUs (instead of {workload.gpus})", p))
                 break
-    for gpus in (n for n in ulysses_degrees() if n > workload.gpus):
+    for gpus in (n for n in ulysses_degrees(workload.family.heads) if n > workload.gpus):
         if p := fitting(dataclasses.replace(workload, gpus=gpus), pins):
             found.append(Alternative(f"{gpus} GPUs (instead of {workload.gpus})", p))
             break
@@ -149,7 +196,11 @@ def _label(name: str, settings: Settings) -> str:
     if name == "text_encoder":
         return f"text encoder on {value.upper()}"
     if name == "offload":
+        if settings.backend == "diffusers":
+            return "the idle expert on the CPU" if value else "both experts on the GPU"
         return "offload the DiT" if value else "no offload"
+    if name == "dit_storage":
+        return f"DiT stored in {value}"
     if name == "decode_ranks":
         return f"decode on {value} ranks"
     return f"DiT {value}" if name == "dit" else f"chunk_t {value}"
