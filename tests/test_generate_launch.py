@@ -426,15 +426,15 @@ def test_the_rank_that_failed_first_is_named_not_the_ones_that_lost_it(
         _status(0, "sampling", "failed", "lost contact with another rank"),
         _status(1, "sampling", "failed", "out of GPU memory", "CUDA out of memory."),
     ]
-    error = failure(launched, statuses, RunResult(1, False, 3.0))
+    error = failure(launched, statuses, RunResult(1, False, 3.0), None)
     assert error.message == "rank 1 failed during sampling: out of GPU memory"
     assert "CUDA out of memory" in error.why and "wanctl tune" in error.fix
     both = [
         _status(0, "sampling", "failed", "out of GPU memory", "CUDA out of memory.", at=2.0),
         _status(1, "sampling", "failed", "out of GPU memory", "CUDA out of memory.", at=1.0),
     ]
-    assert failure(launched, both, RunResult(1, False, 3.0)).message.startswith("rank 1 ")
-    killed = failure(launched, [_status(0, "sampling", "running")], RunResult(-9, False, 3.0))
+    assert failure(launched, both, RunResult(1, False, 3.0), None).message.startswith("rank 1 ")
+    killed = failure(launched, [_status(0, "sampling", "running")], RunResult(-9, False, 3.0), None)
     assert "rank 0 in sampling with no Python error" in killed.why
 
 
@@ -444,7 +444,7 @@ def test_a_decode_failure_after_the_latents_are_saved_gives_the_decode_command(
     launched = prepared(options(out, ckpt_dir=ckpt))
     statuses = [_status(0, "decode", "failed", "out of GPU memory", "CUDA out of memory.")]
     launched.paths.latents.write_bytes(b"saved")
-    error = failure(launched, statuses, RunResult(1, False, 3.0))
+    error = failure(launched, statuses, RunResult(1, False, 3.0), None)
     assert isinstance(error, DecodeFailed)
     assert str(launched.paths.latents) in error.message
     assert error.fix == f"finish the job with: {launched.decode_command}"
@@ -503,7 +503,7 @@ def test_a_rank_that_failed_of_a_bug_points_to_its_traceback(ckpt: Path, out: Pa
     launched = prepared(options(out, ckpt_dir=ckpt))
     bug = {"rank": 1, "phase": "sampling", "state": "failed", "cause": "KeyError", "time": 0.0,
            "type": "KeyError", "message": "'latents'"}  # fmt: skip
-    error = failure(launched, [bug], RunResult(1, False, 3.0))
+    error = failure(launched, [bug], RunResult(1, False, 3.0), None)
     assert error.why == "rank 1: KeyError: 'latents'"
     assert "rank 1's traceback is in torchrun's output above" in error.fix
     assert "run again with --debug" not in error.fix

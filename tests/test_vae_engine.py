@@ -11,10 +11,11 @@ import pytest
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
+from wanctl.core.launch import partial_path
 from wanctl.decode.engine import CausalCache, ChunkDecoder, decode_chunks, latent_chunks
 from wanctl.decode.load import load_vae
 from wanctl.decode.stream import decode_tiled_to_file, decode_to_file
-from wanctl.decode.writers import NpyWriter, partial_path, to_uint8
+from wanctl.decode.writers import NpyWriter, to_uint8
 
 T = 5
 

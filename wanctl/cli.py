@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import traceback
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -12,7 +13,8 @@ from rich.markup import escape
 
 from wanctl import __version__
 from wanctl.commands import decode, doctor, generate, presets, tune
-from wanctl.errors import WanctlError
+from wanctl.core.launch import DEBUG_ENV
+from wanctl.errors import INTERRUPTED, WanctlError
 from wanctl.render import err_console
 
 app = typer.Typer(
@@ -38,7 +40,7 @@ def _version(show: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show the full traceback of an error.")
+        bool, typer.Option("--debug", help="Show the full tracebacks of an error (torchrun's too).")
     ] = False,
     version: Annotated[
         bool,
@@ -47,6 +49,8 @@ def _root(
 ) -> None:
     """Safe, fast and boring multi-GPU video generation with Wan2.2."""
     _state["debug"] = debug
+    if debug:  # inherited by every child wanctl launches
+        os.environ[DEBUG_ENV] = "1"
 
 
 def handle_errors(command: F) -> F:
@@ -67,6 +71,11 @@ def handle_errors(command: F) -> F:
             if error.fix:
                 err_console().print(f"[green]fix:[/] {escape(error.fix)}", highlight=False)
             raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:  # before or after the work a library call reports itself
+            if _state["debug"]:
+                err_console().print(traceback.format_exc(), highlight=False, markup=False)
+            err_console().print("[bold red]interrupted[/]", highlight=False)
+            raise typer.Exit(INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
 

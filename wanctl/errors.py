@@ -6,6 +6,9 @@ only `wanctl.cli` turns it into a red message and an exit code.
 
 from __future__ import annotations
 
+INTERRUPTED = 130  # 128 + SIGINT: how a shell reports a command stopped by Ctrl-C
+TIMED_OUT = 124  # how `timeout(1)` reports a command it stopped
+
 
 class WanctlError(Exception):
     """A failure the user can act on: `message` (what), `why`, `fix` (what to do)."""

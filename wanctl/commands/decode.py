@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from wanctl.commands.options import Json
+from wanctl.commands.options import Json, Overwrite
 from wanctl.render import err_console, out_console, print_json, warmup_worth_showing
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def decode(
             min=1, help="Ranks to split each frame over (torchrun). Default: all visible GPUs."
         ),
     ] = None,
+    overwrite: Overwrite = False,
     json: Json = False,
 ) -> None:
     """Decode latents to a video: exact (frame for frame what diffusers' decode gives), streamed
@@ -67,7 +68,8 @@ def decode(
     GPUs, chunk_t=1, diffusers tiling (approximate), then the CPU."""
     from wanctl.decode.run import DecodeOptions, run_decode
 
-    options = DecodeOptions(latents, output, vae, device, dtype, chunk_t, gpus)
+    options = DecodeOptions(latents, output, vae, device, dtype, chunk_t, gpus,
+                            overwrite=overwrite)  # fmt: skip
     summary = run_decode(options, notify=lambda line: err_console().print(f"[yellow]{line}[/]"))
     if json:
         print_json(summary)

@@ -21,6 +21,7 @@ from wanctl.commands.options import (
     DitStorageOption,
     Json,
     Offload,
+    Overwrite,
     TextEncoder,
     option_value,
 )
@@ -99,8 +100,8 @@ def generate(
     guidance: Annotated[
         float | None,
         typer.Option(
-            help="Classifier-free guidance scale (A14B: the high-noise expert's); default: "
-            "the model's (5; T2V-A14B 4, I2V-A14B 3.5)."
+            help="Classifier-free guidance scale (A14B: the high-noise expert's; wan-repo: "
+            "both experts'); default: the model's (5; T2V-A14B 4, I2V-A14B 3.5)."
         ),
     ] = None,
     guidance_2: Annotated[
@@ -137,6 +138,7 @@ def generate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the command and environment; run nothing.")
     ] = False,
+    overwrite: Overwrite = False,
     json: Json = False,
 ) -> None:
     """Generate a video from a prompt on N GPUs: the rig's preset (or tune's plan), a doctor
@@ -153,7 +155,7 @@ def generate(
         decode_dtype=option_value(decode_dtype), text_encoder=option_value(text_encoder),
         offload=offload, dit=option_value(dit), dit_storage=option_value(dit_storage),
         env=parse_env(env or []),
-        preflight=not skip_preflight, timeout_s=timeout, json_stdout=json,
+        preflight=not skip_preflight, timeout_s=timeout, json_stdout=json, overwrite=overwrite,
     )  # fmt: skip
     plan = prepare(options, probe=LocalProbe())
     if dry_run:

@@ -47,6 +47,14 @@ BackendOption = Annotated[
     typer.Option(help="Who samples: wanctl's diffusers worker, or the official generate.py."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an existing video (and, for generate, latents file) once the new one is "
+        "complete; without it an existing file is refused.",
+    ),
+]
 ChunkT = Annotated[int | None, typer.Option(min=1, help="Pin the latent frames per decoder call.")]
 DecodeRanks = Annotated[int | None, typer.Option(min=1, help="Pin the ranks that decode.")]
 DecodeDtypeOption = Annotated[

@@ -28,6 +28,8 @@ TORCHRUN = "wanctl.workers.torchrun"
 # Latent frames per decoder call, read by wanctl's decode engine (the official vae2_2.py reads no
 # variable: the name came from a fork of it; wanctl keeps it for the users who set it).
 CHUNK_ENV = "WAN_VAE_DECODE_CHUNK_T"
+# Set by `wanctl --debug` for the children: their launcher keeps its tracebacks.
+DEBUG_ENV = "WANCTL_DEBUG"
 # What a video can be written as (`wanctl.decode.writers.SUFFIXES`, which imports torch).
 VIDEO_SUFFIXES = (".mp4", ".npy")
 
@@ -113,10 +115,29 @@ def check_gpus_visible(ranks: int, visible: int) -> None:
         )
 
 
-def check_output(output: Path, latents: Path | None = None) -> None:
-    """The video must be an .mp4 or .npy, not a folder nor the latents file, in a folder where
-    a file can be created: a probe file is created and removed (`os.access` says yes to root
-    even where nothing can be created, /proc for one), so that no run fails at its very end."""
+def partial_path(output: Path) -> Path:
+    """Where `output` (a video, a latents file) is written until it is complete: same folder,
+    same suffix, hidden; moved into place at the end, removed if the work stops."""
+    return output.with_name(f".{output.stem}.partial{output.suffix}")
+
+
+def check_new(path: Path, what: str, overwrite: bool) -> None:
+    """Refuse to replace an existing `what` at `path` unless `overwrite` (then it is replaced
+    only once the new one is complete: see `partial_path`)."""
+    if path.exists() and not overwrite:
+        raise UsageError(
+            f"{path} exists: wanctl does not replace {what} unless asked",
+            why="it may hold earlier work (minutes to hours of GPU time)",
+            fix="pass --overwrite to replace it once the new one is complete, or name another "
+            "output",
+        )
+
+
+def check_output(output: Path, latents: Path | None = None, *, overwrite: bool = False) -> None:
+    """The video must be an .mp4 or .npy, not a folder nor the latents file, new unless
+    `overwrite`, in a folder where a file can be created: a probe file is created and removed
+    (`os.access` says yes to root even where nothing can be created, /proc for one), so that no
+    run fails at its very end."""
     fix = "create the folder or pick another output path"
     if output.is_dir():
         raise UsageError(f"cannot write {output}: it is a folder", fix="name a file in it")
@@ -127,6 +148,7 @@ def check_output(output: Path, latents: Path | None = None) -> None:
         )
     if latents is not None and output.resolve() == latents.resolve():
         raise UsageError("the output would overwrite the latents file", fix="name another output")
+    check_new(output, "a video", overwrite)
     folder = output.parent
     if not folder.is_dir():
         raise UsageError(

@@ -16,6 +16,7 @@ T latent frames decode to 4(T-1)+1 frames of (16h x 16w, or 8h x 8w) pixels.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from wanctl.core.architectures import (
     vae_family_for_channels,
 )
 from wanctl.core.families import default_fps
+from wanctl.core.launch import partial_path
 from wanctl.errors import UsageError
 
 TENSOR_NAME = "latents"
@@ -81,14 +83,17 @@ class Latents:
 
 
 def save_latents(path: Path, latents: Latents) -> None:
-    """Write `latents` in the wanctl format (the metadata as strings)."""
+    """Write `latents` in the wanctl format (the metadata as strings), into place only once
+    complete: a file already there (an --overwrite run's) is never left half-replaced."""
     metadata = {
         "normalized": "true" if latents.normalized else "false",
         "fps": str(latents.fps),
         "vae": latents.vae.name,
     }
     metadata.update({k: str(v) for k, v in latents.source.items() if k in SOURCE_KEYS})
-    save_file({TENSOR_NAME: latents.tensor.contiguous()}, str(path), metadata=metadata)
+    partial = partial_path(path)
+    save_file({TENSOR_NAME: latents.tensor.contiguous()}, str(partial), metadata=metadata)
+    os.replace(partial, path)
 
 
 def load_latents(path: Path) -> Latents:

@@ -22,16 +22,17 @@ from wanctl.core.launch import (
     check_gpus_visible,
     check_output,
     chunk_t,
+    partial_path,
     thread_env,
     torchrun_argv,
 )
-from wanctl.core.progress import progress_bar
+from wanctl.core.progress import announce, progress_bar
 from wanctl.decode.fallback import DecodeOutOfMemory, DecodePlan, fallback_plans, run_ladder
 from wanctl.decode.latents import Latents, load_latents
 from wanctl.decode.load import check_latents_fit, family_of, load_vae, spec_family
 from wanctl.decode.parallel import RowSplit, split_dim
 from wanctl.decode.stream import StreamResult, decode_tiled_to_file, decode_to_file
-from wanctl.errors import UsageError, WanctlError
+from wanctl.errors import INTERRUPTED, UsageError, WanctlError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEVICES = ("cuda", "cpu")
@@ -55,6 +56,7 @@ class DecodeOptions:
     chunk_t: int | None = None
     gpus: int | None = None
     progress: bool = True
+    overwrite: bool = False  # replace an existing output (once the new one is complete)
 
 
 @dataclass(frozen=True)
@@ -84,17 +86,29 @@ def run_decode(
     env: Mapping[str, str] = os.environ,
     notify: Callable[[str], None] = lambda _: None,
 ) -> DecodeSummary:
-    """Decode `options.latents` into `options.output`, falling back when out of memory."""
+    """Decode `options.latents` into `options.output`, falling back when out of memory. Ctrl-C
+    stops every rank and leaves no partial file (exit 130)."""
     start = time.perf_counter()
     latents = load_latents(options.latents)
     if family := spec_family(options.vae):
         check_latents_fit(latents.vae, family, options.vae)
-    check_output(options.output, options.latents)
+    check_output(options.output, options.latents, overwrite=options.overwrite)
     gpus = torch.cuda.device_count()
     first = first_plan(options, latents, env, gpus)
     max_ranks = min(gpus, _split_length(latents))
     job = _Job(options, latents, runner or SubprocessRunner())
-    plan, results, attempts = run_ladder(fallback_plans(first, max_ranks), job.attempt, notify)
+    try:
+        plan, results, attempts = run_ladder(fallback_plans(first, max_ranks), job.attempt,
+                                             notify)  # fmt: skip
+    except KeyboardInterrupt:
+        raise WanctlError(
+            f"interrupted during the decode; nothing was written to {options.output}",
+            why=f"Ctrl-C stopped every rank; the latents in {options.latents} are untouched",
+            fix="run the same `wanctl decode` command again",
+            exit_code=INTERRUPTED,
+        ) from None
+    finally:  # a rank killed mid-write leaves its writer's partial file
+        partial_path(options.output).unlink(missing_ok=True)
     return DecodeSummary(
         output=options.output,
         frames=latents.frames,
@@ -142,10 +156,14 @@ def decode_here(
     """This process's part of `plan`: load the VAE, decode, write (rank 0). A torchrun worker
     passes its `split` and device; CUDA running out of memory raises torch.OutOfMemoryError."""
     device = device or torch.device(plan.device)
+    show = options.progress and (split is None or split.rank == 0)
+    if show:
+        announce(f"loading the VAE decoder ({options.vae}, {plan.dtype}, {plan.device})")
     vae = load_vae(options.vae, device=device, dtype=DTYPES[plan.dtype])
     check_latents_fit(latents.vae, family_of(vae, options.vae), options.vae)
     z = latents.for_decoder(vae.config["latents_mean"], vae.config["latents_std"])
-    show = options.progress and (split is None or split.rank == 0)
+    if show:
+        announce(f"decoding {latents.frames} frames on {plan.ranks} rank(s)")
     with progress_bar("decoding", "frames", latents.frames, show) as on_frames:
         if plan.tiled:
             return decode_tiled_to_file(

@@ -17,6 +17,7 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
+from wanctl.core.launch import partial_path
 from wanctl.errors import WanctlError
 
 SUFFIXES = (".mp4", ".npy")
@@ -88,11 +89,6 @@ def frames_behind(chunks: Iterable[torch.Tensor | None]) -> Iterator[np.ndarray 
         pending, has_pending = staged, True
     if has_pending:
         yield None if pending is None else _ready(pending)
-
-
-def partial_path(output: Path) -> Path:
-    """Where a writer puts `output` until it is complete (same folder, same suffix)."""
-    return output.with_name(f".{output.stem}.partial{output.suffix}")
 
 
 def write_failed(output: Path, why: str) -> WanctlError:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from wanctl.core.launch import (
     CHUNK_ENV,
+    check_new,
     check_output,
 )
 from wanctl.core.settings import GIB, Settings
@@ -54,7 +55,9 @@ def check_request(options: GenerateOptions) -> None:
         check_diffusers_model(options)
     if options.image is not None:
         check_image(options.image)
-    check_output(options.output)
+    check_output(options.output, overwrite=options.overwrite)
+    latents = RunPaths.for_output(options.output).latents
+    check_new(latents, "a latents file", options.overwrite)
 
 
 def check_image(path: Path) -> None:

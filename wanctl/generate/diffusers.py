@@ -6,7 +6,7 @@ from __future__ import annotations
 from wanctl.core.launch import RunResult
 from wanctl.core.settings import Settings
 from wanctl.core.worker import WorkerRequest, read_ranks
-from wanctl.generate.failures import failure, read_statuses
+from wanctl.generate.failures import Stamp, failure, read_statuses
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, summary
 from wanctl.models.attention import AttentionChoice
@@ -26,10 +26,12 @@ def worker_request(
     )  # fmt: skip
 
 
-def finish(plan: GeneratePlan, result: RunResult, start: float) -> GenerateSummary:
+def finish(plan: GeneratePlan, result: RunResult, start: float, before: Stamp) -> GenerateSummary:
+    """The summary of a run, or the error of a failed one (`before`: the latents file's stamp
+    as the run started)."""
     ranks = read_ranks(plan.paths.run_dir)
     if ranks is None:  # rank 0 writes them once every rank has decoded its part
-        raise failure(plan, read_statuses(plan.paths.run_dir), result)
+        raise failure(plan, read_statuses(plan.paths.run_dir), result, before)
     attention = ranks[0].get("attention")
     steps = ranks[0]["step_seconds"]
     seconds = ranks[0]["seconds"]

@@ -12,19 +12,66 @@ from wanctl.core.launch import (
     worker_error,
 )
 from wanctl.core.status import PEER_LOST
-from wanctl.errors import WanctlError
+from wanctl.errors import INTERRUPTED, TIMED_OUT, WanctlError
 from wanctl.generate.plan import GeneratePlan
 
 
 class DecodeFailed(WanctlError):
     """Sampling finished and its latents are on disk; only the decode failed."""
 
-    def __init__(self, plan: GeneratePlan, cause: str, detail: str):
+    def __init__(self, plan: GeneratePlan, cause: str, detail: str, exit_code: int = 1):
         super().__init__(
             f"the decode failed ({cause}); the sampled latents are kept in {plan.paths.latents}",
             why=detail,
             fix=f"finish the job with: {plan.decode_command}",
+            exit_code=exit_code,
         )
+
+
+Stamp = tuple[int, int] | None  # a file's inode and mtime (ns), None when there is none
+
+
+def file_stamp(path: Path) -> Stamp:
+    """What tells a file written later from the one there now: a save replaces it (new inode)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def interrupted(plan: GeneratePlan, statuses: list[dict[str, Any]], before: Stamp) -> WanctlError:
+    """Ctrl-C: every rank was stopped (torchrun's process group) and no partial file is left;
+    the latents this run saved (not the file stamped `before` it started) are kept, with the
+    command that finishes the job."""
+    where = _where(statuses)
+    if kept_latents(plan, before):
+        return WanctlError(
+            f"interrupted during {_phase(statuses)}; the sampled latents are kept in "
+            f"{plan.paths.latents}",
+            why=f"Ctrl-C stopped every rank ({where}); no partial video was left",
+            fix=f"finish the job with: {plan.decode_command}",
+            exit_code=INTERRUPTED,
+        )
+    return WanctlError(
+        f"interrupted during {_phase(statuses)}: no latents were saved",
+        why=f"Ctrl-C stopped every rank ({where}) before the latents were saved; nothing was "
+        "written",
+        fix="run the same command again",
+        exit_code=INTERRUPTED,
+    )
+
+
+def kept_latents(plan: GeneratePlan, before: Stamp) -> bool:
+    """This run's latents are on disk (not the older file, stamped `before` the run, that an
+    --overwrite run would replace)."""
+    stamp = file_stamp(plan.paths.latents)
+    return stamp is not None and stamp != before
+
+
+def _phase(statuses: list[dict[str, Any]]) -> str:
+    phases = [s["phase"] for s in statuses if s.get("state") == "running"]
+    return phases[0] if phases else "start-up"
 
 
 _FIXES = {
@@ -50,16 +97,19 @@ def read_statuses(run_dir: Path) -> list[dict[str, Any]]:
     return sorted(found, key=lambda s: int(s["rank"]))
 
 
-def failure(plan: GeneratePlan, statuses: list[dict[str, Any]], result: RunResult) -> WanctlError:
+def failure(
+    plan: GeneratePlan, statuses: list[dict[str, Any]], result: RunResult, before: Stamp
+) -> WanctlError:
     """The error of a failed run: the rank that failed first for its own reason (others only
-    lose contact with it), the phase it was in, and the cause."""
+    lose contact with it), the phase it was in, and the cause. `before`: the latents file's
+    stamp as the run started, to tell this run's latents from an older file."""
     failed = sorted((s for s in statuses if s.get("state") == "failed"), key=lambda s: s["time"])
     root = [s for s in failed if s["cause"] not in (PEER_LOST, "collective timeout")] or failed
     if root:
         first = root[0]
         cause, phase = first["cause"], first["phase"]
         detail = f"rank {first['rank']}: {first['type']}: {first['message']}"
-        if phase == "decode" and plan.paths.latents.is_file():
+        if phase == "decode" and kept_latents(plan, before):
             return DecodeFailed(plan, f"rank {first['rank']}: {cause}", detail)
         return WanctlError(
             f"rank {first['rank']} failed during {phase}: {cause}",
@@ -67,13 +117,17 @@ def failure(plan: GeneratePlan, statuses: list[dict[str, Any]], result: RunResul
             fix=first.get("fix") or _FIXES.get(cause) or traceback_fix(plan, first["rank"]),
         )
     if result.timed_out:
+        limit = f"--timeout {plan.options.timeout_s:g} s"
+        if kept_latents(plan, before):
+            return DecodeFailed(plan, f"stopped at {limit}", _where(statuses), TIMED_OUT)
         return WanctlError(
-            f"the run did not finish within --timeout {plan.options.timeout_s:g} s",
-            why=_where(statuses),
+            f"the run did not finish within {limit}; no latents were saved",
+            why=f"every rank was stopped ({_where(statuses)}); nothing was written",
             fix="raise --timeout; a hang in NCCL shows with `wanctl doctor --full`",
+            exit_code=TIMED_OUT,
         )
     stopped = [s for s in statuses if s.get("state") == "running"]
-    if stopped and all(s["phase"] == "decode" for s in stopped) and plan.paths.latents.is_file():
+    if stopped and all(s["phase"] == "decode" for s in stopped) and kept_latents(plan, before):
         return DecodeFailed(plan, "a rank was killed", _where(statuses))
     return WanctlError(
         f"the workers stopped with torchrun exit code {result.returncode}",

@@ -48,6 +48,7 @@ class GenerateOptions:
     preflight: bool = True
     timeout_s: float | None = None
     json_stdout: bool = False  # stdout carries one JSON document (--json)
+    overwrite: bool = False  # replace an existing video and latents (once the new ones are done)
     family: Family = field(init=False, default=TI2V_5B)
 
     def __post_init__(self) -> None:

@@ -34,6 +34,7 @@ from wanctl.core.launch import (
     Runner,
     SubprocessRunner,
     check_gpus_visible,
+    partial_path,
     thread_env,
     torchrun_argv,
     visible_gpus,
@@ -52,6 +53,7 @@ from wanctl.generate.checks import (
     choose_device,
 )
 from wanctl.generate.diffusers import worker_request
+from wanctl.generate.failures import file_stamp, interrupted, read_statuses
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan, GenerateSummary
 from wanctl.generate.settings import launch_env, overrides_of, resolve_settings
@@ -60,17 +62,6 @@ from wanctl.models.catalog import NOTES, vae_spec
 from wanctl.probe.base import Probe
 from wanctl.tune.host import HostPlan, host_plan
 from wanctl.tune.predict import MemoryPlan
-
-# --- what a rank records ---------------------------------------------------------------
-
-
-# --- checks before launch ----------------------------------------------------------------
-
-
-# --- settings ----------------------------------------------------------------------------
-
-
-# --- the command line and environment (pure) ---------------------------------------------
 
 
 def decode_command(paths: RunPaths, vae: str, settings: Settings, device: str) -> str:
@@ -112,9 +103,6 @@ def model_vae(options: GenerateOptions) -> str:
     if options.backend == "wan-repo":
         return official_vae(options)
     return vae_spec(options.model, options.ckpt_dir)
-
-
-# --- putting it together -----------------------------------------------------------------
 
 
 def prepare(
@@ -172,7 +160,7 @@ def prepare(
         decode_command=decode_command(paths, vae, settings, device),
         predicted=predicted,
         host=host,
-        notes=_notes(options, device, world, predicted, kept),
+        notes=_notes(options, device, world, predicted, kept, settings),
     )
 
 
@@ -192,8 +180,17 @@ def _notes(
     world: int,
     predicted: MemoryPlan | None,
     kept: Mapping[str, str],
+    settings: Settings,
 ) -> tuple[str, ...]:
     notes = [NOTES[options.model]] if options.model in NOTES else []
+    official_a14b = options.family.experts == 2 and options.backend == "wan-repo"
+    if official_a14b and world > 1 and settings.dit != "fsdp":
+        # read in its text2video.py: init_on_cpu is off under sequence parallelism
+        notes.append(
+            "with several GPUs the official code keeps both experts (53 GiB in bf16) and, "
+            "unless --text-encoder cpu, UMT5 (10.6 GiB) on every GPU: only 80 GB cards hold "
+            "that; --dit fsdp shards the experts"
+        )
     if device == "cpu":
         notes.append(f"on the CPU: {world} process(es) over gloo, no preset")
     notes += [f"{key}={value} kept from your environment" for key, value in kept.items()]
@@ -212,17 +209,22 @@ def run_generate(
     runner: Runner | None = None,
     notify: Callable[[str], None] = lambda _: None,
 ) -> GenerateSummary:
-    """Launch the plan, and return the summary or raise what failed, rank and phase named."""
+    """Launch the plan, and return the summary or raise what failed, rank and phase named.
+    Ctrl-C stops every rank (the runner kills torchrun's process group) and raises the
+    interruption, naming the kept latents; whatever ends the run, no partial file is left."""
     runner = runner or SubprocessRunner()
     start = time.perf_counter()
+    before = file_stamp(plan.paths.latents)  # an older file an --overwrite run would replace
     plan.paths.run_dir.mkdir(exist_ok=True)
+    notify(f"starting {plan.ranks} rank(s) on {plan.device} with torchrun")
     try:
         result = runner.run(plan.spec)
         if plan.options.backend == "wan-repo":
-            return wan_repo.finish(plan, result, runner, notify, start)
-        return diffusers.finish(plan, result, start)
+            return wan_repo.finish(plan, result, runner, notify, start, before)
+        return diffusers.finish(plan, result, start, before)
+    except KeyboardInterrupt:
+        raise interrupted(plan, read_statuses(plan.paths.run_dir), before) from None
     finally:
+        for path in (plan.paths.output, plan.paths.latents):
+            partial_path(path).unlink(missing_ok=True)
         shutil.rmtree(plan.paths.run_dir, ignore_errors=True)
-
-
-# --- failures ----------------------------------------------------------------------------

@@ -18,7 +18,13 @@ from wanctl.core.launch import (
 from wanctl.core.settings import Settings
 from wanctl.core.status import classify
 from wanctl.errors import UsageError, WanctlError
-from wanctl.generate.failures import DecodeFailed, failure, read_statuses
+from wanctl.generate.failures import (
+    DecodeFailed,
+    Stamp,
+    failure,
+    kept_latents,
+    read_statuses,
+)
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, summary
 from wanctl.workers.wan_hook import (
@@ -142,16 +148,18 @@ def finish(
     runner: Runner,
     notify: Callable[[str], None],
     start: float,
+    before: Stamp,
 ) -> GenerateSummary:
-    """The official sampler ran; if it saved the latents, decode them here on every GPU."""
-    if not plan.paths.latents.is_file():
+    """The official sampler ran; if it saved the latents (this run's: not the file stamped
+    `before` it) and was not stopped at --timeout, decode them here on every GPU."""
+    if not kept_latents(plan, before) or result.timed_out:
         if result.ok:
             raise WanctlError(
                 "the official generate.py finished without calling its VAE's decode",
                 why="wanctl's hook saves the latents when it is called; it never was",
                 fix="check that --wan-repo is an unmodified Wan2.2 checkout",
             )
-        raise failure(plan, read_statuses(plan.paths.run_dir), result)
+        raise failure(plan, read_statuses(plan.paths.run_dir), result, before)
     if not result.ok:
         notify(f"generate.py exited with {result.returncode} after saving the latents; "
                "decoding them anyway")  # fmt: skip
@@ -160,14 +168,13 @@ def finish(
     settings = plan.settings
     decode_options = DecodeOptions(
         plan.paths.latents, plan.paths.output, plan.vae, plan.device, settings.decode_dtype,
-        settings.chunk_t, settings.decode_ranks,
+        settings.chunk_t, settings.decode_ranks, overwrite=plan.options.overwrite,
     )  # fmt: skip
     try:
         decoded = run_decode(decode_options, runner=runner, notify=notify)
     except WanctlError as error:
-        raise DecodeFailed(
-            plan, classify(type(error).__name__, error.message), str(error)
-        ) from None
+        cause = classify(type(error).__name__, error.message)
+        raise DecodeFailed(plan, cause, str(error), error.exit_code) from None
     sampled = sampling_peak(plan.paths.run_dir)
     per_rank = [
         RankFigures(rank, {"decode": allocated}, {"decode": reserved})

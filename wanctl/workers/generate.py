@@ -47,7 +47,7 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from wanctl.core.families import Family
-from wanctl.core.progress import progress_bar
+from wanctl.core.progress import announce, progress_bar
 from wanctl.core.status import RankStatus, classify
 from wanctl.core.worker import SUMMARY
 from wanctl.core.workload import parse_size
@@ -231,6 +231,8 @@ def sample(
     if image is not None:
         extra["image"] = image
     ran = record_forwards(dits)
+    if dist.get_rank() == 0:
+        announce(f"sampling {args.steps} steps on {dist.get_world_size()} rank(s)")
     with progress_bar("sampling", "steps", args.steps, dist.get_rank() == 0) as on_step:
         output = pipe(
             prompt_embeds=embeds[0],
@@ -389,8 +391,11 @@ def enable_ulysses(transformer: Any, degree: int) -> None:
 def phase(
     name: str, status: RankStatus, result: RankResult, device: torch.device
 ) -> Iterator[None]:
-    """Record the phase as started, then its seconds and peak memory on this rank."""
+    """Record the phase as started (rank 0 announces it), then its seconds and peak memory on
+    this rank."""
     status.phase(name)
+    if dist.get_rank() == 0:
+        announce(PHASE_TITLES[name])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -402,6 +407,15 @@ def phase(
     else:
         result.peak_allocated_gib[name] = result.peak_reserved_gib[name] = None
     result.seconds[name] = time.perf_counter() - start
+
+
+PHASE_TITLES = {
+    "text_encode": "encoding the prompt",
+    "image_encode": "encoding the conditioning image",
+    "sampling": "loading the DiT(s)",
+    "save": "saving the latents",
+    "decode": "decoding",
+}
 
 
 def _step_timer(

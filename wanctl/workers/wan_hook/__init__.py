@@ -71,11 +71,9 @@ def save_instead_of_decode(self: Any, zs: Sequence[Any]) -> list[Any]:
         raise ValueError(f"wanctl's decode hook expects one video's latents, got {len(zs)}")
     source = json.loads(os.environ.get(SOURCE_ENV, "{}"))
     fps = float(source.pop("fps", 24))
-    path = Path(os.environ[LATENTS_ENV])
-    partial = path.with_name(f".{path.name}.partial")
     tensor = zs[0].detach().float().cpu().unsqueeze(0)
-    save_latents(partial, Latents(tensor, normalized=True, fps=fps, source=source))
-    partial.replace(path)
+    save_latents(Path(os.environ[LATENTS_ENV]), Latents(tensor, normalized=True, fps=fps,
+                                                        source=source))  # fmt: skip
     record_sampling_peak(zs[0].device)
     return [torch.zeros(3, 1, PLACEHOLDER_SIZE, PLACEHOLDER_SIZE)]
 
