@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_checkpoints import official_checkpoint
 from typer.testing import CliRunner, Result
 
 from wanctl.probe.fake import SCENARIOS, FakeProbe, scenario
@@ -38,10 +39,8 @@ def any_rig(request: pytest.FixtureRequest) -> FakeProbe:
 @pytest.fixture
 def wan(tmp_path: Path) -> tuple[Path, Path]:
     """A Wan2.2 checkout and the official checkpoint, as far as the launcher reads them."""
-    repo, ckpt = tmp_path / "Wan2.2", tmp_path / "Wan2.2-TI2V-5B"
-    for path in (repo / "generate.py", repo / "wan/modules/vae2_2.py",
-                 repo / "wan/modules/vae2_1.py", ckpt / "config.json",
-                 ckpt / "models_t5_umt5-xxl-enc-bf16.pth", ckpt / "Wan2.2_VAE.pth"):  # fmt: skip
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-    return repo, ckpt
+    repo = tmp_path / "Wan2.2"
+    for name in ("generate.py", "wan/modules/vae2_2.py", "wan/modules/vae2_1.py"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("")
+    return repo, official_checkpoint(tmp_path / "Wan2.2-TI2V-5B")

@@ -13,6 +13,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 import torch
+from fake_checkpoints import model_index
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -106,7 +107,7 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     tiny_text_encoder().save_pretrained(folder / "text_encoder")
     ByT5Tokenizer().save_pretrained(folder / "tokenizer")
     wan_scheduler(TI2V_5B).save_pretrained(folder / "scheduler")
-    index = {"_class_name": "WanPipeline", "expand_timesteps": True, "transformer_2": [None, None]}
+    index = {**model_index(TI2V_5B), "tokenizer": ["transformers", "ByT5Tokenizer"]}
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 

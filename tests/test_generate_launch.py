@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import crashed
+from fake_checkpoints import diffusers_checkpoint
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -65,21 +66,8 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def ckpt(tmp_path: Path) -> Path:
-    """A diffusers-format checkpoint as far as the launcher reads it (JSON and folders)."""
-    folder = tmp_path / "Wan2.2-TI2V-5B-Diffusers"
-    index = {"_class_name": "WanPipeline", "transformer_2": [None, None]}
-    configs = {
-        "model_index.json": index,
-        "transformer/config.json": {"num_attention_heads": 24},
-        "vae/config.json": {},
-        "text_encoder/config.json": {},
-        "scheduler/scheduler_config.json": {"_class_name": "UniPCMultistepScheduler"},
-    }
-    for name, content in configs.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(json.dumps(content))
-    (folder / "tokenizer").mkdir()
-    return folder
+    """A diffusers-format TI2V-5B checkpoint, as far as the checks before launch read it."""
+    return diffusers_checkpoint(tmp_path / "Wan2.2-TI2V-5B-Diffusers")
 
 
 @pytest.fixture
@@ -300,9 +288,9 @@ REFUSALS = {
                                               "does not run ti2v-5B at 1024*1024"),
     "frames not 4n+1": Refusal((*DIFFUSERS, "--frames", "120"), "120 frames is not 4n+1"),
     "missing checkpoint": Refusal(("--ckpt-dir", "{tmp}/nowhere"), "nowhere is not a folder"),
-    "checkpoint file missing": Refusal(DIFFUSERS, "lacks vae/config.json",
+    "checkpoint file missing": Refusal(DIFFUSERS, "vae/config.json is missing",
                                        drop="Wan2.2-TI2V-5B-Diffusers/vae/config.json"),
-    "official checkpoint file missing": Refusal(WAN_REPO, "no Wan2.2_VAE.pth",
+    "official checkpoint file missing": Refusal(WAN_REPO, "Wan2.2_VAE.pth is missing",
                                                 drop="Wan2.2-TI2V-5B/Wan2.2_VAE.pth"),
     "official script missing": Refusal(WAN_REPO, "not a Wan2.2 checkout: no generate.py",
                                        drop="Wan2.2/generate.py"),
@@ -367,7 +355,7 @@ def test_refusals_exit_2_with_a_message_and_write_nothing(
 
 @pytest.mark.parametrize(
     ("index", "message"),
-    [("{", "cannot be read"), ("[1, 2]", "is not a diffusers model index")],
+    [("{", "is not valid JSON"), ("[1, 2]", "holds a JSON list, not an object")],
 )
 def test_a_broken_model_index_is_refused(ckpt: Path, out: Path, index: str, message: str) -> None:
     (ckpt / "model_index.json").write_text(index)

@@ -11,6 +11,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 import torch
+from fake_checkpoints import model_index
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -127,10 +128,7 @@ def a14b_checkpoint(folder: Path, family: Family) -> Path:
     tiny_text_encoder().save_pretrained(folder / "text_encoder")
     ByT5Tokenizer().save_pretrained(folder / "tokenizer")
     wan_scheduler(family).save_pretrained(folder / "scheduler")
-    pipeline = "WanImageToVideoPipeline" if family.image == "required" else "WanPipeline"
-    index = {"_class_name": pipeline, "boundary_ratio": family.boundary,
-             "transformer": ["diffusers", "WanTransformer3DModel"],
-             "transformer_2": ["diffusers", "WanTransformer3DModel"]}  # fmt: skip
+    index = {**model_index(family), "tokenizer": ["transformers", "ByT5Tokenizer"]}
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 

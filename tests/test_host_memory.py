@@ -4,10 +4,10 @@ kernel's OOM killer of Wan2.2 issue 58), with the settings that would."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from fake_checkpoints import diffusers_checkpoint
 
 from wanctl.core.families import I2V_A14B, T2V_A14B
 from wanctl.core.settings import GIB, Settings
@@ -15,7 +15,6 @@ from wanctl.core.workload import Workload
 from wanctl.errors import UsageError
 from wanctl.generate.options import GenerateOptions
 from wanctl.generate.run import prepare
-from wanctl.models.catalog import CHECKPOINT_FILES
 from wanctl.probe.catalog import MODELS
 from wanctl.probe.fake import FakeProbe, describe_rig, healthy_system
 from wanctl.tune.host import host_plan
@@ -46,19 +45,8 @@ def test_a_checkpoint_passes_its_largest_network_through_host_memory() -> None:
 
 @pytest.fixture
 def a14b_folder(tmp_path: Path) -> Path:
-    """A T2V-A14B diffusers checkpoint as far as the launcher reads it (JSON only)."""
-    folder = tmp_path / "Wan2.2-T2V-A14B-Diffusers"
-    for name in (*CHECKPOINT_FILES, "transformer_2/config.json"):
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if name != "tokenizer":
-            path.write_text("{}")
-    (folder / "tokenizer").mkdir(exist_ok=True)
-    index = {"_class_name": "WanPipeline", "boundary_ratio": 0.875,
-             "transformer_2": ["diffusers", "WanTransformer3DModel"]}  # fmt: skip
-    (folder / "model_index.json").write_text(json.dumps(index))
-    (folder / "transformer/config.json").write_text(json.dumps({"in_channels": 16}))
-    return folder
+    """A T2V-A14B diffusers checkpoint as far as the checks before launch read it."""
+    return diffusers_checkpoint(tmp_path / "Wan2.2-T2V-A14B-Diffusers", T2V_A14B)
 
 
 def launch(folder: Path, tmp_path: Path, free_gib: float, *flags: tuple[str, object]) -> object:

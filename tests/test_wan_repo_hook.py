@@ -15,11 +15,13 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 import torch
+from fake_checkpoints import official_checkpoint
 from PIL import Image
 from typer.testing import CliRunner
 
 import wanctl.generate.run as generate_run
 from wanctl.cli import app
+from wanctl.core.families import T2V_A14B
 from wanctl.decode.latents import load_latents
 from wanctl.decode.load import TINY_CONFIG, TINY_WAN21_CONFIG, random_vae
 from wanctl.doctor.report import DoctorReport
@@ -84,11 +86,11 @@ def official(tmp_path: Path) -> tuple[Path, Path]:
     files = {repo / "generate.py": FAKE_GENERATE, repo / "wan/__init__.py": "",
              repo / "wan/modules/__init__.py": "",
              repo / "wan/modules/vae2_2.py": FAKE_VAE.format(version=2),
-             repo / "wan/modules/vae2_1.py": FAKE_VAE.format(version=1),
-             ckpt / "config.json": "{}", ckpt / "models_t5_umt5-xxl-enc-bf16.pth": ""}  # fmt: skip
+             repo / "wan/modules/vae2_1.py": FAKE_VAE.format(version=1)}  # fmt: skip
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    official_checkpoint(ckpt)
     torch.save(random_vae(TINY_CONFIG).state_dict(), ckpt / "Wan2.2_VAE.pth")
     return repo, ckpt
 
@@ -153,15 +155,10 @@ def test_the_hooked_decode_saves_the_latents_and_wanctl_decodes_them_on_every_ra
 
 @pytest.fixture
 def official_a14b(official: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
-    """An official T2V-A14B checkpoint folder: two experts' configs, the T5 file, and a
-    Wan2.1_VAE.pth holding the tiny Wan2.1 decoder."""
+    """An official T2V-A14B checkpoint folder whose Wan2.1_VAE.pth holds the tiny Wan2.1
+    decoder."""
     repo, _ = official
-    ckpt = tmp_path / "Wan2.2-T2V-A14B"
-    for expert in ("high_noise_model", "low_noise_model"):
-        (ckpt / expert).mkdir(parents=True)
-        config = {"_class_name": "WanModel", "model_type": "t2v", "in_dim": 16}
-        (ckpt / expert / "config.json").write_text(json.dumps(config))
-    (ckpt / "models_t5_umt5-xxl-enc-bf16.pth").write_text("")
+    ckpt = official_checkpoint(tmp_path / "Wan2.2-T2V-A14B", T2V_A14B)
     torch.save(random_vae(TINY_WAN21_CONFIG).state_dict(), ckpt / "Wan2.1_VAE.pth")
     return repo, ckpt
 

@@ -17,7 +17,8 @@ from wanctl.doctor.report import DoctorReport, Status
 from wanctl.errors import UsageError, WanctlError
 from wanctl.generate.options import BACKENDS, DEVICES, GenerateOptions, RunPaths
 from wanctl.generate.wan_repo import check_wan_repo
-from wanctl.models.catalog import DOWNLOAD_FIX, MODELS, checkpoint_problem
+from wanctl.models.catalog import MODELS
+from wanctl.models.layouts import check_diffusers_checkpoint
 from wanctl.tune.host import HOST_MARGIN, HostPlan
 
 # Checks that matter on the CPU (no driver is expected there).
@@ -89,8 +90,8 @@ def check_diffusers_model(options: GenerateOptions) -> None:
             fix="--ckpt-dir Wan2.2-TI2V-5B-Diffusers (or an A14B one), or --model tiny "
             "(runs anywhere)",
         )
-    elif problem := checkpoint_problem(options.ckpt_dir):
-        raise UsageError(f"not a diffusers Wan2.2 checkpoint: {problem}", fix=DOWNLOAD_FIX)
+    else:
+        check_diffusers_checkpoint(options.ckpt_dir)
     check_image_use(options)
 
 

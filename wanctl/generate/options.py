@@ -7,7 +7,7 @@ from pathlib import Path
 
 from wanctl.core.families import TI2V_5B, Family
 from wanctl.core.workload import parse_size
-from wanctl.models.catalog import MODELS, checkpoint_problem, model_family, official_family
+from wanctl.models.catalog import MODELS, checkpoint_family, model_family, official_family
 
 BACKENDS = ("diffusers", "wan-repo")
 DEVICES = ("cuda", "cpu")
@@ -68,8 +68,8 @@ class GenerateOptions:
             return official_family(self.ckpt_dir) if self.ckpt_dir else TI2V_5B
         if self.model is not None and self.model not in MODELS:
             return TI2V_5B
-        if self.model is None and (self.ckpt_dir is None or checkpoint_problem(self.ckpt_dir)):
-            return TI2V_5B
+        if self.model is None:
+            return (checkpoint_family(self.ckpt_dir) if self.ckpt_dir else None) or TI2V_5B
         return model_family(self.model, self.ckpt_dir, image=self.image is not None)
 
     @property

@@ -9,7 +9,6 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from wanctl.core.families import Family
 from wanctl.core.launch import (
     Runner,
     RunResult,
@@ -27,6 +26,7 @@ from wanctl.generate.failures import (
 )
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, summary
+from wanctl.models.layouts import check_official_checkpoint
 from wanctl.workers.wan_hook import (
     HOOK_DIR,
     LATENTS_ENV,
@@ -35,18 +35,8 @@ from wanctl.workers.wan_hook import (
     SOURCE_ENV,
 )
 
-# The official code: the files it reads per model (its tasks are the family names).
+# The files of the official code wanctl runs and hooks (its tasks are the family names).
 WAN_REPO_FILES = ("generate.py", "wan/modules/vae2_2.py", "wan/modules/vae2_1.py")
-T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-EXPERT_FILES = ("high_noise_model/config.json", "low_noise_model/config.json")
-DOWNLOADS = {"ti2v-5B": "Wan-AI/Wan2.2-TI2V-5B", "t2v-A14B": "Wan-AI/Wan2.2-T2V-A14B",
-             "i2v-A14B": "Wan-AI/Wan2.2-I2V-A14B"}  # fmt: skip
-
-
-def checkpoint_files(family: Family) -> tuple[str, ...]:
-    """What the official code reads from the checkpoint folder of `family`."""
-    dits = EXPERT_FILES if family.experts == 2 else ("config.json",)
-    return (*dits, T5_FILE, family.vae.file)
 
 
 def official_vae(options: GenerateOptions) -> str:
@@ -82,10 +72,7 @@ def check_wan_repo(options: GenerateOptions) -> None:
             fix="pass the official checkpoint folder (Wan2.2-TI2V-5B, Wan2.2-T2V-A14B, ...)",
         )
     family = options.family
-    _require_files(
-        options.ckpt_dir, checkpoint_files(family), f"the official Wan2.2 {family.name} checkpoint",
-        f"hf download {DOWNLOADS[family.name]} --local-dir DIR, then --ckpt-dir DIR",
-    )  # fmt: skip
+    check_official_checkpoint(options.ckpt_dir, family)
     if options.size not in family.sizes:
         raise UsageError(
             f"the official generate.py does not run {family.name} at {options.size}",

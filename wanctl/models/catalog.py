@@ -38,15 +38,6 @@ BUILT_IN_VAES = {
     "tiny-moe": "tiny-wan2.1",
     "synthetic-a14b": "synthetic-wan2.1",
 }
-# Files a diffusers-format Wan2.2 checkpoint must hold.
-CHECKPOINT_FILES = (
-    "model_index.json",
-    "transformer/config.json",
-    "vae/config.json",
-    "text_encoder/config.json",
-    "tokenizer",
-    "scheduler/scheduler_config.json",
-)
 DOWNLOAD_FIX = (
     "download Wan-AI/Wan2.2-TI2V-5B-Diffusers, Wan-AI/Wan2.2-T2V-A14B-Diffusers or "
     "Wan-AI/Wan2.2-I2V-A14B-Diffusers (`hf download REPO --local-dir DIR`) and pass "
@@ -62,9 +53,16 @@ def model_family(name: str | None, checkpoint: Path | None, *, image: bool) -> F
         return TI2V_5B
     if checkpoint is None:
         raise ValueError("a built-in model's name or a checkpoint is needed")
-    index = _index(checkpoint)
-    assert index is not None, "checkpoint_problem has read it"
-    return _family_of(index)
+    family = checkpoint_family(checkpoint)
+    assert family is not None, "the checks before launch have read its model_index.json"
+    return family
+
+
+def checkpoint_family(folder: Path) -> Family | None:
+    """The family a diffusers checkpoint's model_index.json names, or None where it cannot be
+    read (`wanctl.models.layouts.check_diffusers_checkpoint` says why)."""
+    index = _index(folder)
+    return None if index is None else index_family(index)
 
 
 def official_family(folder: Path) -> Family:
@@ -89,44 +87,6 @@ def vae_spec(name: str | None, checkpoint: Path | None) -> str:
     return str(Path(checkpoint or ".") / "vae")
 
 
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why `folder` is not a diffusers Wan2.2 checkpoint (TI2V-5B, T2V-A14B, I2V-A14B), or
-    None. Reads JSON only."""
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    missing = [name for name in CHECKPOINT_FILES if not (folder / name).exists()]
-    if missing:
-        return f"{folder} lacks {', '.join(missing)}"
-    try:
-        index = json.loads((folder / "model_index.json").read_text())
-    except (OSError, ValueError) as error:
-        return f"{folder}/model_index.json cannot be read ({error}): a partial download?"
-    if not isinstance(index, dict):
-        return f"{folder}/model_index.json is not a diffusers model index"
-    if _two_experts(index) and not (folder / "transformer_2/config.json").exists():
-        return f"{folder} lacks transformer_2/config.json (the low-noise expert)"
-    pipeline = index.get("_class_name")
-    if pipeline not in ("WanPipeline", "WanImageToVideoPipeline"):
-        return f"{folder} holds a {pipeline} checkpoint, not a Wan2.2 one"
-    boundary = index.get("boundary_ratio")
-    if _two_experts(index) and not (isinstance(boundary, float) and 0 < boundary < 1):
-        return (
-            f"{folder}/model_index.json names two experts but its boundary_ratio is "
-            f"{boundary!r}, not a fraction of the timesteps (T2V-A14B: 0.875, I2V-A14B: 0.9)"
-        )
-    expected = _family_of(index).dit["in_channels"]
-    try:
-        channels = json.loads((folder / "transformer/config.json").read_text()).get("in_channels")
-    except (OSError, ValueError, AttributeError):
-        return f"{folder}/transformer/config.json cannot be read: a partial download?"
-    if channels is not None and channels != expected:
-        return (
-            f"{folder}'s transformer takes {channels} input channels, not the {expected} of "
-            f"Wan2.2 {_family_of(index).name}: a Wan2.1 or another model"
-        )
-    return None
-
-
 def _index(folder: Path) -> dict[str, Any] | None:
     try:
         index = json.loads((folder / "model_index.json").read_text())
@@ -135,15 +95,15 @@ def _index(folder: Path) -> dict[str, Any] | None:
     return index if isinstance(index, dict) else None
 
 
-def _two_experts(index: dict[str, Any]) -> bool:
+def two_experts(index: dict[str, Any]) -> bool:
     """Whether the index names a second expert: `"transformer_2": [library, class]`."""
     entry = index.get("transformer_2")
     return isinstance(entry, list) and len(entry) == 2 and entry[1] is not None
 
 
-def _family_of(index: dict[str, Any]) -> Family:
+def index_family(index: dict[str, Any]) -> Family:
     """The family, with the checkpoint's own boundary between its experts."""
-    if not _two_experts(index):
+    if not two_experts(index):
         return TI2V_5B
     family = a14b(index.get("_class_name") == "WanImageToVideoPipeline")
     boundary = index.get("boundary_ratio")
