@@ -8,20 +8,13 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import crashed
+from conftest import command_paths, crashed, use_rig
 from typer.testing import CliRunner
 
-import wanctl.doctor.run as doctor_run
 from wanctl.cli import app, handle_errors
 from wanctl.errors import UsageError, WanctlError
-from wanctl.probe.fake import scenario
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def use_rig(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    monkeypatch.setattr(doctor_run, "LocalProbe", lambda: scenario(name))
-    monkeypatch.setenv("COLUMNS", "250")  # rich wraps tables at 80 columns otherwise
 
 
 def test_doctor_json_is_one_complete_document(cli: CliRunner, monkeypatch) -> None:
@@ -104,14 +97,7 @@ def test_debug_shows_the_traceback(cli: CliRunner, monkeypatch) -> None:
     assert "Traceback" in result.stderr and "error: broken" in result.stderr
 
 
-def _commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    names = [(*prefix, c.name or c.callback.__name__) for c in group.registered_commands]
-    for sub in group.registered_groups:
-        names += _commands(sub.typer_instance, (*prefix, sub.name or ""))
-    return names
-
-
-@pytest.mark.parametrize("command", _commands(app), ids=" ".join)
+@pytest.mark.parametrize("command", command_paths(app), ids=" ".join)
 def test_every_command_has_help_and_a_readme_section(cli: CliRunner, command) -> None:
     result = cli.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and len(result.stdout.strip()) > 40

@@ -17,14 +17,17 @@ from wanctl.generate.plan import GeneratePlan
 
 
 class DecodeFailed(WanctlError):
-    """Sampling finished and its latents are on disk; only the decode failed."""
+    """Sampling finished and its latents are on disk; only the decode failed. A script reads
+    the kept latents, the output and the command that finishes the job from `details`."""
 
     def __init__(self, plan: GeneratePlan, cause: str, detail: str):
         super().__init__(
             f"the decode failed ({cause}); the sampled latents are kept in {plan.paths.latents}",
             why=detail,
             fix=f"finish the job with: {plan.decode_command}",
-        )
+            details={"latents": str(plan.paths.latents), "output": str(plan.paths.output),
+                     "decode_command": plan.decode_command},
+        )  # fmt: skip
 
 
 _FIXES = {
