@@ -62,6 +62,8 @@ class Group(TyperGroup):
             return super().resolve_command(ctx, args)
 
 
+# Plain help (no rich panels): at 80 columns rich's table shrinks every column alike, option
+# names included, and shows a type (`<bool>`) for flags; click's layout cuts neither.
 app = typer.Typer(
     name="wanctl",
     help="Safe, fast and boring multi-GPU video generation with Wan2.2.",
@@ -69,7 +71,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,
 )
 
 _state = {"debug": False}
