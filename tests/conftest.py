@@ -4,9 +4,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from fake_checkpoints import official_checkpoint
 from typer.testing import CliRunner, Result
 
+import wanctl.doctor.run as doctor_run
 from wanctl.probe.fake import SCENARIOS, FakeProbe, scenario
 
 
@@ -14,6 +16,20 @@ def crashed(result: Result) -> bool:
     """Whether the command ended by an exception rather than an exit: the traceback a user
     would see (CliRunner keeps it off `result.output`, so looking for one there finds none)."""
     return result.exception is not None and not isinstance(result.exception, SystemExit)
+
+
+def command_paths(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The words of every command of the app: ("doctor",), ("presets", "rm"), ..."""
+    names = [(*prefix, c.name or c.callback.__name__) for c in group.registered_commands]
+    for sub in group.registered_groups:
+        names += command_paths(sub.typer_instance, (*prefix, sub.name or ""))
+    return names
+
+
+def use_rig(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """doctor reads a rig of `wanctl.probe.fake`."""
+    monkeypatch.setattr(doctor_run, "LocalProbe", lambda: scenario(name))
+    monkeypatch.setenv("COLUMNS", "250")  # rich wraps tables at 80 columns otherwise
 
 
 class Cli(CliRunner):

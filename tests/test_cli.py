@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import typer
-from conftest import crashed
+from conftest import command_paths, crashed, use_rig
 from typer.testing import CliRunner
 
-import wanctl.doctor.run as doctor_run
 from wanctl.cli import app, handle_errors
 from wanctl.errors import UsageError, WanctlError
-from wanctl.probe.fake import scenario
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def use_rig(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    monkeypatch.setattr(doctor_run, "LocalProbe", lambda: scenario(name))
-    monkeypatch.setenv("COLUMNS", "250")  # rich wraps tables at 80 columns otherwise
 
 
 def test_doctor_json_is_one_complete_document(cli: CliRunner, monkeypatch) -> None:
@@ -104,14 +100,7 @@ def test_debug_shows_the_traceback(cli: CliRunner, monkeypatch) -> None:
     assert "Traceback" in result.stderr and "error: broken" in result.stderr
 
 
-def _commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    names = [(*prefix, c.name or c.callback.__name__) for c in group.registered_commands]
-    for sub in group.registered_groups:
-        names += _commands(sub.typer_instance, (*prefix, sub.name or ""))
-    return names
-
-
-@pytest.mark.parametrize("command", _commands(app), ids=" ".join)
+@pytest.mark.parametrize("command", command_paths(app), ids=" ".join)
 def test_every_command_has_help_and_a_readme_section(cli: CliRunner, command) -> None:
     result = cli.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and len(result.stdout.strip()) > 40
@@ -124,9 +113,35 @@ def test_version(cli: CliRunner) -> None:
 
 def test_the_cli_starts_without_importing_torch() -> None:
     """Importing torch takes seconds on some machines: doctor and --help must not pay it."""
-    import subprocess
-    import sys
-
     code = "import sys, wanctl.cli; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def _help_words(text: str) -> str:
+    """Help text as words, with the line breaks the layout put after hyphens undone."""
+    return re.sub(r"-\s+", "-", " ".join(text.split()))
+
+
+@pytest.mark.parametrize("command", [(), *command_paths(app)], ids=lambda c: " ".join(c) or "-")
+def test_help_at_80_columns_shows_every_option_whole(command) -> None:
+    """No option name cut short or wrapped, no `<bool>` after a flag, each help text as
+    written (no markup eating the `*` of `1280*704`), nothing wider than the terminal. A real
+    process: CliRunner lays help out at a width of its own."""
+    argv = [sys.executable, "-m", "wanctl", *command, "--help"]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"}
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    assert "<bool>" not in result.stdout
+    group = typer.main.get_command(app)
+    for word in command:
+        group = group.commands[word]
+    for param in group.get_params(group.context_class(group)):
+        for name in [*param.opts, *param.secondary_opts]:
+            whole = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+            assert any(whole.search(line) for line in lines), (name, result.stdout)
+        if param.help:
+            assert _help_words(param.help) in _help_words(result.stdout)

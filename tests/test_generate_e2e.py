@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -179,6 +182,24 @@ def test_a_failed_decode_keeps_the_latents_and_gives_the_command_that_finishes(
     finished = cli.invoke(app, words[1:])
     assert finished.exit_code == 0, finished.output
     assert imageio_ffmpeg.count_frames_and_secs(str(plan.paths.output))[0] == FRAMES
+
+
+def test_a_failed_decode_with_json_leaves_one_document_on_stdout(tmp_path: Path) -> None:
+    """A real process, so that what torchrun and the ranks print would show: the decode fails
+    (no working ffmpeg), and stdout holds the error's document alone, with the kept latents and
+    the command that finishes the job."""
+    output = tmp_path / "fox.mp4"
+    command = [sys.executable, "-m", "wanctl", "generate", *TINY, "--gpus", "1", "-o", str(output),
+               "--skip-preflight", "--json"]  # fmt: skip
+    env = {**os.environ, "IMAGEIO_FFMPEG_EXE": "/bin/false"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    error = json.loads(done.stdout)["error"]
+    latents = tmp_path / "fox.latents.safetensors"
+    assert error["exit_code"] == 1 and "could not write the video" in error["why"]
+    assert error["latents"] == str(latents) and load_latents(latents).frames == FRAMES
+    assert error["decode_command"].startswith(f"wanctl decode {latents} -o {output}")
+    assert "error: the decode failed" in done.stderr
 
 
 def test_an_image_fixes_the_first_frame_whatever_the_seed(cli: CliRunner, tmp_path: Path) -> None:

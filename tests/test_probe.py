@@ -97,6 +97,12 @@ def test_local_probe_without_driver_reports_instead_of_raising() -> None:
     assert probe.system().host_mem_total_bytes
 
 
+def test_an_ffmpeg_that_fails_is_missing_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """imageio-ffmpeg raises CalledProcessError when its binary fails `-version`."""
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", "/bin/false")
+    assert LocalProbe().software().ffmpeg is None
+
+
 def test_local_probe_does_not_initialise_cuda() -> None:
     import torch
 

@@ -1,4 +1,4 @@
-"""Output helpers shared by the commands: consoles, JSON documents, status styles."""
+"""Output helpers shared by the commands: consoles, JSON documents (results and errors)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
+
+from wanctl.errors import WanctlError
 
 T = TypeVar("T")
 
@@ -46,14 +49,43 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def show(value: T, render: Callable[[T, Console], None], as_json: bool) -> None:
+def show(
+    value: T,
+    render: Callable[[T, Console], None],
+    as_json: bool,
+    failure: WanctlError | None = None,
+) -> None:
     """A command's result: with --json the document on stdout and the tables on stderr,
-    else the tables on stdout."""
+    else the tables on stdout. A result that is a failure (tune's refusal, doctor's failed
+    checks) is shown, then raised carrying the result: its JSON document is the error's."""
+    render(value, err_console() if as_json else out_console())
+    if failure is not None:
+        failure.result = value
+        raise failure
     if as_json:
         print_json(value)
-        render(value, err_console())
-    else:
-        render(value, out_console())
+
+
+def error_document(error: WanctlError) -> dict[str, Any]:
+    """A failed command's JSON document: under "error" its message (what), why, fix, exit code
+    and details; beside it the members of the result it had produced (a report), if any."""
+    described = {"message": error.message, "why": error.why, "fix": error.fix,
+                 "exit_code": error.exit_code, **to_jsonable(error.details)}  # fmt: skip
+    produced = {} if error.result is None else to_jsonable(error.result)
+    return {**produced, "error": described}
+
+
+def show_error(error: WanctlError, as_json: bool) -> None:
+    """What, why and fix in colour on stderr; with --json also the error's document on stdout."""
+    console = err_console()
+    # escaped: messages quote what the user typed, which may look like markup ("[/]")
+    console.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False)
+    if error.why:
+        console.print(f"[red]why:[/] {escape(error.why)}", highlight=False)
+    if error.fix:
+        console.print(f"[green]fix:[/] {escape(error.fix)}", highlight=False)
+    if as_json:
+        print_json(error_document(error))
 
 
 def warmup_worth_showing(seconds: float | None) -> bool:

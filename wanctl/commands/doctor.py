@@ -11,7 +11,7 @@ from rich.text import Text
 
 from wanctl.commands.options import Json
 from wanctl.doctor.report import DoctorReport, Status
-from wanctl.doctor.run import DoctorOptions, run
+from wanctl.doctor.run import DoctorOptions, failure, run
 from wanctl.probe.base import GpuInventory
 from wanctl.render import err_console, show
 
@@ -40,8 +40,7 @@ def doctor(
             report = run(options)
     else:
         report = run(options)
-    show(report, render, options.json)
-    raise typer.Exit(1 if report.failed else 0)
+    show(report, render, options.json, failure=failure(report))
 
 
 def render(report: DoctorReport, console: Console) -> None:

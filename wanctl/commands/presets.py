@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -60,10 +60,14 @@ def show(
 
 def rm(
     fingerprint: Annotated[str, typer.Argument(help="The rig fingerprint of a user preset.")],
+    json: Json = False,
 ) -> None:
     """Remove a user preset (shipped presets stay)."""
     path = presets.remove(fingerprint)
-    out_console().print(f"removed {path}", highlight=False)
+    if json:
+        print_json({"fingerprint": fingerprint, "removed": path})
+        return
+    out_console().print(f"removed {path}", highlight=False, markup=False)
 
 
 def render(preset: presets.Preset, console: Console) -> None:
@@ -97,10 +101,5 @@ def render(preset: presets.Preset, console: Console) -> None:
             console.print(f"  export {key}={value}", highlight=False, markup=False)
 
 
-def build(wrap: Callable[[Any], Any]) -> typer.Typer:
-    """The `presets` sub-app, each command wrapped by the CLI's error handler."""
-    app = typer.Typer(help="List, show and remove rig presets.", no_args_is_help=True)
-    app.command("list")(wrap(list_presets))
-    app.command("show")(wrap(show))
-    app.command("rm")(wrap(rm))
-    return app
+HELP = "List, show and remove rig presets."
+COMMANDS: dict[str, Callable[..., None]] = {"list": list_presets, "show": show, "rm": rm}

@@ -24,10 +24,9 @@ from wanctl.commands.options import (
     option_value,
 )
 from wanctl.core.settings import describe
-from wanctl.errors import WanctlError
 from wanctl.render import err_console, show
 from wanctl.tune.measure import MeasuredPhase
-from wanctl.tune.run import TuneOptions, TuneReport, refusal, run
+from wanctl.tune.run import TuneOptions, TuneReport, failure, run
 from wanctl.tune.search import Alternative, Constraints
 
 
@@ -119,16 +118,7 @@ def tune(
             report = run(options)
     else:
         report = run(options)
-    show(report, render, options.json)
-    if not report.plan.runnable:
-        raise refusal(report)
-    if report.ran_out_of_memory:
-        raise WanctlError(
-            "the measured run ran out of memory although the model predicted it would fit",
-            why="the model's coefficients do not match this rig",
-            fix="nothing was saved; run benchmarks/memory_model.py on this GPU and add its rows "
-            "to wanctl/tune/measurements.py, or pin --text-encoder cpu",
-        )
+    show(report, render, options.json, failure=failure(report))
 
 
 def render(report: TuneReport, console: Console) -> None:

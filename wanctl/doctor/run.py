@@ -17,7 +17,8 @@ from wanctl.doctor.passive import (
     check_topology,
     nccl_environment,
 )
-from wanctl.doctor.report import Check, DoctorReport
+from wanctl.doctor.report import Check, DoctorReport, Status
+from wanctl.errors import WanctlError
 from wanctl.probe.base import (
     GpuInventory,
     Probe,
@@ -64,6 +65,19 @@ def run(options: DoctorOptions) -> DoctorReport:
     if not options.full:
         return diagnose(LocalProbe())
     return diagnose(LocalProbe(), active_checks(SubprocessRunner(), options.timeout_s))
+
+
+def failure(report: DoctorReport) -> WanctlError | None:
+    """The error of a report with failed checks (exit 1): their names, findings and fixes."""
+    failed = [check for check in report.checks if check.status is Status.FAIL]
+    if not failed:
+        return None
+    return WanctlError(
+        f"{len(failed)} check{'s' if len(failed) > 1 else ''} failed: "
+        + ", ".join(check.name for check in failed),
+        why="; ".join(f"{check.name}: {check.finding}" for check in failed),
+        fix="; ".join(f"{check.name}: {check.fix}" for check in failed),
+    )
 
 
 def passive_checks(inventory: GpuInventory, software: Software, system: System) -> list[Check]:

@@ -17,7 +17,8 @@ from wanctl.generate.plan import GeneratePlan
 
 
 class DecodeFailed(WanctlError):
-    """Sampling finished and its latents are on disk; only the decode failed."""
+    """Sampling finished and its latents are on disk; only the decode failed. A script reads
+    the kept latents, the output and the command that finishes the job from `details`."""
 
     def __init__(self, plan: GeneratePlan, cause: str, detail: str, exit_code: int = 1):
         super().__init__(
@@ -25,7 +26,9 @@ class DecodeFailed(WanctlError):
             why=detail,
             fix=f"finish the job with: {plan.decode_command}",
             exit_code=exit_code,
-        )
+            details={"latents": str(plan.paths.latents), "output": str(plan.paths.output),
+                     "decode_command": plan.decode_command},
+        )  # fmt: skip
 
 
 Stamp = tuple[int, int] | None  # a file's inode and mtime (ns), None when there is none

@@ -63,7 +63,7 @@ def _ffmpeg() -> str | None:
         import imageio_ffmpeg
 
         return f"{imageio_ffmpeg.get_ffmpeg_exe()} ({imageio_ffmpeg.get_ffmpeg_version()})"
-    except (ImportError, RuntimeError, OSError):
+    except (ImportError, RuntimeError, OSError, subprocess.CalledProcessError):  # one that fails
         return None
 
 

@@ -155,6 +155,21 @@ def _measure(report: TuneReport, entry: presets.Entry) -> tuple[TuneReport, pres
     return dataclasses.replace(report, measured=phases), entry
 
 
+def failure(report: TuneReport) -> WanctlError | None:
+    """The error a report ends in: the plan cannot run, or the measured run ran out of memory
+    although the model predicted it would fit; None when neither."""
+    if not report.plan.runnable:
+        return refusal(report)
+    if report.ran_out_of_memory:
+        return WanctlError(
+            "the measured run ran out of memory although the model predicted it would fit",
+            why="the model's coefficients do not match this rig",
+            fix="nothing was saved; run benchmarks/memory_model.py on this GPU and add its rows "
+            "to wanctl/tune/measurements.py, or pin --text-encoder cpu",
+        )
+    return None
+
+
 def refusal(report: TuneReport) -> WanctlError:
     """Why the plan cannot run: Ulysses cannot split it over its GPUs (a bad request, exit 2,
     like --gpus not dividing the heads), else nothing fits in memory (exit 1)."""
