@@ -14,6 +14,7 @@ from rich.table import Table
 from wanctl.commands.options import (
     Backend,
     BackendOption,
+    CfgParallel,
     ChunkT,
     DecodeDtypeOption,
     DecodeRanks,
@@ -125,6 +126,7 @@ def generate(
     offload: Offload = None,
     dit: DitOption = None,
     dit_storage: DitStorageOption = None,
+    cfg_parallel: CfgParallel = None,
     env: Annotated[
         list[str] | None,
         typer.Option(help="KEY=VALUE for the workers, over the preset's (repeatable)."),
@@ -154,6 +156,7 @@ def generate(
         rdzv_endpoint=rdzv_endpoint, chunk_t=chunk_t, decode_ranks=decode_ranks,
         decode_dtype=option_value(decode_dtype), text_encoder=option_value(text_encoder),
         offload=offload, dit=option_value(dit), dit_storage=option_value(dit_storage),
+        cfg_parallel=cfg_parallel,
         env=parse_env(env or []),
         preflight=not skip_preflight, timeout_s=timeout, json_stdout=json, overwrite=overwrite,
     )  # fmt: skip
@@ -224,6 +227,7 @@ def render_plan(plan: GeneratePlan, console: Console) -> None:
         f"{settings.decode_ranks} rank(s), chunk_t {settings.chunk_t}, {settings.decode_dtype}",
     )
     table.add_row("text encoder / DiT", f"{settings.text_encoder} / {settings.dit}")
+    table.add_row("layout", settings.layout(plan.world))
     if plan.predicted:
         peaks = ", ".join(f"{p.name} {p.total_gib:.1f}" for p in plan.predicted.phases)
         table.add_row("predicted peak GiB", peaks)
@@ -244,6 +248,10 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
                   f"{summary.fps:g} fps; latents {summary.latents}")  # fmt: skip
     table.add_row("run", f"{summary.ranks} rank(s) on {summary.device}, {summary.backend}, "
                   f"{summary.model} ({summary.family}); settings: {summary.source}")  # fmt: skip
+    layout = summary.layout
+    if summary.guidance_passes:
+        layout += f" ({', '.join(map(str, summary.guidance_passes))} DiT passes per rank)"
+    table.add_row("layout", layout)
     if summary.expert_steps:
         table.add_row("experts", f"steps {summary.expert_steps}")
     if summary.seconds_per_step is not None:

@@ -86,6 +86,16 @@ DitStorageOption = Annotated[
 ]
 
 
+CfgParallel = Annotated[
+    bool | None,
+    typer.Option(
+        "--cfg-parallel/--no-cfg-parallel",
+        help="Run the two guidance passes on two halves of the GPUs (each Ulysses over its "
+        "half; one latent exchanged per step): for PCIe rigs without P2P.",
+    ),
+]
+
+
 def option_value(choice: Enum | None) -> str | None:
     """An enum option's value, None when not given."""
     return None if choice is None else str(choice.value)

@@ -45,7 +45,9 @@ class Settings:
     `AutoencoderKLWan` frame loop: the official decode that wanctl replaces, kept so that the
     benchmarks can predict what it would have needed. `dit_storage` "fp8" stores the DiT's
     linear layers in float8 (e4m3) and computes in bf16 (diffusers' layerwise casting).
-    With the diffusers backend, `offload` is the A14B's idle expert on the CPU."""
+    With the diffusers backend, `offload` is the A14B's idle expert on the CPU.
+    `cfg_parallel` runs the two guidance passes on two halves of the ranks, each
+    Ulysses-parallel over its half (`wanctl.models.cfg`)."""
 
     backend: str = "diffusers"
     chunk_t: int = 1
@@ -57,6 +59,21 @@ class Settings:
     expandable_segments: bool = True
     decoder: str = "wanctl"
     dit_storage: str = "bf16"
+    cfg_parallel: bool = False
+
+    @property
+    def cfg_groups(self) -> int:
+        """Groups of ranks the guidance passes are split over: 2 with CFG parallel, else 1."""
+        return 2 if self.cfg_parallel else 1
+
+    def ulysses(self, gpus: int) -> int:
+        """The Ulysses degree of a run on `gpus` ranks: all of them, or half with CFG parallel."""
+        return gpus // self.cfg_groups
+
+    def layout(self, gpus: int) -> str:
+        """How `gpus` ranks split a step: "Ulysses 4", "CFG 2 x Ulysses 2"."""
+        ulysses = f"Ulysses {self.ulysses(gpus)}"
+        return f"CFG 2 x {ulysses}" if self.cfg_parallel else ulysses
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -135,7 +152,10 @@ def placements(
         phases.append(Placement("image_encode", vae, "the conditioning clip through the VAE "
                                 "encoder", "the VAE kept for the pipeline"))  # fmt: skip
     dits, held = _dits(settings, gpus, family)
-    share = f" over 1/{gpus} of the tokens" if gpus > 1 else ""
+    degree = settings.ulysses(gpus)
+    share = f" over 1/{degree} of the tokens" if degree > 1 else ""
+    if settings.cfg_parallel:
+        share += ", one guidance pass per half of the ranks"
     phases += [
         Placement(
             "sampling",
@@ -212,7 +232,22 @@ def run_problem(workload: Workload, settings: Settings) -> str | None:
         )
     if settings.backend == "diffusers" and settings.dit == "fsdp" and workload.gpus == 1:
         return "FSDP shards the DiT over the ranks: with one GPU there is nothing to share"
-    return settings.unsupported() or ulysses_problem(workload, settings.backend)
+    if settings.cfg_parallel and (problem := cfg_problem(workload, settings.backend)):
+        return problem
+    degree = settings.ulysses(workload.gpus)
+    return settings.unsupported() or ulysses_problem(workload, settings.backend, degree)
+
+
+def cfg_problem(workload: Workload, backend: str) -> str | None:
+    """Why CFG parallel cannot split `workload`'s guidance passes, or None."""
+    if backend == "wan-repo":
+        return "the official generate.py has no CFG parallel: its two passes run in turn"
+    if workload.gpus % 2:
+        return (
+            f"CFG parallel runs the two guidance passes on two equal groups of ranks: "
+            f"{workload.gpus} GPUs do not split in two"
+        )
+    return None
 
 
 def describe(settings: Settings) -> str:
@@ -228,5 +263,6 @@ def describe(settings: Settings) -> str:
         f"decode on {settings.decode_ranks} rank(s) in {settings.decode_dtype}, "
         f"chunk_t {settings.chunk_t}",
         "expandable segments" if settings.expandable_segments else "default allocator",
+        *(["CFG parallel (2 groups)"] if settings.cfg_parallel else []),
     ]
     return ", ".join(parts)

@@ -77,7 +77,8 @@ class WorkerRequest:
         for flag, value in optional.items():
             if value is not None:
                 args += [flag, str(value)]
-        return [*args, "--offload"] if s.offload else args
+        flags = {"--offload": s.offload, "--cfg-parallel": s.cfg_parallel}
+        return [*args, *(flag for flag, on in flags.items() if on)]
 
 
 def read_ranks(run_dir: Path) -> list[dict[str, Any]] | None:

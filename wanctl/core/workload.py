@@ -65,12 +65,15 @@ class Workload:
         return frames * (height // PATCH) * (width // PATCH)
 
 
-def ulysses_problem(workload: Workload, backend: str = "diffusers") -> str | None:
-    """Why the backend's Ulysses cannot split `workload` over its `gpus` ranks, as a sentence,
-    or None when it can. The degree must divide the DiT's attention heads (24, A14B 40); diffusers
-    also gives every rank an equal share of the tokens (the official code pads the sequence to a
-    multiple of the degree). Pure: the workload alone decides."""
-    gpus, heads = workload.gpus, workload.family.heads
+def ulysses_problem(
+    workload: Workload, backend: str = "diffusers", degree: int | None = None
+) -> str | None:
+    """Why the backend's Ulysses cannot split `workload` over `degree` ranks (its `gpus` by
+    default; half of them under CFG parallel), as a sentence, or None when it can. The degree
+    must divide the DiT's attention heads (24, A14B 40); diffusers also gives every rank an
+    equal share of the tokens (the official code pads the sequence to a multiple of the
+    degree). Pure: the workload alone decides."""
+    gpus, heads = degree or workload.gpus, workload.family.heads
     if heads % gpus:
         usable = [str(n) for n in ulysses_degrees(heads) if n <= max(gpus, 8)]
         return (

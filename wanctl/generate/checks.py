@@ -56,6 +56,13 @@ def check_request(options: GenerateOptions) -> None:
         check_diffusers_model(options)
     if options.image is not None:
         check_image(options.image)
+    if options.cfg_parallel and options.guidance is not None and options.guidance <= 1:
+        raise UsageError(
+            f"--cfg-parallel with --guidance {options.guidance:g}",
+            why="a guidance scale of 1 or less turns classifier-free guidance off: each step "
+            "runs the DiT once, there is no second pass to run in parallel",
+            fix="drop --cfg-parallel (Ulysses over every GPU), or give a --guidance above 1",
+        )
     check_output(options.output, overwrite=options.overwrite)
     latents = RunPaths.for_output(options.output).latents
     check_new(latents, "a latents file", options.overwrite)

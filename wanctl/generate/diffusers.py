@@ -51,5 +51,6 @@ def finish(plan: GeneratePlan, result: RunResult, start: float, before: Stamp) -
         ],
         attention=AttentionChoice.from_dict(attention) if attention else None,
         experts=ranks[0].get("experts", []),
+        guidance_passes=[r["guidance_passes"] for r in ranks if r.get("guidance_passes")],
         notes=[r["kernel_problem"] for r in ranks if r.get("kernel_problem")][:1],
     )

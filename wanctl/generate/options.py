@@ -44,6 +44,7 @@ class GenerateOptions:
     offload: bool | None = None
     dit: str | None = None
     dit_storage: str | None = None  # "bf16" | "fp8"
+    cfg_parallel: bool | None = None  # the two guidance passes on two halves of the ranks
     env: tuple[tuple[str, str], ...] = ()  # --env KEY=VALUE
     preflight: bool = True
     timeout_s: float | None = None

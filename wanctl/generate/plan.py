@@ -81,6 +81,10 @@ class GenerateSummary:
     attention: AttentionChoice | None = None
     # The DiT that ran each step: "dit", or the A14B's "high" / "low" noise expert.
     experts: list[str] = field(default_factory=list)
+    layout: str = ""  # how the ranks split a step: "Ulysses 4", "CFG 2 x Ulysses 2"
+    # CFG parallel: the DiT passes each rank computed (one a step; the other half's came by
+    # the exchange)
+    guidance_passes: list[int] = field(default_factory=list)
 
     @property
     def expert_steps(self) -> str | None:
@@ -190,5 +194,6 @@ def summary(
         source=plan.source,
         notes=[*plan.notes, *(notes or []), *([missed] if missed else [])],
         memory=checks,
+        layout=plan.settings.layout(plan.world),
         **figures,
     )

@@ -12,7 +12,7 @@ from wanctl.core.launch import (
     CHUNK_ENV,
     chunk_t,
 )
-from wanctl.core.settings import GIB, Settings, run_problem
+from wanctl.core.settings import GIB, Settings, cfg_problem, run_problem
 from wanctl.core.workload import Workload
 from wanctl.doctor.report import DoctorReport
 from wanctl.errors import UsageError
@@ -107,6 +107,7 @@ def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, 
             "offload",
             "dit",
             "dit_storage",
+            "cfg_parallel",
         )
         if getattr(options, name) is not None
     }
@@ -131,6 +132,10 @@ def allocator_in_force(flags: Mapping[str, str], env: Mapping[str, str]) -> str 
 def check_settings(settings: Settings, options: GenerateOptions, workload: Workload) -> None:
     """Settings the backend executes for this workload (`run_problem`) and a decode split it
     can make."""
+    if settings.cfg_parallel and (problem := cfg_problem(workload, settings.backend)):
+        raise UsageError(
+            "--cfg-parallel cannot split this run", why=problem, fix=cfg_layouts(workload)
+        )
     problem = run_problem(workload, settings)
     if problem:
         chosen = options.dit or options.offload is not None or options.dit_storage
@@ -148,6 +153,16 @@ def check_settings(settings: Settings, options: GenerateOptions, workload: Workl
             why=f"the run has {workload.gpus} ranks and the frame {rows} latent rows",
             fix=f"use --decode-ranks 1 to {min(workload.gpus, rows)}",
         )
+
+
+def cfg_layouts(workload: Workload) -> str:
+    """The layouts that run `workload` when CFG parallel cannot split it."""
+    gpus = workload.gpus
+    layouts = [f"Ulysses over all {gpus} GPU(s): drop --cfg-parallel"]
+    if gpus % 2:
+        layouts += [f"CFG 2 x Ulysses {n // 2} with --gpus {n}" for n in (gpus - 1, gpus + 1)
+                    if n >= 2]  # fmt: skip
+    return "; ".join(layouts)
 
 
 def launch_env(

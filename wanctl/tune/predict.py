@@ -165,7 +165,8 @@ def activations_gib(
         return _gib(clip_bytes(workload) + area * c.image_encode[family.vae.name])
     if placement.phase == "sampling":
         n_bytes = workload.tokens * (
-            c.dit_local[family.dit_name] / workload.gpus + c.dit_global[family.dit_name]
+            c.dit_local[family.dit_name] / settings.ulysses(workload.gpus)
+            + c.dit_global[family.dit_name]
         )
         if any(r.network in DITS and r.shards > 1 for r in placement.resident):
             n_bytes += 2 * PARAMS[family.name]["dit_block"] * 2

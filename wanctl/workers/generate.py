@@ -56,6 +56,7 @@ from wanctl.decode.run import DTYPES, DecodeOptions, decode_rank
 from wanctl.decode.stream import StreamResult
 from wanctl.models.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
 from wanctl.models.catalog import MODELS
+from wanctl.models.cfg import CfgBranch, cfg_mesh, enable_cfg_parallel
 from wanctl.models.condition import ReplayEncode, encode_first
 from wanctl.models.pipelines import NEGATIVE_PROMPT, WanModel, build_pipeline
 from wanctl.models.placement import BoundarySwap, prepare_dit
@@ -92,6 +93,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dit-storage", choices=("bf16", "fp8"), default="bf16")
     parser.add_argument("--offload", action="store_true", help="A14B: the idle expert on the CPU")
     parser.add_argument("--memory-cap-gib", type=float)
+    parser.add_argument(
+        "--cfg-parallel", action="store_true", help="the two guidance passes on two halves"
+    )
     return parser.parse_args(argv)
 
 
@@ -108,6 +112,7 @@ class RankResult:
     attention: dict[str, Any] | None = None  # an `AttentionChoice`, the same on every rank
     context_gib: float | None = None  # the CUDA context (and NCCL's buffers) on this GPU
     kernel_problem: str | None = None  # why the decode's kernel could not be built
+    guidance_passes: int | None = None  # CFG parallel: the DiT passes this rank computed
 
 
 @record
@@ -209,7 +214,7 @@ def sample(
     """Latents (1, C, T, h, w), float32, in the model's normalised space."""
     start = time.perf_counter()
     family = model.family
-    dits, swap = load_dits(model, device, args)
+    dits, swap = load_dits(model, device, args, embeds[1])
     pipe = build_pipeline(
         dits[0],
         vae,
@@ -249,15 +254,20 @@ def sample(
     latents: torch.Tensor = output.frames.float()
     if swap is not None and swap.seconds is not None:
         result.seconds["expert_swap"] = swap.seconds
+    branches = [dit.forward for dit in dits if isinstance(dit.forward, CfgBranch)]
+    if branches:
+        result.guidance_passes = sum(branch.computed for branch in branches)
     return latents
 
 
 def load_dits(
-    model: WanModel, device: torch.device, args: argparse.Namespace
+    model: WanModel, device: torch.device, args: argparse.Namespace, negative: torch.Tensor
 ) -> tuple[list[Any], BoundarySwap | None]:
     """The DiT, or both experts (high noise first), placed as the settings say
-    (`wanctl.models.placement`), Ulysses-parallel over all ranks; and the swap at the
-    boundary when the low-noise expert waits on the CPU."""
+    (`wanctl.models.placement`), Ulysses-parallel over all ranks (with `--cfg-parallel`, over
+    each half, which computes one guidance pass: `wanctl.models.cfg`, given the `negative`
+    prompt's embeddings); and the swap at the boundary when the low-noise expert waits on the
+    CPU."""
     staging = torch.device(model.staging)
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     placed = dict(storage=args.dit_storage, shard=args.dit == "fsdp", compute=compute)
@@ -268,9 +278,13 @@ def load_dits(
         waits = torch.device("cpu") if args.offload else device
         dits.append(prepare_dit(low, device=waits, fill_on=device, **placed))
         swap = BoundarySwap(dits[0], dits[1], device) if args.offload else None
-    if dist.get_world_size() > 1:
-        for dit in dits:
-            enable_ulysses(dit, dist.get_world_size())
+    world, groups = dist.get_world_size(), 2 if args.cfg_parallel else 1
+    mesh = cfg_mesh(device.type, world, groups) if groups > 1 else None
+    for dit in dits:
+        if world // groups > 1:
+            enable_ulysses(dit, world // groups, mesh["ring", "ulysses"] if mesh else None)
+        if mesh is not None:
+            enable_cfg_parallel(dit, negative, mesh)
     return dits, swap
 
 
@@ -320,14 +334,15 @@ def choose_attention(
     fastest that holds on every rank (`wanctl.models.attention.combine`). A measurement that fails
     leaves diffusers' default, with the reason in the note."""
     world = dist.get_world_size()
+    ulysses = world // (2 if args.cfg_parallel else 1)
     config = transformer.config
     heads, head_dim = config.num_attention_heads, config.attention_head_dim
     tokens = dit_tokens(args.size, args.frames, family)
     try:
-        mine = choose_backend(device, heads, head_dim, tokens, transformer.dtype, ranks=world)
+        mine = choose_backend(device, heads, head_dim, tokens, transformer.dtype, ranks=ulysses)
     except Exception as error:  # timing is an optimisation: the run goes on without it
         note = f"not measured: {type(error).__name__}: {error}"
-        mine = AttentionChoice(DEFAULT, heads // world, tokens, note=note[:300])
+        mine = AttentionChoice(DEFAULT, heads // ulysses, tokens, note=note[:300])
     _release(device)
     if world == 1:
         return mine
@@ -363,9 +378,9 @@ def decode(args: argparse.Namespace, latents: Latents, device: torch.device) -> 
     return decode_rank(options, latents, device, ranks, group)
 
 
-def enable_ulysses(transformer: Any, degree: int) -> None:
-    """Ulysses context parallelism over all ranks: `enable_parallelism` with
-    `ContextParallelConfig(ulysses_degree=degree)`.
+def enable_ulysses(transformer: Any, degree: int, mesh: Any = None) -> None:
+    """Ulysses context parallelism over all ranks, or over `mesh` (a guidance group's ranks):
+    `enable_parallelism` with `ContextParallelConfig(ulysses_degree=degree, mesh=mesh)`.
 
     With no accelerator (gloo on the CPU), diffusers 0.42.1's `ModelMixin.
     _resolve_parallel_config` fails with ZeroDivisionError: it names a device as
@@ -375,7 +390,7 @@ def enable_ulysses(transformer: Any, degree: int) -> None:
     """
     from diffusers import ContextParallelConfig
 
-    config = ContextParallelConfig(ulysses_degree=degree)
+    config = ContextParallelConfig(ulysses_degree=degree, mesh=mesh)
     if torch.accelerator.device_count() > 0:
         transformer.enable_parallelism(config=config)
         return
