@@ -54,6 +54,7 @@ def generate_options(plan: MemoryPlan, out: Path, wan: tuple[Path, Path]) -> Gen
         ckpt_dir=ckpt if official else None, wan_repo=repo if official else None,
         chunk_t=s.chunk_t, decode_ranks=s.decode_ranks, decode_dtype=s.decode_dtype,
         text_encoder=s.text_encoder, dit=s.dit, offload=s.offload if official else None,
+        cfg_parallel=None if official else s.cfg_parallel,
     )  # fmt: skip
 
 

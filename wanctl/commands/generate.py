@@ -255,8 +255,11 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
     if summary.expert_steps:
         table.add_row("experts", f"steps {summary.expert_steps}")
     if summary.seconds_per_step is not None:
+        predicted = summary.predicted_step_s
         table.add_row(
-            "s/step", f"{summary.seconds_per_step:.2f} (first {summary.first_step_s:.2f})"
+            "s/step",
+            f"{summary.seconds_per_step:.2f} measured (first {summary.first_step_s:.2f})"
+            + (f", {predicted:.2f} predicted" if predicted is not None else ""),
         )
     warmup = summary.decode_warmup_s if warmup_worth_showing(summary.decode_warmup_s) else None
     phases = (("text encode", summary.text_encode_s), ("load", summary.load_s),

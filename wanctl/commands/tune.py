@@ -12,6 +12,7 @@ from rich.table import Table
 from wanctl.commands.options import (
     Backend,
     BackendOption,
+    CfgParallel,
     ChunkT,
     DecodeDtypeOption,
     DecodeRanks,
@@ -69,6 +70,7 @@ def tune(
     offload: Offload = None,
     dit: DitOption = None,
     dit_storage: DitStorageOption = None,
+    cfg_parallel: CfgParallel = None,
     measure: Annotated[
         bool,
         typer.Option(
@@ -104,6 +106,7 @@ def tune(
             offload=offload,
             dit=option_value(dit),
             dit_storage=option_value(dit_storage),
+            cfg_parallel=cfg_parallel,
             decode_dtype=option_value(decode_dtype) or "bf16",
             decode_ranks=decode_ranks,
             chunk_t=chunk_t,
@@ -150,6 +153,7 @@ def render(report: TuneReport, console: Console) -> None:
             row.append(_measured_cell(measured.get(phase.name)))
         table.add_row(*row, style="bold" if phase.name == chosen.peak_phase else None)
     console.print(table)
+    _render_layouts(report, console)
     if chosen.problem:
         console.print(f"[bold red]cannot run[/]: {chosen.problem}", highlight=False)
     if chosen.host_problem:
@@ -193,6 +197,29 @@ def render(report: TuneReport, console: Console) -> None:
         )
     if report.written:
         console.print(f"saved to {report.written}", highlight=False)
+
+
+def _render_layouts(report: TuneReport, console: Console) -> None:
+    """Each layout's predicted seconds per step and peak, the chosen one in bold, and what the
+    prediction assumed."""
+    timed = [p for p in report.layouts if p.step is not None]
+    if not timed:
+        return
+    table = Table(title="layouts: predicted seconds per step", title_justify="left")
+    for column in ("layout", "s/step", "compute", "communication", "peak GiB", "fits"):
+        table.add_column(column, justify="left" if column == "layout" else "right")
+    chosen = report.plan.settings
+    for layout in timed:
+        step = layout.step
+        assert step is not None
+        table.add_row(
+            step.layout, f"{step.total_s:.2f}", f"{step.compute_s:.2f}", f"{step.comm_s:.2f}",
+            f"{layout.peak_gib:.2f}", "yes" if layout.runnable else "no",
+            style="bold" if layout.settings == chosen else None,
+        )  # fmt: skip
+    console.print(table)
+    for note in dict.fromkeys(a for p in timed if p.step for a in p.step.assumed):
+        console.print(f"[dim]assumed: {note}[/]", highlight=False)
 
 
 def _render_host(report: TuneReport, console: Console) -> None:

@@ -64,3 +64,17 @@ def nearest(links: tuple[Collective, ...], op: str, ranks: int, n_bytes: int) ->
     found = [c for c in links if c.op == op and c.ranks == ranks]
     return min(found, key=lambda c: max(c.bytes_per_rank, n_bytes) / min(c.bytes_per_rank, n_bytes),
                default=None)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """One layout's predicted seconds per step: compute, communication, and what was assumed."""
+
+    layout: str
+    compute_s: float
+    comm_s: float
+    assumed: tuple[str, ...]
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.comm_s

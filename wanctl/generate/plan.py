@@ -82,6 +82,7 @@ class GenerateSummary:
     # The DiT that ran each step: "dit", or the A14B's "high" / "low" noise expert.
     experts: list[str] = field(default_factory=list)
     layout: str = ""  # how the ranks split a step: "Ulysses 4", "CFG 2 x Ulysses 2"
+    predicted_step_s: float | None = None  # tune's seconds per step for this layout
     # CFG parallel: the DiT passes each rank computed (one a step; the other half's came by
     # the exchange)
     guidance_passes: list[int] = field(default_factory=list)
@@ -195,5 +196,8 @@ def summary(
         notes=[*plan.notes, *(notes or []), *([missed] if missed else [])],
         memory=checks,
         layout=plan.settings.layout(plan.world),
+        predicted_step_s=plan.predicted.step.total_s
+        if plan.predicted and plan.predicted.step
+        else None,
         **figures,
     )

@@ -20,6 +20,8 @@ from wanctl.generate.options import GenerateOptions
 from wanctl.tune import presets
 from wanctl.tune.predict import MemoryPlan, environment, predict
 from wanctl.tune.predict import unplanned as unplanned_reason
+from wanctl.tune.search import with_step
+from wanctl.tune.speed import RigLinks
 
 # Variables the user may have exported under another name.
 ALIASES = {"PYTORCH_CUDA_ALLOC_CONF": ("PYTORCH_ALLOC_CONF",)}
@@ -68,6 +70,7 @@ def resolve_settings(
             nccl_env=report.recommended_env,
         )  # fmt: skip
         plan = dataclasses.replace(plan, env={**resolved.env, **plan.env}, source=source)
+        plan = with_step(plan, RigLinks.of(report.fingerprint))
     settings_env = {**plan.env, CHUNK_ENV: str(settings.chunk_t)}
     return settings, source, plan, settings_env
 

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wanctl.core.families import TI2V_5B, Family
+from wanctl.core.links import StepTime
 from wanctl.core.settings import (
     DTYPE_BYTES,
     EXPERTS,
@@ -118,6 +119,7 @@ class MemoryPlan:
     source: str = "model"
     problem: str | None = None  # why the run cannot go whatever the memory (`ulysses_problem`)
     host_problem: str | None = None  # why the host's RAM cannot hold its ranks (where known)
+    step: StepTime | None = None  # the layout's predicted seconds per step (links known)
 
     @property
     def runnable(self) -> bool:

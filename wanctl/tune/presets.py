@@ -36,7 +36,8 @@ from wanctl.probe.catalog import parse_rig
 from wanctl.probe.fake import describe_rig
 from wanctl.tune.measurements import MEASUREMENTS
 from wanctl.tune.predict import Card, MemoryPlan, predict
-from wanctl.tune.search import Constraints, plan
+from wanctl.tune.search import Constraints, plan, with_step
+from wanctl.tune.speed import RigLinks
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -404,13 +405,17 @@ def resolve(
     file is not changed), else the model's own choice for the backend, among the settings the
     host's free RAM holds where given. `source` says which."""
     card = Card.smallest(inventory)
-    preset = load(fingerprint(inventory))
+    rig_fingerprint = fingerprint(inventory)
+    preset = load(rig_fingerprint)
+    links = RigLinks.of(rig_fingerprint)
     entry = preset.find(workload, backend) if preset else None
     if preset is None or entry is None:
         constraints = Constraints(backend=backend)
         return plan(workload, card, constraints, platform=platform, nccl_env=nccl_env,
-                    host_free_gib=host_free_gib)  # fmt: skip
-    predicted = predict(workload, card, entry.settings, platform=platform, nccl_env=nccl_env)
+                    host_free_gib=host_free_gib, links=links)  # fmt: skip
+    predicted = with_step(
+        predict(workload, card, entry.settings, platform=platform, nccl_env=nccl_env), links
+    )
     return dataclasses.replace(
         predicted,
         env={**entry.env, **nccl_env},
@@ -428,9 +433,10 @@ def shipped_presets() -> list[Preset]:
     presets = []
     for description in SHIPPED_RIGS:
         inventory, rig = rig_of(description)
+        links = RigLinks.of(fingerprint(inventory))
         entries = tuple(
-            entry_of(plan(Workload(width, height, SHIPPED_FRAMES, rig.gpus), rig.card),
-                     created=model_date)
+            entry_of(plan(Workload(width, height, SHIPPED_FRAMES, rig.gpus), rig.card,
+                          links=links), created=model_date)
             for width, height in SHIPPED_SIZES
         )  # fmt: skip
         presets.append(Preset(fingerprint(inventory), rig, __version__, entries, "shipped"))

@@ -17,8 +17,17 @@ from wanctl.probe.local import LocalProbe
 from wanctl.tune import presets
 from wanctl.tune.host import HostPlan, host_plan
 from wanctl.tune.measure import MeasuredPhase, measure_plan
-from wanctl.tune.predict import MemoryPlan
-from wanctl.tune.search import Alternative, Constraints, alternatives, plan
+from wanctl.tune.predict import MemoryPlan, predict
+from wanctl.tune.search import (
+    Alternative,
+    Constraints,
+    alternatives,
+    layouts_tried,
+    plan,
+    with_host,
+    with_step,
+)
+from wanctl.tune.speed import RigLinks
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class TuneReport:
     written: str | None = None  # the preset file written by --save / --measure
     host: HostPlan | None = None  # the diffusers worker's host RAM, loading a checkpoint
     host_free_gib: float | None = None  # this machine's free RAM (a described rig: unknown)
+    # The chosen placement in each layout the backend can run here, with its seconds per step.
+    layouts: tuple[MemoryPlan, ...] = ()
 
     @property
     def ran_out_of_memory(self) -> bool:
@@ -96,8 +107,9 @@ def run(options: TuneOptions) -> TuneReport:
     workload = Workload(width, height, options.frames or family.frames, gpus,
                         image=family.image == "required", family=family)  # fmt: skip
     constraints = options.constraints
+    links = RigLinks.of(rig_fingerprint)
     chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env,
-                  host_free_gib=host_free_gib)  # fmt: skip
+                  host_free_gib=host_free_gib, links=links)  # fmt: skip
     saved, preset_error = _saved_entry(rig_fingerprint, workload, constraints.backend)
     report = TuneReport(
         fingerprint=rig_fingerprint,
@@ -114,6 +126,7 @@ def run(options: TuneOptions) -> TuneReport:
         if chosen.settings.backend == "diffusers"
         else None,
         host_free_gib=host_free_gib,
+        layouts=layout_plans(chosen, host_free_gib, links),
     )
     if not chosen.runnable:
         return report
@@ -129,6 +142,21 @@ def run(options: TuneOptions) -> TuneReport:
         path = presets.save(rig_fingerprint, rig, entry, force=options.force)
         report = dataclasses.replace(report, written=str(path))
     return report
+
+
+def layout_plans(
+    chosen: MemoryPlan, host_free_gib: float | None, links: RigLinks
+) -> tuple[MemoryPlan, ...]:
+    """`chosen`'s placement in Ulysses N and, where the ranks split in two, CFG 2 x Ulysses
+    N/2: the memory and predicted seconds per step of each (the diffusers backend's)."""
+    if chosen.settings.backend != "diffusers":
+        return ()
+    workload, card = chosen.workload, chosen.card
+    return tuple(
+        with_step(with_host(predict(workload, card, dataclasses.replace(chosen.settings,
+                  cfg_parallel=cfg)), host_free_gib), links)
+        for cfg in layouts_tried(workload, Constraints())
+    )  # fmt: skip
 
 
 def _saved_entry(

@@ -11,6 +11,7 @@ from wanctl.core.settings import Settings
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
 from wanctl.tune.host import HOST_MARGIN, host_plan
 from wanctl.tune.predict import Card, MemoryPlan, allocator_conf, predict, unplanned
+from wanctl.tune.speed import RigLinks, step_time
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Constraints:
     decode_ranks: int | None = None
     chunk_t: int | None = None
     dit_storage: str | None = None
+    cfg_parallel: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -40,17 +42,28 @@ def candidates(workload: Workload, constraints: Constraints, platform: str) -> I
     chunks only add memory."""
     for dit, storage, offload in placements_tried(workload, constraints):
         for encoder in [constraints.text_encoder] if constraints.text_encoder else ["gpu", "cpu"]:
-            yield Settings(
-                backend=constraints.backend,
-                chunk_t=constraints.chunk_t or 1,
-                decode_ranks=constraints.decode_ranks or workload.gpus,
-                decode_dtype=constraints.decode_dtype,
-                dit=dit,
-                offload=offload,
-                text_encoder=encoder,
-                expandable_segments=allocator_conf(platform) is not None,
-                dit_storage=storage,
-            )
+            for cfg in layouts_tried(workload, constraints):
+                yield Settings(
+                    backend=constraints.backend,
+                    chunk_t=constraints.chunk_t or 1,
+                    decode_ranks=constraints.decode_ranks or workload.gpus,
+                    decode_dtype=constraints.decode_dtype,
+                    dit=dit,
+                    offload=offload,
+                    text_encoder=encoder,
+                    expandable_segments=allocator_conf(platform) is not None,
+                    dit_storage=storage,
+                    cfg_parallel=cfg,
+                )
+
+
+def layouts_tried(workload: Workload, constraints: Constraints) -> tuple[bool, ...]:
+    """CFG parallel off, and on where the diffusers worker can split the ranks in two (the
+    plan keeps the faster that fits: `plan`)."""
+    if constraints.cfg_parallel is not None:
+        return (constraints.cfg_parallel,)
+    splits = constraints.backend == "diffusers" and workload.gpus % 2 == 0
+    return (False, True) if splits else (False,)
 
 
 def placements_tried(workload: Workload, constraints: Constraints) -> list[tuple[str, str, bool]]:
@@ -94,21 +107,40 @@ def plan(
     platform: str = "linux",
     nccl_env: Mapping[str, str] | None = None,
     host_free_gib: float | None = None,
+    links: RigLinks | None = None,
 ) -> MemoryPlan:
-    """The first settings that fit, in `candidates` order; when none does, the plan with the
-    lowest peak (`fits` False: see `alternatives`). A run diffusers' Ulysses cannot split over
+    """The first placement that fits, in `candidates` order, in the layout (Ulysses N, or CFG
+    2 x Ulysses N/2) predicted fastest over the rig's `links` (without them, the first layout
+    that fits: Ulysses unless pinned); when none fits, the plan with the lowest peak (`fits`
+    False: see `alternatives`). A run diffusers' Ulysses cannot split over
     its GPUs is planned all the same but carries the `problem` (`ulysses_problem`), so that it
     is not `runnable` whatever the memory: `fits` stays the memory's verdict. With the host's
     free RAM known, settings whose ranks the host cannot hold carry a `host_problem`."""
     tried = [
-        with_host(predict(workload, card, settings, platform=platform, nccl_env=nccl_env),
-                  host_free_gib)
+        with_step(with_host(predict(workload, card, settings, platform=platform,
+                                    nccl_env=nccl_env), host_free_gib), links)
         for settings in candidates(workload, constraints, platform)
     ]  # fmt: skip
-    return next(
-        (p for p in tried if p.runnable),
-        next((p for p in tried if p.fits), min(tried, key=lambda p: p.peak_gib)),
-    )
+    runnable = [p for p in tried if p.runnable]
+    if runnable:  # the first placement that runs, in its fastest layout
+        first = _placement(runnable[0].settings)
+        same = [p for p in runnable if _placement(p.settings) == first]
+        return min(same, key=lambda p: p.step.total_s if p.step else 0.0)
+    return next((p for p in tried if p.fits), min(tried, key=lambda p: p.peak_gib))
+
+
+def _placement(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, cfg_parallel=False)
+
+
+def with_step(memory_plan: MemoryPlan, links: RigLinks | None) -> MemoryPlan:
+    """The plan with its layout's predicted seconds per step, where the rig's links are known
+    (`wanctl.tune.speed`)."""
+    if links is None or memory_plan.settings.backend != "diffusers":
+        return memory_plan
+    step = step_time(memory_plan.workload, memory_plan.settings, memory_plan.card.name,
+                     links.interconnect, links.measured)  # fmt: skip
+    return dataclasses.replace(memory_plan, step=step)
 
 
 def with_host(memory_plan: MemoryPlan, host_free_gib: float | None) -> MemoryPlan:
