@@ -95,6 +95,9 @@ def test_two_ranks_write_every_frame_and_keep_the_latents(two_ranks: tuple[Path,
     assert summary["seconds_per_step"] > 0 and summary["decode_s"] > 0
     assert summary["decode_warmup_s"] == 0.0  # no GPU kernel to compile on the CPU
     assert [rank["rank"] for rank in summary["per_rank"]] == [0, 1]
+    # rank 0 alone loaded the text encoder; rank 1 got the embeddings by broadcast (the
+    # latents are one rank's: test_one_rank_samples_the_same_latents_as_two)
+    assert summary["encoded_on"] == [0]
     assert sorted(p.name for p in output.parent.iterdir()) == ["fox.latents.safetensors",
                                                                "fox.mp4"]  # fmt: skip
 

@@ -252,6 +252,9 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
     if summary.guidance_passes:
         layout += f" ({', '.join(map(str, summary.guidance_passes))} DiT passes per rank)"
     table.add_row("layout", layout)
+    if summary.encoded_on and summary.ranks > 1:
+        encoders = ", ".join(map(str, summary.encoded_on))
+        table.add_row("prompt", f"encoded on rank {encoders}, broadcast to the others")
     if summary.expert_steps:
         table.add_row("experts", f"steps {summary.expert_steps}")
     if summary.seconds_per_step is not None:

@@ -52,5 +52,6 @@ def finish(plan: GeneratePlan, result: RunResult, start: float, before: Stamp) -
         attention=AttentionChoice.from_dict(attention) if attention else None,
         experts=ranks[0].get("experts", []),
         guidance_passes=[r["guidance_passes"] for r in ranks if r.get("guidance_passes")],
+        encoded_on=[r["rank"] for r in ranks if r.get("encoded_prompt")],
         notes=[r["kernel_problem"] for r in ranks if r.get("kernel_problem")][:1],
     )

@@ -83,6 +83,7 @@ class GenerateSummary:
     experts: list[str] = field(default_factory=list)
     layout: str = ""  # how the ranks split a step: "Ulysses 4", "CFG 2 x Ulysses 2"
     predicted_step_s: float | None = None  # tune's seconds per step for this layout
+    encoded_on: list[int] = field(default_factory=list)  # the ranks that loaded the encoder
     # CFG parallel: the DiT passes each rank computed (one a step; the other half's came by
     # the exchange)
     guidance_passes: list[int] = field(default_factory=list)
@@ -126,7 +127,7 @@ REFIT_COMMAND = (
 
 def memory_checks(predicted: MemoryPlan | None, per_rank: list[RankFigures]) -> list[PhaseCheck]:
     """Each predicted phase against every rank that measured it (a rank past the decode ranks
-    does not decode)."""
+    does not decode; rank 0 alone encodes the prompt)."""
     if predicted is None:
         return []
     checks = []
@@ -134,7 +135,8 @@ def memory_checks(predicted: MemoryPlan | None, per_rank: list[RankFigures]) -> 
         for figures in per_rank:
             allocated = figures.peak_allocated_gib.get(phase.name)
             reserved = figures.peak_reserved_gib.get(phase.name)
-            skipped = phase.name == "decode" and figures.rank >= predicted.settings.decode_ranks
+            skipped = (phase.name == "decode" and figures.rank >= predicted.settings.decode_ranks
+                       or phase.name == "text_encode" and figures.rank != 0)  # fmt: skip
             if allocated is None or reserved is None or skipped or not allocated:
                 continue
             checks.append(

@@ -8,7 +8,8 @@ then of the patch-parallel decode.
 
 NCCL on GPUs (rank r on cuda:LOCAL_RANK), gloo on CPUs. The phases, each recorded in
 DIR/rank<r>.json as it starts (`wanctl.core.status.RankStatus`):
-- text_encode: the prompt and the negative prompt are encoded, then the encoder is dropped;
+- text_encode: rank 0 encodes the prompt and the negative prompt, drops the encoder and
+  broadcasts the embeddings (no other rank loads it);
 - image_encode (with `--image`): the conditioning clip through the VAE encoder, before any DiT
   is loaded (`wanctl.models.condition`);
 - sampling: the DiT (or the two experts of an A14B model, the high-noise one while t >=
@@ -113,6 +114,7 @@ class RankResult:
     context_gib: float | None = None  # the CUDA context (and NCCL's buffers) on this GPU
     kernel_problem: str | None = None  # why the decode's kernel could not be built
     guidance_passes: int | None = None  # CFG parallel: the DiT passes this rank computed
+    encoded_prompt: bool = False  # this rank loaded the text encoder (rank 0 alone)
 
 
 @record
@@ -162,10 +164,8 @@ def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> R
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = model_for(args.model, args.ckpt_dir, dtype, image=args.image is not None)
     with phase("text_encode", status, result, device):
-        encode_on = device if args.text_encoder == "gpu" else torch.device("cpu")
-        negative = NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
-        embeds = [e.to(device) for e in model.encode_prompts(args.prompt, negative, encode_on)]
-        _release(device)  # the text encoder
+        embeds = encode_once(model, args, device)
+        result.encoded_prompt = dist.get_rank() == 0
     vae: Any = model.vae(device, encoder=args.image is not None)
     image, replay = None, None
     if args.image is not None:
@@ -291,6 +291,26 @@ def load_dits(
 def set_attention_backend(dits: list[Any], backend: str) -> None:
     for dit in dits:  # ModelMixin's method, untyped in diffusers
         dit.set_attention_backend(backend)
+
+
+def encode_once(model: WanModel, args: argparse.Namespace, device: torch.device) -> list[Any]:
+    """The prompt's and the negative prompt's embeddings on every rank, encoded by rank 0 alone
+    and broadcast: no other rank loads the text encoder (UMT5-XXL, 5.7 B parameters: its
+    weights would pass through every rank's host memory) or reads it from disk."""
+    if dist.get_rank() == 0:
+        encode_on = device if args.text_encoder == "gpu" else torch.device("cpu")
+        negative = NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
+        embeds = [e.to(device) for e in model.encode_prompts(args.prompt, negative, encode_on)]
+        _release(device)  # the text encoder
+        shapes: list[Any] = [[(tuple(e.shape), e.dtype) for e in embeds]]
+    else:
+        shapes = [None]
+    dist.broadcast_object_list(shapes, src=0)
+    if dist.get_rank() != 0:
+        embeds = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes[0]]
+    for tensor in embeds:
+        dist.broadcast(tensor, src=0)
+    return embeds
 
 
 def encode_condition(
