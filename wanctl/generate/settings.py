@@ -8,11 +8,13 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from wanctl.core import allocator
 from wanctl.core.launch import (
     CHUNK_ENV,
     chunk_t,
 )
 from wanctl.core.settings import GIB, Settings, run_problem
+from wanctl.core.variables import ALLOC_ALIAS, ALLOC_ENV
 from wanctl.core.workload import Workload
 from wanctl.doctor.report import DoctorReport
 from wanctl.errors import UsageError
@@ -22,7 +24,7 @@ from wanctl.tune.predict import MemoryPlan, environment, predict
 from wanctl.tune.predict import unplanned as unplanned_reason
 
 # Variables the user may have exported under another name.
-ALIASES = {"PYTORCH_CUDA_ALLOC_CONF": ("PYTORCH_ALLOC_CONF",)}
+ALIASES = {ALLOC_ENV: (ALLOC_ALIAS,)}
 
 
 def resolve_settings(
@@ -112,17 +114,18 @@ def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, 
     }
     if "chunk_t" not in chosen and CHUNK_ENV in env:
         chosen["chunk_t"] = chunk_t(None, env)
-    allocator = allocator_in_force(dict(options.env), env)
-    if allocator is not None:
-        chosen["expandable_segments"] = "expandable_segments:true" in allocator.lower()
+    conf = allocator_in_force(dict(options.env), env)
+    if conf is not None:
+        chosen["expandable_segments"] = allocator.parse(conf).expandable_segments
     return chosen
 
 
 def allocator_in_force(flags: Mapping[str, str], env: Mapping[str, str]) -> str | None:
     """The allocator configuration the children will read, when the user set one (`--env`
-    over an exported value; either of PyTorch's names): the plan is made for it."""
+    over an exported value; either of PyTorch's names, the one torch 2.11 reads first first;
+    both names set to different values are refused before): the plan is made for it."""
     for source in (flags, env):
-        for name in ("PYTORCH_CUDA_ALLOC_CONF", *ALIASES["PYTORCH_CUDA_ALLOC_CONF"]):
+        for name in (ALLOC_ENV, *ALIASES[ALLOC_ENV]):
             if name in source:
                 return source[name]
     return None
