@@ -122,8 +122,9 @@ def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, 
 
 def allocator_in_force(flags: Mapping[str, str], env: Mapping[str, str]) -> str | None:
     """The allocator configuration the children will read, when the user set one (`--env`
-    over an exported value; either of PyTorch's names, the one torch 2.11 reads first first;
-    both names set to different values are refused before): the plan is made for it."""
+    over an exported value; either of PyTorch's names, PYTORCH_CUDA_ALLOC_CONF first as torch
+    2.11 reads them; both set to different values are refused before): the plan is made for
+    it."""
     for source in (flags, env):
         for name in (ALLOC_ENV, *ALIASES[ALLOC_ENV]):
             if name in source:
