@@ -149,8 +149,8 @@ def test_resolve_prefers_a_saved_preset_over_the_model() -> None:
 
 
 def test_a_rig_described_with_another_memory_size() -> None:
-    _, rig = presets.rig_of("1x H100 94GB")
-    assert rig.memory_mib == 94 * 1024 and rig.card == Card(rig.gpu_name, 94 * 1024)
+    _, rig = presets.rig_of("1x RTX 4090 48GB")  # the 48 GB 4090s of Wan2.2#58
+    assert rig.memory_mib == 48 * 1024 and rig.card == Card(rig.gpu_name, 48 * 1024)
 
 
 def test_resolve_keeps_doctors_nccl_settings_over_the_presets_env(config_dir: Path) -> None:

@@ -82,7 +82,7 @@ def test_parse_rig() -> None:
     with pytest.raises(UsageError, match="unknown GPU model"):
         parse_rig("2x GTX 9999")
     with pytest.raises(UsageError, match="cannot read the rig"):
-        parse_rig("two cards")
+        parse_rig("2x 24GB")
 
 
 def test_local_probe_without_driver_reports_instead_of_raising() -> None:

@@ -126,8 +126,9 @@ def test_chunk_t_comes_from_the_option_then_the_environment() -> None:
     assert chunk_t(3, {"WAN_VAE_DECODE_CHUNK_T": "8"}) == 3
     assert chunk_t(None, {"WAN_VAE_DECODE_CHUNK_T": "8"}) == 8
     assert chunk_t(None, {}) == 1
-    with pytest.raises(UsageError, match="WAN_VAE_DECODE_CHUNK_T is 'big'"):
+    with pytest.raises(UsageError, match="WAN_VAE_DECODE_CHUNK_T=big is not a number") as bad:
         chunk_t(None, {"WAN_VAE_DECODE_CHUNK_T": "big"})
+    assert bad.value.why and bad.value.fix.startswith("set WAN_VAE_DECODE_CHUNK_T=1")
 
 
 def test_worker_args_carry_the_plan() -> None:

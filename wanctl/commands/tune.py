@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from wanctl.commands.options import (
@@ -133,6 +134,8 @@ def render(report: TuneReport, console: Console) -> None:
         f"{chosen.card.name} {chosen.card.gib:.1f} GiB",
         highlight=False,
     )
+    for warning in report.warnings:
+        console.print(f"[yellow]warning: {escape(warning)}[/]", highlight=False)
     table = Table(title="predicted peak per GPU (GiB)", title_justify="left")
     table.add_column("phase")
     for column in ("weights", "activations", "allocated", "reserved", "+context"):

@@ -21,13 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from wanctl.core.variables import CHUNK_ENV, chunk_t_problem
 from wanctl.errors import UsageError
 
 # torch.distributed.run, without its traceback when a worker fails (wanctl reports why)
 TORCHRUN = "wanctl.workers.torchrun"
-# Latent frames per decoder call, read by wanctl's decode engine (the official vae2_2.py reads no
-# variable: the name came from a fork of it; wanctl keeps it for the users who set it).
-CHUNK_ENV = "WAN_VAE_DECODE_CHUNK_T"
 # Set by `wanctl --debug` for the children: their launcher keeps its tracebacks.
 DEBUG_ENV = "WANCTL_DEBUG"
 # What a video can be written as (`wanctl.decode.writers.SUFFIXES`, which imports torch).
@@ -94,15 +92,15 @@ def thread_env(device: str, ranks: int, base: Mapping[str, str]) -> dict[str, st
 def chunk_t(option: int | None, env: Mapping[str, str]) -> int:
     """Latent frames per decoder call: `--chunk-t`, else `WAN_VAE_DECODE_CHUNK_T`, else 1
     (more buys no speed and costs ~3.0 GiB per frame at 1280x704 in wanctl's bf16 engine)."""
-    value: object = option if option is not None else env.get(CHUNK_ENV, "1")
-    try:
-        number = int(str(value))
-    except ValueError:
-        number = 0
-    if number < 1:
-        source = "--chunk-t" if option is not None else CHUNK_ENV
-        raise UsageError(f"{source} is {value!r}; it must be a whole number of at least 1")
-    return number
+    if option is not None:
+        if option < 1:
+            raise UsageError(f"--chunk-t is {option}; it must be at least 1", fix="use --chunk-t 1")
+        return option
+    value = env.get(CHUNK_ENV, "1")
+    problem = chunk_t_problem(value)
+    if problem:
+        raise problem.refusal()
+    return int(value)
 
 
 def check_gpus_visible(ranks: int, visible: int) -> None:

@@ -1,11 +1,13 @@
-"""Doctor's checks of the host: the CUDA, allocator and NCCL variables in force, /dev/shm,
-memlock, the IOMMU and free host RAM."""
+"""Doctor's checks of the host: the CUDA, allocator and NCCL variables in force (their values
+read as wanctl, PyTorch and NCCL read them: `wanctl.core.variables`), /dev/shm, memlock, the
+IOMMU and free host RAM."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from wanctl.core.settings import GIB
+from wanctl.core.variables import Problem, problems
 from wanctl.doctor.passive import nccl_environment
 from wanctl.doctor.report import Check, Status
 from wanctl.probe.base import (
@@ -54,7 +56,19 @@ def check_environment(inventory: GpuInventory, software: Software, system: Syste
                 fix="unset NCCL_P2P_DISABLE unless `wanctl doctor --full` shows P2P broken",
             )
         )
-    return checks
+    return checks + variable_checks(env, software, system)
+
+
+def variable_checks(env: dict[str, str], software: Software, system: System) -> list[Check]:
+    """One check for each variable whose value would not do what it says."""
+    found = problems(env, torch=software.torch, interfaces=system.network_interfaces)
+    return [_as_check(problem) for problem in found]
+
+
+def _as_check(problem: Problem) -> Check:
+    status = Status.FAIL if problem.fails else Status.WARN
+    finding = f"{problem.what}: {problem.why}"
+    return Check(f"env.{problem.name}", "software", status, finding, problem.fix, problem.shell)
 
 
 def check_system(inventory: GpuInventory, system: System) -> list[Check]:

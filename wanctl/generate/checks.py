@@ -4,6 +4,7 @@ device and doctor's preflight. Each refusal says what, why and the fix."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 from wanctl.core.launch import (
@@ -12,6 +13,7 @@ from wanctl.core.launch import (
     check_output,
 )
 from wanctl.core.settings import GIB, Settings
+from wanctl.core.variables import problems
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
 from wanctl.doctor.report import DoctorReport, Status
 from wanctl.errors import UsageError, WanctlError
@@ -237,3 +239,20 @@ def check_preflight(report: DoctorReport, device: str) -> None:
             fix="; ".join(check.fix for check in failed)
             + " (`wanctl doctor` explains; --skip-preflight launches anyway)",
         )
+
+
+def check_variables(
+    options: GenerateOptions, env: Mapping[str, str], report: DoctorReport, device: str
+) -> tuple[str, ...]:
+    """Refuse the variables the children would misread (`wanctl.core.variables`: exported or
+    passed with --env), each with why and fix; the ones that only warn come back as notes."""
+    found = problems({**env, **dict(options.env)}, torch=report.software.torch,
+                     interfaces=report.system.network_interfaces, gpu=device == "cuda")  # fmt: skip
+    failing = [problem for problem in found if problem.fails]
+    if failing:
+        raise UsageError(
+            "; ".join(problem.what for problem in failing),
+            why="; ".join(problem.why for problem in failing),
+            fix="; ".join(problem.fix for problem in failing),
+        )
+    return tuple(f"{problem.what}: {problem.why}" for problem in found)

@@ -50,6 +50,7 @@ from wanctl.generate.checks import (
     check_preflight,
     check_request,
     check_tokens,
+    check_variables,
     choose_device,
 )
 from wanctl.generate.diffusers import worker_request
@@ -128,6 +129,7 @@ def prepare(
     workload = Workload(width, height, options.frames, world, image=options.image is not None,
                         family=options.family)  # fmt: skip
     check_tokens(workload, options.backend)
+    warnings = check_variables(options, env, report, device)
     if options.preflight:
         check_preflight(report, device)
     settings, source, predicted, settings_env = resolve_settings(
@@ -160,7 +162,7 @@ def prepare(
         decode_command=decode_command(paths, vae, settings, device),
         predicted=predicted,
         host=host,
-        notes=_notes(options, device, world, predicted, kept, settings),
+        notes=(*warnings, *_notes(options, device, world, predicted, kept, settings)),
     )
 
 

@@ -8,11 +8,13 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from wanctl.core import allocator
 from wanctl.core.launch import (
     CHUNK_ENV,
     chunk_t,
 )
 from wanctl.core.settings import GIB, Settings, cfg_problem, run_problem
+from wanctl.core.variables import ALLOC_ALIAS, ALLOC_ENV
 from wanctl.core.workload import Workload
 from wanctl.doctor.report import DoctorReport
 from wanctl.errors import UsageError
@@ -24,7 +26,7 @@ from wanctl.tune.search import with_step
 from wanctl.tune.speed import RigLinks
 
 # Variables the user may have exported under another name.
-ALIASES = {"PYTORCH_CUDA_ALLOC_CONF": ("PYTORCH_ALLOC_CONF",)}
+ALIASES = {ALLOC_ENV: (ALLOC_ALIAS,)}
 
 
 def resolve_settings(
@@ -116,17 +118,19 @@ def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, 
     }
     if "chunk_t" not in chosen and CHUNK_ENV in env:
         chosen["chunk_t"] = chunk_t(None, env)
-    allocator = allocator_in_force(dict(options.env), env)
-    if allocator is not None:
-        chosen["expandable_segments"] = "expandable_segments:true" in allocator.lower()
+    conf = allocator_in_force(dict(options.env), env)
+    if conf is not None:
+        chosen["expandable_segments"] = allocator.parse(conf).expandable_segments
     return chosen
 
 
 def allocator_in_force(flags: Mapping[str, str], env: Mapping[str, str]) -> str | None:
     """The allocator configuration the children will read, when the user set one (`--env`
-    over an exported value; either of PyTorch's names): the plan is made for it."""
+    over an exported value; either of PyTorch's names, PYTORCH_CUDA_ALLOC_CONF first as torch
+    2.11 reads them; both set to different values are refused before): the plan is made for
+    it."""
     for source in (flags, env):
-        for name in ("PYTORCH_CUDA_ALLOC_CONF", *ALIASES["PYTORCH_CUDA_ALLOC_CONF"]):
+        for name in (ALLOC_ENV, *ALIASES[ALLOC_ENV]):
             if name in source:
                 return source[name]
     return None

@@ -147,6 +147,7 @@ class System:
     host_mem_available_bytes: int | None = None
     host_mem_total_bytes: int | None = None
     in_container: bool = False
+    network_interfaces: tuple[str, ...] | None = None  # /sys/class/net; None: unknown
 
 
 class Probe(Protocol):

@@ -53,6 +53,7 @@ def healthy_system(**changes: object) -> System:
         kernel_cmdline="BOOT_IMAGE=/vmlinuz root=/dev/nvme0n1p2 ro quiet",
         host_mem_available_bytes=200 * GIB,
         host_mem_total_bytes=256 * GIB,
+        network_interfaces=("eth0", "lo"),
     )
     return dataclasses.replace(system, **changes)  # type: ignore[arg-type]
 

@@ -174,6 +174,14 @@ def _iommu(cmdline: str | None) -> str:
     return "on" if active else "off"
 
 
+def _interfaces() -> tuple[str, ...] | None:
+    """The network interfaces NCCL_SOCKET_IFNAME chooses among (`ls /sys/class/net`)."""
+    try:
+        return tuple(sorted(os.listdir("/sys/class/net")))
+    except OSError:
+        return None
+
+
 def read_system() -> System:
     try:
         shm = os.statvfs("/dev/shm")
@@ -194,4 +202,5 @@ def read_system() -> System:
         host_mem_available_bytes=meminfo.get("MemAvailable"),
         host_mem_total_bytes=meminfo.get("MemTotal"),
         in_container=Path("/.dockerenv").exists() or Path("/run/.containerenv").exists(),
+        network_interfaces=_interfaces(),
     )

@@ -45,7 +45,7 @@ from wanctl.core.settings import (
 )
 from wanctl.core.workload import Workload, decode_pixels
 from wanctl.errors import UsageError
-from wanctl.probe.base import GpuInventory
+from wanctl.probe.base import GpuInventory, memory_class_gb
 from wanctl.probe.catalog import parse_rig
 from wanctl.tune.fit import Coefficients, coefficients
 
@@ -71,7 +71,7 @@ class Card:
         """'2x RTX 5090 32GB' -> (2, the card): NVML's size for the model when the memory is
         its own or not given, else the size given."""
         count, model, memory_gb = parse_rig(description)
-        own = memory_gb in (None, round(model.memory_total_mib / 1024))
+        own = memory_gb in (None, memory_class_gb(model.memory_total_mib))
         return count, cls(model.name, model.memory_total_mib if own else (memory_gb or 0) * 1024)
 
     @classmethod

@@ -13,6 +13,7 @@ from wanctl.core.workload import Workload, parse_size
 from wanctl.doctor.passive import nccl_environment
 from wanctl.errors import UsageError, WanctlError
 from wanctl.probe.base import System, fingerprint
+from wanctl.probe.catalog import parse_rig
 from wanctl.probe.local import LocalProbe
 from wanctl.tune import presets
 from wanctl.tune.host import HostPlan, host_plan
@@ -61,6 +62,7 @@ class TuneReport:
     host_free_gib: float | None = None  # this machine's free RAM (a described rig: unknown)
     # The chosen placement in each layout the backend can run here, with its seconds per step.
     layouts: tuple[MemoryPlan, ...] = ()
+    warnings: tuple[str, ...] = ()  # what the plan assumes: a model the catalog lacks
 
     @property
     def ran_out_of_memory(self) -> bool:
@@ -90,6 +92,12 @@ def resolve_rig(options: TuneOptions) -> tuple[str, presets.Rig, str, float | No
     rig = presets.rig_from_inventory(inventory, nccl_environment(inventory, system))
     free = system.host_mem_available_bytes
     return fingerprint(inventory), rig, sys.platform, free / GIB if free else None
+
+
+def rig_warnings(options: TuneOptions) -> tuple[str, ...]:
+    """What planning for the described rig assumes (a model the catalog lacks)."""
+    warning = parse_rig(options.rig)[1].warning if options.rig is not None else None
+    return (warning,) if warning else ()
 
 
 def run(options: TuneOptions) -> TuneReport:
@@ -127,6 +135,7 @@ def run(options: TuneOptions) -> TuneReport:
         else None,
         host_free_gib=host_free_gib,
         layouts=layout_plans(chosen, host_free_gib, links),
+        warnings=rig_warnings(options),
     )
     if not chosen.runnable:
         return report
