@@ -35,7 +35,7 @@ FAILING = {
         2,
         "4 frames is not 4n+1",
     ),  # fmt: skip
-    ("tune",): Failing(("--rig", "banana"), 2, "cannot read the rig 'banana'"),
+    ("tune",): Failing(("--rig", "banana"), 2, "unknown GPU model 'banana'"),
     ("presets", "list"): Failing(("extra",), 2, "unexpected extra argument"),  # cannot fail else
     ("presets", "show"): Failing(("nope",), 2, "no preset nope"),
     ("presets", "rm"): Failing(("nope",), 2, "no preset nope"),
