@@ -93,8 +93,9 @@ def test_a_crashing_worker_names_its_error(tmp_path: Path) -> None:
 
 def test_active_checks_skip_without_gpus() -> None:
     rig = scenario("no_driver")
-    checks, env = active_checks(SubprocessRunner(), 5)(rig.gpus(), rig.software())
-    assert [c.status for c in checks] == [Status.SKIPPED] and env == {}
+    found = active_checks(SubprocessRunner(), 5)(rig.gpus(), rig.software())
+    assert [c.status for c in found.checks] == [Status.SKIPPED] and found.env == {}
+    assert found.links == ()
 
 
 @pytest.mark.parametrize(
@@ -114,7 +115,7 @@ def test_active_checks_skip_what_cuda_cannot_use(
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     rig = scenario("rtx4090x2_no_p2p")
     software = dataclasses.replace(rig.software(), torch_cuda=torch_cuda)
-    checks, env = active_checks(Unlaunchable(), 5)(rig.gpus(), software)
+    checks = active_checks(Unlaunchable(), 5)(rig.gpus(), software).checks
     assert [c.status for c in checks] == [Status.SKIPPED] and reason in checks[0].finding
 
 

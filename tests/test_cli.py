@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -14,7 +15,10 @@ import typer
 from conftest import command_paths, crashed, use_rig
 from typer.testing import CliRunner
 
+import wanctl.doctor.run as doctor_run
 from wanctl.cli import app, handle_errors
+from wanctl.core.links import Collective
+from wanctl.doctor.report import ActiveFindings, Check, Status
 from wanctl.errors import UsageError, WanctlError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -56,6 +60,35 @@ def test_doctor_table_gives_each_problem_its_fix_and_command(cli: CliRunner, mon
     use_rig(monkeypatch, "l40sx4_two_sockets")
     output = cli.invoke(app, ["doctor"], env={"COLUMNS": "250"}).stdout
     assert "CUDA_VISIBLE_DEVICES" in output and "see: nvidia-smi topo -m" in output
+
+
+LINK = Collective("all_to_all", 2, 83804160, 0.004, "doctor --full on 2x RTX 4090, 2026-12-02")
+
+
+def test_doctor_full_save_keeps_the_links_with_the_rig(
+    cli: CliRunner, monkeypatch, tmp_path: Path
+) -> None:
+    """The children replaced by their findings: the report's JSON carries the figures with
+    their GB/s, the rig's preset keeps them and `presets show` displays them."""
+    use_rig(monkeypatch, "rtx4090x2_no_p2p")
+    monkeypatch.setenv("WANCTL_CONFIG_DIR", str(tmp_path))
+    found = ActiveFindings([Check("links.all_to_all.2", "active", Status.OK, "fine")], {}, (LINK,))
+    monkeypatch.setattr(doctor_run, "active_checks", lambda runner, timeout: lambda i, s: found)
+    result = cli.invoke(app, ["doctor", "--full", "--save", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    path = tmp_path / "presets" / "2x-rtx-4090-24gb-pcie.toml"
+    assert report["saved"] == str(path) and path.is_file()
+    assert report["links"] == [{**dataclasses.asdict(LINK), "gb_per_s": LINK.gb_per_s}]
+    shown = cli.invoke(app, ["presets", "show", "2x-rtx-4090-24gb-pcie"]).stdout
+    assert "all_to_all" in shown and "21.0" in shown and LINK.source in shown
+    assert "links saved to" in cli.invoke(app, ["doctor", "--full", "--save"]).stdout
+
+
+def test_doctor_save_needs_full(cli: CliRunner, monkeypatch) -> None:
+    use_rig(monkeypatch, "rtx4090x2_no_p2p")
+    result = cli.invoke(app, ["doctor", "--save"])
+    assert result.exit_code == 2 and "--full --save" in result.stderr
 
 
 def test_doctor_on_this_machine_runs_without_traceback(cli: CliRunner) -> None:

@@ -4,12 +4,15 @@ import dataclasses
 
 import pytest
 
+from wanctl.core.links import Collective
 from wanctl.doctor.passive import nccl_environment
-from wanctl.doctor.report import Check, DoctorReport, Status
+from wanctl.doctor.report import ActiveFindings, Check, DoctorReport, Status
 from wanctl.doctor.run import diagnose
 from wanctl.probe.base import GpuInfo, PcieLink
 from wanctl.probe.catalog import MODELS
 from wanctl.probe.fake import FakeProbe, describe_rig, healthy_software, healthy_system, scenario
+
+LINK = Collective("all_to_all", 2, 83804160, 0.004, "doctor --full on 2x test GPU, 2026-12-02")
 
 
 def by_name(report: DoctorReport) -> dict[str, Check]:
@@ -186,13 +189,15 @@ def test_active_step_is_called_with_the_inventory_and_its_env_recommended() -> N
 
     def active(inventory, software):
         seen.append((inventory, software))
-        return [Check("nccl.allreduce", "active", Status.OK, "fine")], {"NCCL_P2P_DISABLE": "1"}
+        checks = [Check("nccl.allreduce", "active", Status.OK, "fine")]
+        return ActiveFindings(checks, {"NCCL_P2P_DISABLE": "1"}, (LINK,))
 
     probe = scenario("rtx4090x2_no_p2p")
     report = diagnose(probe, active)
     assert seen == [(probe.gpus(), probe.software())]
     assert report.recommended_env == {"NCCL_P2P_DISABLE": "1"}
     assert report.checks[-1].name == "nccl.allreduce"
+    assert report.links == (LINK,)
 
 
 def test_gpu_info_sm() -> None:

@@ -82,3 +82,28 @@ def test_generate_predicts_the_seconds_per_step_of_the_layout_it_runs(tmp_path: 
     assert launched.settings.cfg_parallel and "--cfg-parallel" in launched.spec.argv
     assert launched.predicted is not None and launched.predicted.step is not None
     assert launched.predicted.step.layout == "CFG 2 x Ulysses 1"
+
+
+def test_the_links_doctor_saved_with_the_rig_reach_tunes_choice(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`doctor --full --save` keeps the measured collectives in the rig's preset; tune (and
+    generate, through the same plan) prices the layouts from them instead of assuming."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from wanctl.cli import app
+    from wanctl.tune import presets
+    from wanctl.tune.rig_links import save_links
+
+    monkeypatch.setenv(presets.CONFIG_DIR_ENV, str(tmp_path))
+    _, rig = presets.rig_of("2x RTX 4090")
+    fast = Collective("all_to_all", 2, all_to_all_bytes(RUN, 2), 1e-5, "test: measured")
+    slow = Collective("cfg_exchange", 2, cfg_exchange_bytes(RUN), 60.0, "test: measured")
+    save_links("2x-rtx-4090-24gb-pcie", rig, (fast, slow))
+    result = CliRunner().invoke(app, ["tune", "--rig", "2x RTX 4090", "--json"])
+    assert result.exit_code == 0, result.output
+    chosen = json.loads(result.stdout)["plan"]
+    assert not chosen["settings"]["cfg_parallel"]
+    assert not any("not measured" in note for note in chosen["step"]["assumed"])

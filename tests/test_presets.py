@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from wanctl.core.links import Collective
 from wanctl.core.settings import Settings
 from wanctl.core.workload import Workload
 from wanctl.errors import UsageError
 from wanctl.probe.base import fingerprint
 from wanctl.tune import presets
 from wanctl.tune.predict import Card
+from wanctl.tune.rig_links import save_links
 from wanctl.tune.search import plan
 
 USER = Workload(1280, 704, 121, 2)
@@ -177,3 +179,53 @@ def test_the_readme_shows_the_shipped_preset_as_it_is() -> None:
     example = readme[start : readme.index("```", start)]
     shipped = (root / "wanctl" / "presets_data" / "2x-rtx-5090-32gb-pcie.toml").read_text()
     assert "[[entries]]" in example and shipped.startswith(example)
+
+
+LINKS = (
+    Collective("all_to_all", 2, 83804160, 0.004, "doctor --full on 2x RTX 5090, 2026-12-02"),
+    Collective("cfg_exchange", 2, 10475520, 0.0011, "doctor --full on 2x RTX 5090, 2026-12-02"),
+)
+
+
+def test_links_round_trip_through_toml() -> None:
+    key, rig, entry = user_rig()
+    preset = presets.Preset(key, dataclasses.replace(rig, links=LINKS), "0.1.0", (entry,))
+    text = presets.to_toml(preset)
+    assert "[[rig.links]]" in text and "gb_per_s" not in text  # derived, not stored
+    read = presets.from_toml(text, path=Path(f"{key}.toml"), expected=key)
+    assert read.rig.links == LINKS and read.entries == (entry,)
+    bare = presets.to_toml(dataclasses.replace(preset, rig=rig))
+    assert "links" not in bare  # a preset without figures reads as those before them
+    assert presets.from_toml(bare, path=Path("x.toml")).rig.links == ()
+
+
+def test_a_malformed_link_is_damage(config_dir: Path) -> None:
+    key, rig, entry = user_rig()
+    path = presets.save(key, dataclasses.replace(rig, links=LINKS), entry)
+    path.write_text(path.read_text().replace('op = "all_to_all"', 'op = "broadcast"'))
+    with pytest.raises(UsageError, match="damaged"):
+        presets.load(key)
+
+
+def test_doctors_links_are_saved_beside_tunes_entries(config_dir: Path) -> None:
+    key, rig, entry = user_rig()
+    path = save_links(key, rig, LINKS[:1])  # no preset yet: one with no entry
+    loaded = presets.load(key)
+    assert loaded is not None and loaded.rig.links == LINKS[:1] and loaded.entries == ()
+    presets.save(key, rig, entry)  # tune --save keeps doctor's figures
+    faster = dataclasses.replace(LINKS[0], seconds=0.002)
+    assert save_links(key, rig, (faster, LINKS[1])) == path  # and doctor keeps tune's entries
+    loaded = presets.load(key)
+    assert loaded is not None and loaded.find(USER) == entry
+    assert loaded.rig.links == (faster, LINKS[1])  # the same collective and size: replaced
+    assert not path.with_suffix(".toml.partial").exists()
+
+
+def test_links_are_never_saved_over_a_file_that_cannot_be_read(config_dir: Path) -> None:
+    key, rig, _ = user_rig()
+    path = presets.preset_path(key)
+    path.parent.mkdir(parents=True)
+    path.write_text("][")
+    with pytest.raises(UsageError, match="will not overwrite") as refused:
+        save_links(key, rig, LINKS)
+    assert "not valid TOML" in refused.value.why and path.read_text() == "]["

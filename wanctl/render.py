@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
+from wanctl.core.links import Collective
 from wanctl.errors import WanctlError
 
 T = TypeVar("T")
@@ -29,9 +31,13 @@ def err_console() -> Console:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Dataclasses, enums, paths and tuples become plain JSON values."""
+    """Dataclasses, enums, paths and tuples become plain JSON values; a dataclass's derived
+    figures named in its `JSON_PROPERTIES` (a `Collective`'s GB/s) are written beside its
+    fields."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        names = [f.name for f in dataclasses.fields(value)]
+        names += getattr(value, "JSON_PROPERTIES", ())
+        return {name: to_jsonable(getattr(value, name)) for name in names}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Path):
@@ -86,6 +92,17 @@ def show_error(error: WanctlError, as_json: bool) -> None:
         console.print(f"[green]fix:[/] {escape(error.fix)}", highlight=False)
     if as_json:
         print_json(error_document(error))
+
+
+def links_table(links: tuple[Collective, ...], title: str) -> Table:
+    """What the parallel layouts' collectives cost: one row a collective and GPU count."""
+    table = Table(title=title, title_justify="left")
+    for column in ("collective", "GPUs", "MB per rank", "ms", "GB/s per rank"):
+        table.add_column(column, justify="left" if column == "collective" else "right")
+    for link in links:
+        table.add_row(link.op, str(link.ranks), f"{link.bytes_per_rank / 1e6:.1f}",
+                      f"{link.seconds * 1e3:.2f}", f"{link.gb_per_s:.1f}")  # fmt: skip
+    return table
 
 
 def warmup_worth_showing(seconds: float | None) -> bool:

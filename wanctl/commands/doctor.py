@@ -13,7 +13,8 @@ from wanctl.commands.options import Json
 from wanctl.doctor.report import DoctorReport, Status
 from wanctl.doctor.run import DoctorOptions, failure, run
 from wanctl.probe.base import GpuInventory
-from wanctl.render import err_console, show
+from wanctl.render import err_console, links_table, show
+from wanctl.tune import rig_links
 
 STATUS_STYLE = {
     Status.OK: "green",
@@ -25,21 +26,32 @@ STATUS_STYLE = {
 
 def doctor(
     full: Annotated[
-        bool, typer.Option("--full", help="Also prove P2P copies and an NCCL all-reduce.")
+        bool,
+        typer.Option(
+            "--full",
+            help="Also prove P2P copies and an NCCL all-reduce, and time the all-to-all and "
+            "CFG exchange of the parallel layouts.",
+        ),
     ] = False,
     json: Json = False,
     timeout: Annotated[
         float, typer.Option(min=5, help="Seconds before an active check is called hung.")
     ] = 120.0,
+    save: Annotated[
+        bool,
+        typer.Option("--save", help="Keep --full's link figures in the rig's user preset."),
+    ] = False,
 ) -> None:
     """Check the GPUs, topology, P2P, NCCL and software of this rig; every problem comes with
     its fix. Exit 0 when no check failed, 1 when one did."""
-    options = DoctorOptions(full=full, json=json, timeout_s=timeout)
+    options = DoctorOptions(full=full, json=json, timeout_s=timeout, save=save)
     if options.full:
-        with err_console().status("running P2P copies and the NCCL all-reduce in children"):
+        with err_console().status("running P2P copies, NCCL and the layouts' collectives"):
             report = run(options)
     else:
         report = run(options)
+    if options.save:
+        report = rig_links.keep(report)
     show(report, render, options.json, failure=failure(report))
 
 
@@ -50,6 +62,12 @@ def render(report: DoctorReport, console: Console) -> None:
     if len(inventory.gpus) > 1:
         console.print(topology_table(inventory))
     console.print(checks_table(report))
+    if report.links:
+        console.print(
+            links_table(report.links, "Collectives of the parallel layouts, 1280*704x121")
+        )
+    if report.saved:
+        console.print(f"links saved to {report.saved}", highlight=False, markup=False)
     env = " ".join(f"{k}={v}" for k, v in report.recommended_env.items())
     summary = (
         f"rig [bold]{report.fingerprint}[/]: {report.count(Status.OK)} ok, "

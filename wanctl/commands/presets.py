@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wanctl.commands.options import Json
-from wanctl.render import out_console, print_json
+from wanctl.render import links_table, out_console, print_json
 from wanctl.tune import presets
 
 
@@ -78,6 +78,10 @@ def render(preset: presets.Preset, console: Console) -> None:
         f"{rig.memory_mib} MiB each, written by wanctl {preset.wanctl_version}",
         highlight=False,
     )
+    if rig.links:
+        console.print(links_table(rig.links, "links (wanctl doctor --full --save)"))
+        for source in sorted({link.source for link in rig.links}):
+            console.print(f"  measured by {source}", highlight=False, markup=False)
     for entry in preset.entries:
         table = Table(
             title=f"{entry.size}x{entry.frames} on {entry.gpus} GPU(s): {entry.source}, "

@@ -10,7 +10,9 @@ communication from them. Torch-free.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from wanctl.core.workload import Workload
 
@@ -48,6 +50,7 @@ class Collective:
     bytes_per_rank: int
     seconds: float
     source: str  # what measured it, where, when ("doctor --full, 2x RTX 4090, 2026-12-02")
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("gb_per_s",)  # in --json documents
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -64,6 +67,19 @@ def nearest(links: tuple[Collective, ...], op: str, ranks: int, n_bytes: int) ->
     found = [c for c in links if c.op == op and c.ranks == ranks]
     return min(found, key=lambda c: max(c.bytes_per_rank, n_bytes) / min(c.bytes_per_rank, n_bytes),
                default=None)  # fmt: skip
+
+
+def from_table(table: Mapping[str, Any]) -> Collective:
+    """A `Collective` from its stored fields (a preset's TOML table), types checked."""
+    return Collective(str(table["op"]), int(table["ranks"]), int(table["bytes_per_rank"]),
+                      float(table["seconds"]), str(table["source"]))  # fmt: skip
+
+
+def merge(kept: Iterable[Collective], new: Iterable[Collective]) -> tuple[Collective, ...]:
+    """`kept` with `new` over it: a new figure replaces the one of the same op, rank count
+    and size; the others stay (a count measured earlier, CUDA_VISIBLE_DEVICES set now)."""
+    merged = {(c.op, c.ranks, c.bytes_per_rank): c for c in (*kept, *new)}
+    return tuple(sorted(merged.values(), key=lambda c: (c.op, c.ranks, c.bytes_per_rank)))
 
 
 @dataclass(frozen=True)

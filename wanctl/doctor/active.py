@@ -5,24 +5,18 @@ and the `Runner` boundary.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from wanctl.core.launch import (
-    LaunchSpec,
-    Runner,
-    RunResult,
-    torchrun_argv,
-    visible_gpus,
-    worker_error,
-)
-from wanctl.doctor.report import Check, Status
+from wanctl.core.launch import LaunchSpec, Runner, visible_gpus, worker_error
+from wanctl.doctor.children import Attempt, launch
+from wanctl.doctor.links import link_source, links_check
+from wanctl.doctor.report import ActiveFindings, Check, Status
 from wanctl.probe.base import GpuInventory, Software
 
 ALLREDUCE_WORKER = "wanctl.workers.allreduce"
@@ -33,35 +27,6 @@ ALLREDUCE_VARIANTS: tuple[dict[str, str], ...] = ({}, {"NCCL_P2P_DISABLE": "1"})
 PCIE_LANE_GBPS = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}
 NVLINK_GBPS_PER_LINK = 25.0  # NVLink 3 and 4, per link and direction
 SLOW_FRACTION = 0.5  # below half of the link's rate, a copy is called slow
-
-
-@dataclass(frozen=True)
-class Attempt:
-    env: Mapping[str, str]
-    result: RunResult
-    ranks: tuple[dict[str, object], ...]
-    world_size: int
-    timeout_s: float
-
-    @property
-    def wrong_ranks(self) -> list[int]:
-        return [int(r["rank"]) for r in self.ranks if r.get("wrong_elements")]  # type: ignore[call-overload]
-
-    @property
-    def ok(self) -> bool:
-        return self.result.ok and len(self.ranks) == self.world_size and not self.wrong_ranks
-
-    def failure(self) -> str:
-        if self.result.timed_out:
-            return f"hung: no result within {self.timeout_s:g} s"
-        if self.wrong_ranks:
-            return f"wrong values on rank(s) {', '.join(map(str, self.wrong_ranks))}"
-        tail = worker_error(self.result.output)
-        return f"exited with code {self.result.returncode}" + (f": {tail}" if tail else "")
-
-    def transports(self) -> list[str]:
-        """What NCCL_DEBUG=INFO says NCCL chose: 'P2P/CUMEM', 'SHM', 'NET/Socket', ..."""
-        return sorted(set(re.findall(r" via (\S+)", self.result.output)))
 
 
 def _variant_text(env: Mapping[str, str]) -> str:
@@ -78,12 +43,7 @@ def allreduce_attempt(
     worker: str = ALLREDUCE_WORKER,
     extra_env: Mapping[str, str] | None = None,
 ) -> Attempt:
-    with tempfile.TemporaryDirectory(prefix="wanctl-allreduce-") as workdir:
-        argv = torchrun_argv(worker, ["--result-dir", workdir, "--backend", backend], nproc)
-        spec = LaunchSpec(argv, {"NCCL_DEBUG": "INFO", **(extra_env or {}), **env}, timeout_s)
-        result = runner.run(spec)
-        ranks = tuple(json.loads(p.read_text()) for p in sorted(Path(workdir).glob("rank*.json")))
-    return Attempt(env, result, ranks, nproc, timeout_s)
+    return launch(runner, worker, ["--backend", backend], nproc, env, timeout_s, extra_env)
 
 
 def allreduce_check(
@@ -254,20 +214,25 @@ def transfer_check(runner: Runner, inventory: GpuInventory, timeout_s: float) ->
 
 def active_checks(
     runner: Runner, timeout_s: float
-) -> Callable[[GpuInventory, Software], tuple[list[Check], dict[str, str]]]:
-    """The `active` step of `wanctl.doctor.passive.diagnose`: copies, then the all-reduce over NCCL,
-    on the GPUs CUDA_VISIBLE_DEVICES leaves."""
+) -> Callable[[GpuInventory, Software], ActiveFindings]:
+    """The `active` step of `wanctl.doctor.run.diagnose`: copies, the all-reduce over NCCL,
+    then the parallel layouts' collectives with the NCCL settings the all-reduce proved, on
+    the GPUs CUDA_VISIBLE_DEVICES leaves."""
 
-    def run(inventory: GpuInventory, software: Software) -> tuple[list[Check], dict[str, str]]:
+    def run(inventory: GpuInventory, software: Software) -> ActiveFindings:
         count = visible_gpus(len(inventory.live_gpus()), os.environ)
         reason = _skip_reason(inventory, software, count)
         if reason:
-            return [
-                Check("active", "active", Status.SKIPPED, f"active checks skipped: {reason}")
-            ], {}
+            skipped = Check("active", "active", Status.SKIPPED, f"active checks skipped: {reason}")
+            return ActiveFindings([skipped], {})
         checks = transfer_check(runner, inventory, timeout_s)
         allreduce, env = allreduce_check(runner, count, timeout_s, backend="nccl")
-        return [*checks, allreduce], env
+        if allreduce.status is Status.FAIL and not env:  # failed every way: links would hang too
+            return ActiveFindings([*checks, allreduce], env)
+        source = link_source(inventory, software, count, datetime.date.today().isoformat())
+        links, figures = links_check(runner, count, timeout_s, source=source, backend="nccl",
+                                     env=env)  # fmt: skip
+        return ActiveFindings([*checks, allreduce, *links], env, figures)
 
     return run
 

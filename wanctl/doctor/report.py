@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from wanctl.core.links import Collective
 from wanctl.probe.base import (
     GpuInventory,
     Software,
@@ -38,6 +40,16 @@ class Check:
 
 
 @dataclass(frozen=True)
+class ActiveFindings:
+    """What doctor --full's children proved: their checks, the NCCL settings that work, and
+    what the collectives of the parallel layouts cost on this rig."""
+
+    checks: list[Check]
+    env: dict[str, str]
+    links: tuple[Collective, ...] = ()
+
+
+@dataclass(frozen=True)
 class DoctorReport:
     fingerprint: str
     inventory: GpuInventory
@@ -46,6 +58,8 @@ class DoctorReport:
     checks: tuple[Check, ...]
     seconds: float
     recommended_env: dict[str, str] = field(default_factory=dict)
+    links: tuple[Collective, ...] = ()  # measured by --full
+    saved: Path | None = None  # the preset --save wrote the links to
 
     @property
     def failed(self) -> bool:

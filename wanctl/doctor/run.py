@@ -17,8 +17,8 @@ from wanctl.doctor.passive import (
     check_topology,
     nccl_environment,
 )
-from wanctl.doctor.report import Check, DoctorReport, Status
-from wanctl.errors import WanctlError
+from wanctl.doctor.report import ActiveFindings, Check, DoctorReport, Status
+from wanctl.errors import UsageError, WanctlError
 from wanctl.probe.base import (
     GpuInventory,
     Probe,
@@ -31,17 +31,16 @@ from wanctl.probe.local import LocalProbe
 
 def diagnose(
     probe: Probe,
-    active: Callable[[GpuInventory, Software], tuple[list[Check], dict[str, str]]] | None = None,
+    active: Callable[[GpuInventory, Software], ActiveFindings] | None = None,
 ) -> DoctorReport:
     """Run every passive check, and the active ones when `active` is given."""
     start = time.monotonic()
     inventory, software, system = probe.gpus(), probe.software(), probe.system()
     checks = passive_checks(inventory, software, system)
     env = nccl_environment(inventory, system)
-    if active is not None:
-        active_checks, active_env = active(inventory, software)
-        checks += active_checks
-        env.update(active_env)
+    found = active(inventory, software) if active is not None else ActiveFindings([], {})
+    checks += found.checks
+    env.update(found.env)
     return DoctorReport(
         fingerprint=fingerprint(inventory),
         inventory=inventory,
@@ -50,6 +49,7 @@ def diagnose(
         checks=tuple(checks),
         seconds=time.monotonic() - start,
         recommended_env=env,
+        links=found.links,
     )
 
 
@@ -58,6 +58,15 @@ class DoctorOptions:
     full: bool
     json: bool
     timeout_s: float
+    save: bool = False  # keep --full's link figures with the rig's preset
+
+    def __post_init__(self) -> None:
+        if self.save and not self.full:
+            raise UsageError(
+                "--save keeps what --full measures",
+                why="without --full doctor measures no link",
+                fix="run `wanctl doctor --full --save`",
+            )
 
 
 def run(options: DoctorOptions) -> DoctorReport:

@@ -22,8 +22,8 @@ from wanctl.generate.options import GenerateOptions
 from wanctl.tune import presets
 from wanctl.tune.predict import MemoryPlan, environment, predict
 from wanctl.tune.predict import unplanned as unplanned_reason
+from wanctl.tune.rig_links import links_of
 from wanctl.tune.search import with_step
-from wanctl.tune.speed import RigLinks
 
 # Variables the user may have exported under another name.
 ALIASES = {ALLOC_ENV: (ALLOC_ALIAS,)}
@@ -72,7 +72,7 @@ def resolve_settings(
             nccl_env=report.recommended_env,
         )  # fmt: skip
         plan = dataclasses.replace(plan, env={**resolved.env, **plan.env}, source=source)
-        plan = with_step(plan, RigLinks.of(report.fingerprint))
+        plan = with_step(plan, links_of(report.fingerprint))
     settings_env = {**plan.env, CHUNK_ENV: str(settings.chunk_t)}
     return settings, source, plan, settings_env
 

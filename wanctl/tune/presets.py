@@ -28,6 +28,7 @@ import platformdirs
 import tomli_w
 
 from wanctl import __version__
+from wanctl.core.links import Collective, from_table
 from wanctl.core.settings import Settings, describe
 from wanctl.core.workload import Workload
 from wanctl.errors import UsageError, WanctlError
@@ -55,14 +56,15 @@ SHIPPED_FRAMES = 121
 
 @dataclass(frozen=True)
 class Rig:
-    """The rig a preset is for: what planning needs, and NCCL settings from doctor's
-    findings when it was saved."""
+    """The rig a preset is for: what planning needs, NCCL settings from doctor's findings
+    when it was saved, and what its links cost the parallel layouts (`doctor --full --save`)."""
 
     description: str  # "2x RTX 5090 32GB"
     gpu_name: str
     gpus: int
     memory_mib: int
     nccl_env: dict[str, str] = field(default_factory=dict)
+    links: tuple[Collective, ...] = ()
 
     @property
     def card(self) -> Card:
@@ -190,10 +192,17 @@ def to_toml(preset: Preset) -> str:
         "schema": SCHEMA,
         "fingerprint": preset.fingerprint,
         "wanctl_version": preset.wanctl_version,
-        "rig": dataclasses.asdict(preset.rig),
+        "rig": _rig_table(preset.rig),
         "entries": [_entry_table(entry) for entry in preset.entries],
     }
     return tomli_w.dumps(document)
+
+
+def _rig_table(rig: Rig) -> dict[str, Any]:
+    table = dataclasses.asdict(rig)
+    if not rig.links:  # a preset without figures reads as before them
+        del table["links"]
+    return table
 
 
 def _entry_table(entry: Entry) -> dict[str, Any]:
@@ -236,6 +245,7 @@ def from_toml(text: str, *, path: Path, expected: str | None = None) -> Preset:
                 gpus=int(rig["gpus"]),
                 memory_mib=int(rig["memory_mib"]),
                 nccl_env={str(k): str(v) for k, v in rig.get("nccl_env", {}).items()},
+                links=tuple(from_table(table) for table in rig.get("links", ())),
             ),
             wanctl_version=str(document["wanctl_version"]),
             entries=tuple(_entry(table) for table in document["entries"]),
@@ -309,7 +319,21 @@ def save(
     replace a file it cannot read, or an entry whose settings differ, unless `force`."""
     path = preset_path(rig_fingerprint, folder)
     kept = check_save(path, entry, force=force)
-    preset = Preset(rig_fingerprint, rig, __version__, (*kept, entry))
+    if not rig.links and (saved := _readable(path)):  # doctor's figures stay
+        rig = dataclasses.replace(rig, links=saved.rig.links)
+    return write(path, Preset(rig_fingerprint, rig, __version__, (*kept, entry)))
+
+
+def _readable(path: Path) -> Preset | None:
+    """The preset at `path`, or None when there is none or it cannot be read."""
+    try:
+        return read(path, origin="user") if path.exists() else None
+    except UsageError:
+        return None
+
+
+def write(path: Path, preset: Preset) -> Path:
+    """Write a whole file then move it into place: a preset is never left half written."""
     partial = path.with_suffix(".toml.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,7 +431,7 @@ def resolve(
     card = Card.smallest(inventory)
     rig_fingerprint = fingerprint(inventory)
     preset = load(rig_fingerprint)
-    links = RigLinks.of(rig_fingerprint)
+    links = RigLinks.of(rig_fingerprint, preset.rig.links if preset else ())
     entry = preset.find(workload, backend) if preset else None
     if preset is None or entry is None:
         constraints = Constraints(backend=backend)

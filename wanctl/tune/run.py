@@ -19,6 +19,7 @@ from wanctl.tune import presets
 from wanctl.tune.host import HostPlan, host_plan
 from wanctl.tune.measure import MeasuredPhase, measure_plan
 from wanctl.tune.predict import MemoryPlan, predict
+from wanctl.tune.rig_links import links_of
 from wanctl.tune.search import (
     Alternative,
     Constraints,
@@ -115,7 +116,7 @@ def run(options: TuneOptions) -> TuneReport:
     workload = Workload(width, height, options.frames or family.frames, gpus,
                         image=family.image == "required", family=family)  # fmt: skip
     constraints = options.constraints
-    links = RigLinks.of(rig_fingerprint)
+    links = links_of(rig_fingerprint)
     chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env,
                   host_free_gib=host_free_gib, links=links)  # fmt: skip
     saved, preset_error = _saved_entry(rig_fingerprint, workload, constraints.backend)
