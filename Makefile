@@ -23,7 +23,8 @@ venv: $(VENV)/.installed
 demo: venv
 	mkdir -p out
 	$(VENV)/bin/wanctl generate --model tiny --device cpu --gpus 2 --size 512*288 --frames 49 \
-		--steps 20 --prompt "a red fox running through fresh snow at golden hour" -o out/demo.mp4
+		--steps 20 --prompt "a red fox running through fresh snow at golden hour" -o out/demo.mp4 \
+		--overwrite
 
 test: venv
 	$(PY) -m pytest -q
