@@ -277,6 +277,8 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
             for phase, allocated in figures.peak_allocated_gib.items()
             if allocated is not None
         ]
+        if figures.host_rss_gib is not None:
+            peaks.append(f"host RSS {figures.host_rss_gib:.2f}")
         if peaks:
             table.add_row(f"rank {figures.rank} peak GiB (alloc/res)", ", ".join(peaks))
     if summary.attention is not None:

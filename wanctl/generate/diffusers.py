@@ -47,7 +47,10 @@ def finish(plan: GeneratePlan, result: RunResult, start: float, before: Stamp) -
         decode_warmup_s=seconds["vae_warmup"],
         expert_swap_s=seconds.get("expert_swap"),
         per_rank=[
-            RankFigures(r["rank"], r["peak_allocated_gib"], r["peak_reserved_gib"]) for r in ranks
+            RankFigures(
+                r["rank"], r["peak_allocated_gib"], r["peak_reserved_gib"], r.get("host_rss_gib")
+            )
+            for r in ranks
         ],
         attention=AttentionChoice.from_dict(attention) if attention else None,
         experts=ranks[0].get("experts", []),

@@ -41,11 +41,13 @@ class GeneratePlan:
 
 @dataclass(frozen=True)
 class RankFigures:
-    """One rank's peak device memory per phase, GiB (None on the CPU or not measured)."""
+    """One rank's peak device memory per phase, GiB (None on the CPU or not measured), and
+    its peak host memory (resident set), GiB, where the rank reported it."""
 
     rank: int
     peak_allocated_gib: dict[str, float | None]
     peak_reserved_gib: dict[str, float | None]
+    host_rss_gib: float | None = None
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,7 @@ class RankResult:
     kernel_problem: str | None = None  # why the decode's kernel could not be built
     guidance_passes: int | None = None  # CFG parallel: the DiT passes this rank computed
     encoded_prompt: bool = False  # this rank loaded the text encoder (rank 0 alone)
+    host_rss_gib: float | None = None  # this process's peak resident set (Linux, macOS)
 
 
 @record
@@ -148,6 +149,17 @@ def main(argv: list[str]) -> int:
     status.done()
     dist.destroy_process_group()
     return 0
+
+
+def peak_rss_gib() -> float | None:
+    """This process's peak resident set size, GiB (`getrusage`: KiB on Linux, bytes on macOS;
+    None where there is no `resource` module)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB
 
 
 def cap_memory(device: torch.device, card_gib: float) -> None:
@@ -196,6 +208,7 @@ def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> R
             result.seconds["vae_decode"] = decoded.seconds
             result.seconds["vae_warmup"] = decoded.warmup_seconds
             result.kernel_problem = decoded.kernel_problem
+    result.host_rss_gib = peak_rss_gib()
     if device.type == "cuda":  # what the GPU holds beyond torch's allocator: context, NCCL
         free, total = torch.cuda.mem_get_info(device)
         result.context_gib = (total - free - torch.cuda.memory_reserved(device)) / GIB
