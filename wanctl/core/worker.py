@@ -82,9 +82,16 @@ class WorkerRequest:
 
 
 def read_ranks(run_dir: Path) -> list[dict[str, Any]] | None:
-    """Every rank's figures, as rank 0 wrote them once all had decoded; None if it did not."""
+    """Every rank's figures, as this node's first rank wrote them once all had decoded; None if
+    it did not."""
     path = run_dir / SUMMARY
     if not path.is_file():
         return None
     ranks: list[dict[str, Any]] = json.loads(path.read_text())["ranks"]
     return ranks
+
+
+def read_node(run_dir: Path) -> int:
+    """This node's number in the run (torchrun's GROUP_RANK: 0 writes the video and latents)."""
+    node: int = json.loads((run_dir / SUMMARY).read_text()).get("node", 0)
+    return node

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from wanctl.core.launch import RunResult
 from wanctl.core.settings import Settings
-from wanctl.core.worker import WorkerRequest, read_ranks
+from wanctl.core.worker import WorkerRequest, read_node, read_ranks
 from wanctl.generate.failures import Stamp, failure, read_statuses
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, summary
@@ -56,5 +56,16 @@ def finish(plan: GeneratePlan, result: RunResult, start: float, before: Stamp) -
         experts=ranks[0].get("experts", []),
         guidance_passes=[r["guidance_passes"] for r in ranks if r.get("guidance_passes")],
         encoded_on=[r["rank"] for r in ranks if r.get("encoded_prompt")],
-        notes=[r["kernel_problem"] for r in ranks if r.get("kernel_problem")][:1],
+        notes=[
+            *_node_note(plan, read_node(plan.paths.run_dir)),
+            *[r["kernel_problem"] for r in ranks if r.get("kernel_problem")][:1],
+        ],
     )
+
+
+def _node_note(plan: GeneratePlan, node: int) -> list[str]:
+    """On a node other than the first, where the video and the latents are."""
+    if node == 0:
+        return []
+    return [f"this is node {node} of {plan.options.nnodes}: the video and the latents were "
+            "written on node 0 (by rank 0, at that node's --output path)"]  # fmt: skip

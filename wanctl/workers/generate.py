@@ -24,7 +24,8 @@ DIR/rank<r>.json as it starts (`wanctl.core.status.RankStatus`):
 - decode: each of the first `--decode-ranks` ranks decodes a slab of rows of every frame
   (`wanctl.decode`), rank 0 writes the video.
 A rank that fails records the phase and cause there, and exits non-zero: torchrun stops the
-others. Rank 0 ends by writing DIR/summary.json with every rank's figures.
+others. The first rank of each node ends by writing DIR/summary.json (in its node's run folder)
+with every rank's figures and its node's number: each node's wanctl learns the outcome.
 """
 
 from __future__ import annotations
@@ -144,8 +145,9 @@ def main(argv: list[str]) -> int:
         return 1
     results: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(results, asdict(result))
-    if rank == 0:
-        (args.run_dir / SUMMARY).write_text(json.dumps({"ranks": results}))
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # every node's wanctl reads its own
+        node = int(os.environ.get("GROUP_RANK", "0"))
+        (args.run_dir / SUMMARY).write_text(json.dumps({"ranks": results, "node": node}))
     status.done()
     dist.destroy_process_group()
     return 0
