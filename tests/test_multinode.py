@@ -40,3 +40,18 @@ def test_every_node_reports_the_run_and_node_0_holds_the_video(tmp_path: Path) -
     assert holder == ["fox.latents.safetensors", "fox.mp4"]
     other = summaries[1 if holders == ["a"] else 0]
     assert any("this is node 1 of 2" in note for note in other["notes"])
+
+
+def test_the_recovery_command_runs_on_the_node_that_holds_the_latents(tmp_path: Path) -> None:
+    """A run over two nodes of one GPU each decodes on both; the kept latents are on node 0,
+    whose `wanctl decode` can use its own GPU only."""
+    from wanctl.generate.options import GenerateOptions
+    from wanctl.generate.run import prepare
+    from wanctl.probe.local import LocalProbe
+
+    options = GenerateOptions(prompt="a fox", output=tmp_path / "fox.mp4", size="64*64",
+                              frames=5, steps=2, gpus=1, model="tiny", device="cpu", nnodes=2,
+                              rdzv_endpoint="127.0.0.1:29400")  # fmt: skip
+    launched = prepare(options, probe=LocalProbe())
+    assert launched.world == 2 and launched.settings.decode_ranks == 2
+    assert "--gpus 1 " in launched.decode_command

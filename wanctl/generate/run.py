@@ -65,10 +65,14 @@ from wanctl.tune.host import HostPlan, host_plan
 from wanctl.tune.predict import MemoryPlan
 
 
-def decode_command(paths: RunPaths, vae: str, settings: Settings, device: str) -> str:
-    """The `wanctl decode` line that turns the kept latents into the video."""
+def decode_command(
+    paths: RunPaths, vae: str, settings: Settings, device: str, ranks_here: int
+) -> str:
+    """The `wanctl decode` line that turns the kept latents into the video, on this node (the
+    one that holds them): its own GPUs at most, whatever the run's decode spanned."""
+    gpus = min(settings.decode_ranks, ranks_here)
     argv = ["wanctl", "decode", str(paths.latents), "-o", str(paths.output), "--vae", vae,
-            "--gpus", str(settings.decode_ranks), "--chunk-t", str(settings.chunk_t),
+            "--gpus", str(gpus), "--chunk-t", str(settings.chunk_t),
             "--dtype", settings.decode_dtype]  # fmt: skip
     if device == "cpu":
         argv += ["--device", "cpu"]
@@ -159,7 +163,7 @@ def prepare(
         paths=paths,
         vae=vae,
         spec=build_spec(options, device, settings, paths, child_env),
-        decode_command=decode_command(paths, vae, settings, device),
+        decode_command=decode_command(paths, vae, settings, device, ranks),
         predicted=predicted,
         host=host,
         notes=(*warnings, *_notes(options, device, world, predicted, kept, settings)),
