@@ -155,7 +155,8 @@ def finish(
     settings = plan.settings
     decode_options = DecodeOptions(
         plan.paths.latents, plan.paths.output, plan.vae, plan.device, settings.decode_dtype,
-        settings.chunk_t, settings.decode_ranks, overwrite=plan.options.overwrite,
+        settings.chunk_t, min(settings.decode_ranks, plan.ranks),  # this node's GPUs
+        overwrite=plan.options.overwrite,
     )  # fmt: skip
     try:
         decoded = run_decode(decode_options, runner=runner, notify=notify)
