@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_diffusers_backend_launches_the_worker_with_the_presets_settings(
         "--text-encoder", "gpu", "--latents", str(out / "cats.latents.safetensors"),
         "--output", str(out / "cats.mp4"), "--vae", str(ckpt / "vae"), "--decode-dtype", "bf16",
         "--chunk-t", "2", "--decode-ranks", "2", "--dit", "replicated", "--dit-storage", "bf16",
-        "--run-dir", str(out / ".cats.mp4.wanctl"),
+        "--run-dir", str(out / f".cats.mp4.{os.getpid()}.wanctl"),
     )  # fmt: skip
     assert launched.spec.env == PRESET_ENV
     assert launched.settings == PRESET and launched.overridden == ()
@@ -118,7 +119,7 @@ def test_wan_repo_backend_runs_the_official_script_with_the_users_flags(
     Image.new("RGB", (64, 32)).save(image)
     launched = prepared(options(out, backend="wan-repo", wan_repo=repo, ckpt_dir=ckpt, seed=7,
                                 text_encoder="cpu", image=image))  # fmt: skip
-    placeholder = out / ".cats.mp4.wanctl" / "official-placeholder.mp4"
+    placeholder = launched.paths.run_dir / "official-placeholder.mp4"
     assert launched.spec.argv == (
         *TORCHRUN, "--standalone", "--nproc-per-node=2", str(repo / "generate.py"),
         "--task", "ti2v-5B", "--size", "1280*704", "--ckpt_dir", str(ckpt),
@@ -441,7 +442,8 @@ def test_a_decode_failure_after_the_latents_are_saved_gives_the_decode_command(
 def test_run_paths_sit_beside_the_output() -> None:
     paths = RunPaths.for_output(Path("out/demo.mp4"))
     assert paths.latents == Path("out/demo.latents.safetensors")
-    assert paths.run_dir == Path("out/.demo.mp4.wanctl")
+    # one folder per invocation, so that no other run's (or node's) reports are read
+    assert paths.run_dir == Path(f"out/.demo.mp4.{os.getpid()}.wanctl")
 
 
 def test_a_size_spelled_with_x_is_passed_on_as_the_workers_and_official_code_read_it(
@@ -511,3 +513,23 @@ def test_generate_and_decode_share_one_check_and_one_name() -> None:
     assert generate.check_gpus_visible is job.check_gpus_visible is launch.check_gpus_visible
     assert checks.CHUNK_ENV == settings.CHUNK_ENV == launch.CHUNK_ENV == "WAN_VAE_DECODE_CHUNK_T"
     assert launch.VIDEO_SUFFIXES == writers.SUFFIXES
+
+
+def test_a_timeout_is_the_cause_when_the_ranks_only_lost_each_other(ckpt: Path, out: Path) -> None:
+    """Stopped at --timeout, a rank records that its peers went away: the run reports the
+    timeout (exit 124), not a rank failure."""
+    launched = prepared(options(out, ckpt_dir=ckpt, timeout_s=30.0))
+    lost = [_status(0, "sampling", "failed", "lost contact with another rank"),
+            _status(1, "sampling", "running")]  # fmt: skip
+    error = failure(launched, lost, RunResult(None, True, 30.0), None)
+    assert error.exit_code == 124 and "did not finish within --timeout 30 s" in error.message
+
+
+def test_the_recovery_command_of_an_overwrite_run_replaces_the_earlier_video(
+    ckpt: Path, out: Path
+) -> None:
+    """The earlier video an --overwrite run was to replace is still there when its decode
+    fails: the printed command must be allowed to replace it too."""
+    assert "--overwrite" not in prepared(options(out, ckpt_dir=ckpt)).decode_command
+    again = prepared(options(out, ckpt_dir=ckpt, overwrite=True))
+    assert again.decode_command.endswith(" --overwrite")

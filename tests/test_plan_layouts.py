@@ -107,3 +107,16 @@ def test_the_links_doctor_saved_with_the_rig_reach_tunes_choice(
     chosen = json.loads(result.stdout)["plan"]
     assert not chosen["settings"]["cfg_parallel"]
     assert not any("not measured" in note for note in chosen["step"]["assumed"])
+
+
+def test_guidance_off_drops_the_presets_cfg_parallel(tmp_path: object) -> None:
+    """With --guidance 1 the pipeline runs one pass a step: the shipped 2x RTX 4090 preset's
+    CFG parallel is dropped for Ulysses (a pinned --cfg-parallel is refused instead)."""
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    probe = FakeProbe(describe_rig(2, MODELS["rtx-4090"]))
+    options = GenerateOptions(prompt="a fox", output=folder / "a.mp4", model="synthetic-5b",
+                              gpus=2, guidance=1.0)  # fmt: skip
+    launched = prepare(options, probe=probe, env={}, disk_free=lambda _: 2**40)
+    assert not launched.settings.cfg_parallel and "--cfg-parallel" not in launched.spec.argv

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,7 +127,7 @@ def test_the_hooked_decode_saves_the_latents_and_wanctl_decodes_them_on_every_ra
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "record.json").read_text())
     repo, ckpt = official
-    placeholder = tmp_path / ".cats.mp4.wanctl" / "official-placeholder.mp4"
+    placeholder = tmp_path / f".cats.mp4.{os.getpid()}.wanctl" / "official-placeholder.mp4"
     assert record["argv"] == {
         "task": "ti2v-5B", "size": "1280*704", "ckpt_dir": str(ckpt), "offload_model": "False",
         "prompt": "two cats box", "image": None, "save_file": str(placeholder),

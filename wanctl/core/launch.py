@@ -205,7 +205,9 @@ class SubprocessRunner:
     """Runs a spec in its own process group, so that a hang is killed whole at the timeout
     (torchrun and all its workers) and reported, never inherited."""
 
-    grace_s = 5.0
+    # torchrun gives its workers 30 s between SIGTERM and SIGKILL (they run in sessions of
+    # their own, out of reach of our killpg): wait that long before killing torchrun itself
+    grace_s = 35.0
 
     def run(self, spec: LaunchSpec) -> RunResult:
         start = time.monotonic()

@@ -107,7 +107,9 @@ def failure(
     lose contact with it), the phase it was in, and the cause. `before`: the latents file's
     stamp as the run started, to tell this run's latents from an older file."""
     failed = sorted((s for s in statuses if s.get("state") == "failed"), key=lambda s: s["time"])
-    root = [s for s in failed if s["cause"] not in (PEER_LOST, "collective timeout")] or failed
+    genuine = [s for s in failed if s["cause"] not in (PEER_LOST, "collective timeout")]
+    # stopped at --timeout, a rank only sees its peers go: the timeout is the cause
+    root = genuine or ([] if result.timed_out else failed)
     if root:
         first = root[0]
         cause, phase = first["cause"], first["phase"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +93,8 @@ class RunPaths:
         return cls(
             output=output,
             latents=output.with_name(f"{output.stem}.latents.safetensors"),
-            run_dir=output.with_name(f".{output.name}.wanctl"),
+            # one per invocation: no other run's (or node's, on a shared filesystem) reports
+            run_dir=output.with_name(f".{output.name}.{os.getpid()}.wanctl"),
         )
 
     @property

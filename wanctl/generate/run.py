@@ -66,8 +66,9 @@ from wanctl.tune.predict import MemoryPlan
 
 
 def decode_command(
-    paths: RunPaths, vae: str, settings: Settings, device: str, ranks_here: int
-) -> str:
+    paths: RunPaths, vae: str, settings: Settings, device: str, ranks_here: int,
+    overwrite: bool = False,
+) -> str:  # fmt: skip
     """The `wanctl decode` line that turns the kept latents into the video, on this node (the
     one that holds them): its own GPUs at most, whatever the run's decode spanned."""
     gpus = min(settings.decode_ranks, ranks_here)
@@ -76,6 +77,8 @@ def decode_command(
             "--dtype", settings.decode_dtype]  # fmt: skip
     if device == "cpu":
         argv += ["--device", "cpu"]
+    if overwrite:  # the earlier video an --overwrite run was to replace is still there
+        argv.append("--overwrite")
     return shlex.join(argv)
 
 
@@ -163,7 +166,7 @@ def prepare(
         paths=paths,
         vae=vae,
         spec=build_spec(options, device, settings, paths, child_env),
-        decode_command=decode_command(paths, vae, settings, device, ranks),
+        decode_command=decode_command(paths, vae, settings, device, ranks, options.overwrite),
         predicted=predicted,
         host=host,
         notes=(*warnings, *_notes(options, device, world, predicted, kept, settings)),
@@ -221,7 +224,8 @@ def run_generate(
     runner = runner or SubprocessRunner()
     start = time.perf_counter()
     before = file_stamp(plan.paths.latents)  # an older file an --overwrite run would replace
-    plan.paths.run_dir.mkdir(exist_ok=True)
+    shutil.rmtree(plan.paths.run_dir, ignore_errors=True)  # a killed run's, same pid reused
+    plan.paths.run_dir.mkdir()
     notify(f"starting {plan.ranks} rank(s) on {plan.device} with torchrun")
     try:
         result = runner.run(plan.spec)

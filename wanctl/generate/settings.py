@@ -63,7 +63,7 @@ def resolve_settings(
     source = resolved.source
     if source == "model":
         source = f"memory model (no preset for {report.fingerprint} at this size)"
-    settings = dataclasses.replace(resolved.settings, **overrides)
+    settings = without_idle_cfg(dataclasses.replace(resolved.settings, **overrides), options)
     check_settings(settings, options, workload)
     plan = resolved
     if settings != resolved.settings:  # the plan describes the run that will happen
@@ -160,6 +160,14 @@ def check_settings(settings: Settings, options: GenerateOptions, workload: Workl
             why=f"the run has {workload.gpus} ranks and the frame {rows} latent rows",
             fix=f"use --decode-ranks 1 to {min(workload.gpus, rows)}",
         )
+
+
+def without_idle_cfg(settings: Settings, options: GenerateOptions) -> Settings:
+    """The settings without a preset's or plan's CFG parallel when guidance is off (a scale
+    of 1 or less: one DiT pass a step, nothing to run in parallel); a pinned --cfg-parallel is
+    refused before (`check_request`)."""
+    off = options.guidance is not None and options.guidance <= 1
+    return dataclasses.replace(settings, cfg_parallel=False) if off else settings
 
 
 def cfg_layouts(workload: Workload) -> str:

@@ -42,6 +42,12 @@ class CfgBranch:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.kept is not None:  # the step's negative-prompt call
+            passed = kwargs.get("encoder_hidden_states")
+            if passed is None or not torch.equal(passed, self.negative):
+                raise RuntimeError(
+                    "CFG parallel expected the step's negative-prompt pass: the pipeline ran "
+                    "one pass a step (guidance off?)"
+                )
             kept, self.kept = self.kept, None
             return (kept,)
         if kwargs.get("return_dict", True):
