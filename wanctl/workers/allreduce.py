@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from wanctl.workers.group import init_group
 
 
 def expected_sum(base: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -29,14 +30,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
     args = parser.parse_args()
-    backend = args.backend
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if backend == "nccl" else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    device = init_group(args.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     base = (torch.arange(args.size_mib * 1024 * 1024 // 4, device=device) % 1000).float()
     buffer = base * (rank + 1)
@@ -54,7 +48,7 @@ def main() -> None:
     result = {
         "rank": rank,
         "world_size": world,
-        "backend": backend,
+        "backend": dist.get_backend(),
         "wrong_elements": wrong,
         "seconds": seconds,
         "bus_gbps": bus_gbps,

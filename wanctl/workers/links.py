@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +26,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
+
+from wanctl.workers.group import init_group
 
 DTYPE = torch.bfloat16
 ELEMENT_BYTES = 2
@@ -111,21 +112,14 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    backend = args.backend
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if backend == "nccl" else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    device = init_group(args.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     results = [measure_all_to_all(args.all_to_all_bytes, device, args.warmup, args.repeats)]
     if args.cfg_bytes and world % 2 == 0:
         results.append(measure_cfg_exchange(args.cfg_bytes, device, args.warmup, args.repeats))
     wrong = sum(int(result["wrong_elements"]) for result in results)
-    report = {"rank": rank, "world_size": world, "backend": backend, "wrong_elements": wrong,
-              "results": results}  # fmt: skip
+    report = {"rank": rank, "world_size": world, "backend": dist.get_backend(),
+              "wrong_elements": wrong, "results": results}  # fmt: skip
     (args.result_dir / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 
