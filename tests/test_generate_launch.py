@@ -28,6 +28,7 @@ from wanctl.generate.failures import DecodeFailed, failure
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan
 from wanctl.generate.run import prepare
+from wanctl.generate.settings import compile_env
 from wanctl.probe.base import fingerprint
 from wanctl.probe.catalog import MODELS
 from wanctl.probe.fake import FakeProbe, describe_rig, scenario
@@ -43,8 +44,9 @@ TORCHRUN = (PYTHON, "-m", "wanctl.workers.torchrun")
 PRESET = Settings(chunk_t=2, decode_ranks=2, decode_dtype="bf16", dit="replicated",
                   offload=False, text_encoder="gpu")  # fmt: skip
 WAN_PRESET = dataclasses.replace(PRESET, backend="wan-repo", offload=True)
+INDUCTOR_ENV = compile_env(Settings())  # the compiled DiT's cache, in wanctl's cache folder
 PRESET_ENV = {CHUNK_ENV: "2", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
-              "NCCL_P2P_DISABLE": "1"}  # fmt: skip
+              "NCCL_P2P_DISABLE": "1", **INDUCTOR_ENV}  # fmt: skip
 RTX5090X2 = FakeProbe(describe_rig(2, MODELS["rtx-5090"]))
 H100X8 = FakeProbe(describe_rig(8, MODELS["h100"]))
 
@@ -98,7 +100,7 @@ def test_diffusers_backend_launches_the_worker_with_the_presets_settings(
         "--text-encoder", "gpu", "--latents", str(out / "cats.latents.safetensors"),
         "--output", str(out / "cats.mp4"), "--vae", str(ckpt / "vae"), "--decode-dtype", "bf16",
         "--chunk-t", "2", "--decode-ranks", "2", "--dit", "replicated", "--dit-storage", "bf16",
-        "--run-dir", str(out / f".cats.mp4.{os.getpid()}.wanctl"),
+        "--dit-precision", "bf16", "--run-dir", str(out / f".cats.mp4.{os.getpid()}.wanctl"),
     )  # fmt: skip
     assert launched.spec.env == PRESET_ENV
     assert launched.settings == PRESET and launched.overridden == ()
@@ -199,7 +201,7 @@ def test_the_users_exported_variables_win_over_the_preset_and_env_flags_over_bot
     assert launched.settings.chunk_t == 4 and not launched.settings.expandable_segments
     assert launched.overridden == ("chunk_t", "expandable_segments")
     assert launched.predicted is not None and launched.predicted.settings == launched.settings
-    assert launched.spec.env == {"NCCL_P2P_DISABLE": "0"}  # the children inherit the rest
+    assert launched.spec.env == {"NCCL_P2P_DISABLE": "0", **INDUCTOR_ENV}  # they inherit the rest
     assert launched.kept_env == {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
     assert "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512 kept from your environment" in (
         launched.notes
@@ -254,6 +256,7 @@ def test_dry_run_prints_the_command_and_runs_nothing(
     assert document["command"] == launched.spec.command_line()
     assert document["command"].startswith(
         "NCCL_P2P_DISABLE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+        f"TORCHINDUCTOR_CACHE_DIR={INDUCTOR_ENV['TORCHINDUCTOR_CACHE_DIR']} "
         f"WAN_VAE_DECODE_CHUNK_T=2 {PYTHON} -m wanctl.workers.torchrun"
     )
     assert document["env"] == PRESET_ENV and document["settings"]["chunk_t"] == 2

@@ -16,9 +16,11 @@ from wanctl.commands.options import (
     BackendOption,
     CfgParallel,
     ChunkT,
+    Compile,
     DecodeDtypeOption,
     DecodeRanks,
     DitOption,
+    DitPrecisionOption,
     DitStorageOption,
     Json,
     Offload,
@@ -127,6 +129,8 @@ def generate(
     dit: DitOption = None,
     dit_storage: DitStorageOption = None,
     cfg_parallel: CfgParallel = None,
+    dit_precision: DitPrecisionOption = None,
+    compiled: Compile = None,
     env: Annotated[
         list[str] | None,
         typer.Option(help="KEY=VALUE for the workers, over the preset's (repeatable)."),
@@ -156,7 +160,7 @@ def generate(
         rdzv_endpoint=rdzv_endpoint, chunk_t=chunk_t, decode_ranks=decode_ranks,
         decode_dtype=option_value(decode_dtype), text_encoder=option_value(text_encoder),
         offload=offload, dit=option_value(dit), dit_storage=option_value(dit_storage),
-        cfg_parallel=cfg_parallel,
+        cfg_parallel=cfg_parallel, dit_precision=option_value(dit_precision), compile=compiled,
         env=parse_env(env or []),
         preflight=not skip_preflight, timeout_s=timeout, json_stdout=json, overwrite=overwrite,
     )  # fmt: skip
@@ -271,6 +275,10 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
               ("decode", summary.decode_s))  # fmt: skip
     shown = ", ".join(f"{name} {s:.1f}" for name, s in phases if s is not None)
     table.add_row("seconds", f"{shown}; total {summary.total_s:.1f}")
+    if summary.timeline is not None:
+        table.add_row("where the time went", summary.timeline.describe())
+    if summary.compile is not None:
+        table.add_row("DiT", dit_line(summary))
     for figures in summary.per_rank:
         peaks = [
             f"{phase} {allocated:.2f}/{figures.peak_reserved_gib.get(phase) or 0:.2f}"
@@ -288,6 +296,21 @@ def render_summary(summary: GenerateSummary, console: Console) -> None:
     console.print(table)
     if summary.memory:
         console.print(memory_table(summary))
+
+
+def dit_line(summary: GenerateSummary) -> str:
+    """How the DiT ran: compiled (its first forward, which compiled or read Inductor's cache)
+    or eager and why, and in which precision."""
+    report = summary.compile or {}
+    precision = "bf16" if summary.device == "cuda" else "float32"
+    if summary.settings.dit_precision == "fp8":
+        precision = "linear layers in fp8"
+    if report.get("compiled"):
+        first = report.get("first_forward_s")
+        when = f" (first forward {first:.1f} s, compiling or reading the cache)" if first else ""
+        pieces = "" if report.get("whole_blocks") else f"; in pieces ({report.get('reason')})"
+        return f"compiled{when}, {precision}{pieces}"
+    return f"eager ({report.get('reason')}), {precision}"
 
 
 def memory_table(summary: GenerateSummary) -> Table:

@@ -85,6 +85,23 @@ DitStorageOption = Annotated[
     ),
 ]
 
+DitPrecisionOption = Annotated[
+    DitStorage | None,
+    typer.Option(
+        "--dit-precision",
+        help="Pin the DiT's linear layers computed in bf16, or in fp8 (diffusers backend, GPUs "
+        "of compute capability 8.9+, torchao: faster, weights stored in fp8; README: its "
+        "measured error).",
+    ),
+]
+Compile = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="Compile the DiT's repeated block (torch.compile, cached across runs); default: "
+        "on GPUs.",
+    ),
+]
 
 CfgParallel = Annotated[
     bool | None,

@@ -32,6 +32,10 @@ GIB = 1024**3
 DTYPE_BYTES = {"fp8": 1, "bf16": 2, "fp32": 4}
 BACKENDS = ("diffusers", "wan-repo")
 PHASES = ("text_encode", "image_encode", "sampling", "decode")
+# fp8 compute (`Settings.dit_precision`): the tensor cores it needs (Ada, Hopper, Blackwell) and
+# the library it runs on.
+FP8_CAPABILITY = (8, 9)
+FP8_INSTALL = "pip install 'wanctl[fp8]' (torchao)"
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,10 @@ class Settings:
     linear layers in float8 (e4m3) and computes in bf16 (diffusers' layerwise casting).
     With the diffusers backend, `offload` is the A14B's idle expert on the CPU.
     `cfg_parallel` runs the two guidance passes on two halves of the ranks, each
-    Ulysses-parallel over its half (`wanctl.models.cfg`)."""
+    Ulysses-parallel over its half (`wanctl.models.cfg`). `dit_precision` "fp8" computes the
+    blocks' linear layers in fp8 (`wanctl.models.precision`; its weights are fp8, so it goes
+    with `dit_storage="fp8"`, which the memory model prices). `compile` compiles the DiT's
+    repeated block where it pays (GPUs; `wanctl.models.compiled`)."""
 
     backend: str = "diffusers"
     chunk_t: int = 1
@@ -60,6 +67,8 @@ class Settings:
     decoder: str = "wanctl"
     dit_storage: str = "bf16"
     cfg_parallel: bool = False
+    dit_precision: str = "bf16"
+    compile: bool = True
 
     @property
     def cfg_groups(self) -> int:
@@ -88,6 +97,10 @@ class Settings:
             raise ValueError("decoder is wanctl or diffusers")
         if self.dit_storage not in ("bf16", "fp8"):
             raise ValueError("dit_storage is bf16 or fp8")
+        if self.dit_precision not in ("bf16", "fp8"):
+            raise ValueError("dit_precision is bf16 or fp8")
+        if self.dit_precision == "fp8" and self.dit_storage != "fp8":
+            raise ValueError("fp8 compute stores its weights in fp8: dit_storage must be fp8")
 
     def unsupported(self) -> str | None:
         """Why the backend cannot execute these settings, or None."""
@@ -96,10 +109,22 @@ class Settings:
                 "the official generate.py stores its DiT in bf16 (fp32 under --dit_fsdp); fp8 "
                 "storage is diffusers' layerwise casting"
             )
+        if self.dit_precision == "fp8" and (problem := self._fp8_compute_problem()):
+            return problem
         if self.backend == "diffusers" and self.offload and self.dit == "fsdp":
             return (
                 "an FSDP shard stays on its GPU: the idle expert goes to the CPU (--offload) or "
                 "every expert is sharded (--dit fsdp), not both"
+            )
+        return None
+
+    def _fp8_compute_problem(self) -> str | None:
+        if self.backend == "wan-repo":
+            return "the official generate.py computes its DiT in bf16; fp8 compute is wanctl's"
+        if self.dit == "fsdp" or self.offload:
+            return (
+                "fp8 compute (torchao's fp8 weights) runs with the DiT replicated on the GPUs; "
+                "with --dit fsdp or --offload use fp8 storage (--dit-storage fp8) instead"
             )
         return None
 
@@ -259,10 +284,12 @@ def describe(settings: Settings) -> str:
         f"DiT {settings.dit}"
         + (", --offload_model" if official and settings.offload else "")
         + (", idle expert on the CPU" if settings.offload and not official else "")
-        + (", stored in fp8" if settings.dit_storage == "fp8" else ""),
+        + {"bf16": "", "fp8": ", stored in fp8"}[settings.dit_storage]
+        + (" and computed in fp8" if settings.dit_precision == "fp8" else ""),
         f"decode on {settings.decode_ranks} rank(s) in {settings.decode_dtype}, "
         f"chunk_t {settings.chunk_t}",
         "expandable segments" if settings.expandable_segments else "default allocator",
         *(["CFG parallel (2 groups)"] if settings.cfg_parallel else []),
+        *(["eager DiT (no compile)"] if not settings.compile else []),
     ]
     return ", ".join(parts)

@@ -65,6 +65,7 @@ class WorkerRequest:
             "--decode-ranks", str(s.decode_ranks),
             "--dit", s.dit,
             "--dit-storage", s.dit_storage,
+            "--dit-precision", s.dit_precision,
             "--run-dir", str(self.run_dir),
         ]  # fmt: skip
         optional = {
@@ -77,7 +78,8 @@ class WorkerRequest:
         for flag, value in optional.items():
             if value is not None:
                 args += [flag, str(value)]
-        flags = {"--offload": s.offload, "--cfg-parallel": s.cfg_parallel}
+        flags = {"--offload": s.offload, "--cfg-parallel": s.cfg_parallel,
+                 "--no-compile": not s.compile}  # fmt: skip
         return [*args, *(flag for flag, on in flags.items() if on)]
 
 

@@ -4,6 +4,7 @@ device and doctor's preflight. Each refusal says what, why and the fix."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from wanctl.core.launch import (
     check_new,
     check_output,
 )
-from wanctl.core.settings import GIB, Settings
+from wanctl.core.settings import FP8_CAPABILITY, FP8_INSTALL, GIB, Settings
 from wanctl.core.variables import problems
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
 from wanctl.doctor.report import DoctorReport, Status
@@ -21,6 +22,7 @@ from wanctl.generate.options import BACKENDS, DEVICES, GenerateOptions, RunPaths
 from wanctl.generate.wan_repo import check_wan_repo
 from wanctl.models.catalog import MODELS
 from wanctl.models.layouts import check_diffusers_checkpoint
+from wanctl.probe.base import GpuInventory
 from wanctl.tune.host import HOST_MARGIN, HostPlan
 
 # Checks that matter on the CPU (no driver is expected there).
@@ -256,3 +258,22 @@ def check_variables(
             fix="; ".join(problem.fix for problem in failing),
         )
     return tuple(f"{problem.what}: {problem.why}" for problem in found)
+
+
+def check_fp8_compute(settings: Settings, inventory: GpuInventory, device: str) -> None:
+    """fp8 compute needs fp8 tensor cores (compute capability 8.9+) on every GPU, and torchao;
+    refused before launch, not by a rank after the load."""
+    if settings.dit_precision != "fp8":
+        return
+    fix = "drop --dit-precision fp8 (--dit-storage fp8 halves the DiT's memory without them)"
+    if device != "cuda":
+        raise UsageError("fp8 compute runs on NVIDIA GPUs", why="this run is on the CPU", fix=fix)
+    old = [gpu for gpu in inventory.live_gpus() if gpu.compute_capability is not None
+           and gpu.compute_capability < FP8_CAPABILITY]  # fmt: skip
+    if old:
+        names = ", ".join(f"GPU {g.index} {g.name} ({g.sm})" for g in old)
+        why = f"{names}: fp8 matrix multiplications start at compute capability 8.9 (sm_89)"
+        raise UsageError("these GPUs have no fp8 tensor cores", why=why, fix=fix)
+    if importlib.util.find_spec("torchao") is None:
+        raise UsageError("fp8 compute needs torchao", why="it is not installed",
+                         fix=f"{FP8_INSTALL}, or {fix}")  # fmt: skip

@@ -3,8 +3,12 @@ reads what its ranks recorded."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from wanctl.core.launch import RunResult
 from wanctl.core.settings import Settings
+from wanctl.core.timeline import Timeline, process_started, run_timeline
 from wanctl.core.worker import WorkerRequest, read_node, read_ranks
 from wanctl.generate.failures import Stamp, failure, read_statuses
 from wanctl.generate.options import GenerateOptions, RunPaths
@@ -26,15 +30,18 @@ def worker_request(
     )  # fmt: skip
 
 
-def finish(plan: GeneratePlan, result: RunResult, start: float, before: Stamp) -> GenerateSummary:
+def finish(
+    plan: GeneratePlan, result: RunResult, start: float, before: Stamp, launched: float
+) -> GenerateSummary:
     """The summary of a run, or the error of a failed one (`before`: the latents file's stamp
-    as the run started)."""
+    as the run started; `launched`: the wall-clock time torchrun was started)."""
     ranks = read_ranks(plan.paths.run_dir)
     if ranks is None:  # rank 0 writes them once every rank has decoded its part
         raise failure(plan, read_statuses(plan.paths.run_dir), result, before)
     attention = ranks[0].get("attention")
     steps = ranks[0]["step_seconds"]
     seconds = ranks[0]["seconds"]
+    node = read_node(plan.paths.run_dir)
     return summary(
         plan,
         start,
@@ -56,11 +63,24 @@ def finish(plan: GeneratePlan, result: RunResult, start: float, before: Stamp) -
         experts=ranks[0].get("experts", []),
         guidance_passes=[r["guidance_passes"] for r in ranks if r.get("guidance_passes")],
         encoded_on=[r["rank"] for r in ranks if r.get("encoded_prompt")],
+        compile=ranks[0].get("compile"),
+        # rank 0's clock is this machine's on node 0 alone
+        timeline=_timeline(ranks[0], launched) if node == 0 else None,
         notes=[
-            *_node_note(plan, read_node(plan.paths.run_dir)),
+            *_node_note(plan, node),
             *[r["kernel_problem"] for r in ranks if r.get("kernel_problem")][:1],
         ],
     )
+
+
+def _timeline(rank: dict[str, Any], launched: float) -> Timeline | None:
+    """Where the run's time went, from this process's start to now."""
+    marks = rank.get("marks") or {}
+    if not {"main", "group"} <= marks.keys():
+        return None
+    started = process_started() or launched
+    return run_timeline(marks, rank["seconds"], rank["step_seconds"], started=started,
+                        launched=launched, ended=time.time())  # fmt: skip
 
 
 def _node_note(plan: GeneratePlan, node: int) -> list[str]:

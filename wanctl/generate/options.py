@@ -46,6 +46,8 @@ class GenerateOptions:
     dit: str | None = None
     dit_storage: str | None = None  # "bf16" | "fp8"
     cfg_parallel: bool | None = None  # the two guidance passes on two halves of the ranks
+    dit_precision: str | None = None  # "bf16" | "fp8" (compute)
+    compile: bool | None = None  # the DiT's repeated block compiled (GPUs)
     env: tuple[tuple[str, str], ...] = ()  # --env KEY=VALUE
     preflight: bool = True
     timeout_s: float | None = None

@@ -10,6 +10,7 @@ from typing import Any
 
 from wanctl.core.launch import LaunchSpec
 from wanctl.core.settings import Settings
+from wanctl.core.timeline import Timeline
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.models.attention import AttentionChoice
 from wanctl.tune.host import HostPlan
@@ -89,6 +90,9 @@ class GenerateSummary:
     # CFG parallel: the DiT passes each rank computed (one a step; the other half's came by
     # the exchange)
     guidance_passes: list[int] = field(default_factory=list)
+    # how compiling the DiT went on rank 0 (`wanctl.models.compiled.CompileReport` as a dict)
+    compile: dict[str, Any] | None = None
+    timeline: Timeline | None = None  # where the wall time went, and the time to first step
 
     @property
     def expert_steps(self) -> str | None:

@@ -46,6 +46,7 @@ from wanctl.doctor.run import diagnose
 from wanctl.generate import diffusers, wan_repo
 from wanctl.generate.checks import (
     check_disk,
+    check_fp8_compute,
     check_host_memory,
     check_preflight,
     check_request,
@@ -142,6 +143,7 @@ def prepare(
     settings, source, predicted, settings_env = resolve_settings(
         options, device, report, workload, env
     )
+    check_fp8_compute(settings, report.inventory, device)
     paths = RunPaths.for_output(options.output)
     check_disk(paths, workload, disk_free(paths.output.parent))
     host = planned_host(options, device, settings, workload, ranks)
@@ -227,11 +229,12 @@ def run_generate(
     shutil.rmtree(plan.paths.run_dir, ignore_errors=True)  # a killed run's, same pid reused
     plan.paths.run_dir.mkdir()
     notify(f"starting {plan.ranks} rank(s) on {plan.device} with torchrun")
+    launched = time.time()
     try:
         result = runner.run(plan.spec)
         if plan.options.backend == "wan-repo":
             return wan_repo.finish(plan, result, runner, notify, start, before)
-        return diffusers.finish(plan, result, start, before)
+        return diffusers.finish(plan, result, start, before, launched)
     except KeyboardInterrupt:
         raise interrupted(plan, read_statuses(plan.paths.run_dir), before) from None
     finally:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+import platformdirs
 
 from wanctl.core import allocator
 from wanctl.core.launch import (
@@ -73,8 +76,19 @@ def resolve_settings(
         )  # fmt: skip
         plan = dataclasses.replace(plan, env={**resolved.env, **plan.env}, source=source)
         plan = with_step(plan, links_of(report.fingerprint))
-    settings_env = {**plan.env, CHUNK_ENV: str(settings.chunk_t)}
+    settings_env = {**plan.env, CHUNK_ENV: str(settings.chunk_t), **compile_env(settings)}
     return settings, source, plan, settings_env
+
+
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def compile_env(settings: Settings) -> dict[str, str]:
+    """Inductor's cache in wanctl's user cache folder when the DiT is compiled: the compiled
+    block of a size is kept across runs (and reboots, unlike the default under /tmp)."""
+    if not settings.compile or settings.backend != "diffusers":
+        return {}
+    return {INDUCTOR_CACHE_ENV: str(Path(platformdirs.user_cache_dir("wanctl")) / "inductor")}
 
 
 UNPLANNED = (
@@ -113,9 +127,19 @@ def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, 
             "dit",
             "dit_storage",
             "cfg_parallel",
+            "dit_precision",
+            "compile",
         )
         if getattr(options, name) is not None
     }
+    if chosen.get("dit_precision") == "fp8":
+        if options.dit_storage == "bf16":
+            raise UsageError(
+                "--dit-precision fp8 with --dit-storage bf16",
+                why="fp8 compute multiplies fp8 weights: they are stored in fp8",
+                fix="drop --dit-storage bf16",
+            )
+        chosen["dit_storage"] = "fp8"
     if "chunk_t" not in chosen and CHUNK_ENV in env:
         chosen["chunk_t"] = chunk_t(None, env)
     conf = allocator_in_force(dict(options.env), env)
@@ -145,12 +169,13 @@ def check_settings(settings: Settings, options: GenerateOptions, workload: Workl
         )
     problem = run_problem(workload, settings)
     if problem:
-        chosen = options.dit or options.offload is not None or options.dit_storage
+        chosen = (options.dit or options.offload is not None or options.dit_storage
+                  or options.dit_precision)  # fmt: skip
         raise UsageError(
             f"the {settings.backend} backend cannot run these settings "
             f"({'your flags' if chosen else 'the preset'})",
             why=problem,
-            fix="drop --dit fsdp, --offload or --dit-storage, as the reason says",
+            fix="drop --dit fsdp, --offload, --dit-storage or --dit-precision, as the reason says",
         )
     _, height, width = workload.latent
     rows = max(height, width)

@@ -27,6 +27,8 @@ class Constraints:
     chunk_t: int | None = None
     dit_storage: str | None = None
     cfg_parallel: bool | None = None
+    dit_precision: str | None = None
+    compile: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ def candidates(workload: Workload, constraints: Constraints, platform: str) -> I
                     expandable_segments=allocator_conf(platform) is not None,
                     dit_storage=storage,
                     cfg_parallel=cfg,
+                    dit_precision=constraints.dit_precision or "bf16",
+                    compile=True if constraints.compile is None else constraints.compile,
                 )
 
 
@@ -90,6 +94,8 @@ def placements_tried(workload: Workload, constraints: Constraints) -> list[tuple
         order = [(dit, storage, offload) for storage in ("bf16", "fp8")
                  for dit, offload in (("replicated", False), ("replicated", True),
                                       ("fsdp", False))[: 2 + several]]  # fmt: skip
+    if constraints.dit_precision == "fp8":  # fp8 compute multiplies fp8-stored weights
+        order = list(dict.fromkeys((dit, "fp8", offload) for dit, _, offload in order))
     pins = (constraints.dit, constraints.dit_storage, constraints.offload)
     kept = [p for p in order if all(pin in (None, v) for pin, v in zip(pins, p, strict=True))]
     if kept:

@@ -41,6 +41,13 @@ from wanctl.tune.predict import PARAMS
 # 1280*720 x 81 (75,600 tokens), benchmarks/experts.py (12.16 s, 2026-12-02).
 ANCHORS = {"TI2V-5B": (27_280, 1.23), "A14B expert": (75_600, 12.16)}
 ANCHOR_CARD = "NVIDIA H200"
+# One forward's seconds against eager bf16's, by (compiled, precision), `benchmarks/dit.py` on
+# one H200 (torch 2.11.0+cu130, 2026-12-02): TI2V-5B at 1280*704 x 121, eager bf16 1.187 s,
+# compiled 0.926 s, fp8 compute eager 1.325 s, compiled 0.791 s.
+RELATIVE_FORWARD = {
+    "TI2V-5B": {(True, "bf16"): 0.926 / 1.187, (False, "fp8"): 1.325 / 1.187,
+                (True, "fp8"): 0.791 / 1.187},
+}  # fmt: skip
 # Dense bf16 tensor rate with fp32 accumulation, TFLOP/s, from the vendors' datasheets (not
 # measured here): the ratio to the H200's scales the anchors to a card. Matched on the NVML
 # name, most specific first.
@@ -116,6 +123,9 @@ def step_time(
 ) -> StepTime:
     """Predicted seconds per step of `settings`' layout for `workload` on `gpus` cards."""
     forward, assumed = forward_seconds(workload, card_name)
+    relative, note = relative_forward(settings, workload.family.dit_name)
+    forward *= relative
+    assumed += note
     degree = settings.ulysses(workload.gpus)
     passes = 2 // settings.cfg_groups  # passes a rank runs per step
     compute = passes * forward / degree
@@ -127,6 +137,22 @@ def step_time(
         comm += exchange
         more += note
     return StepTime(settings.layout(workload.gpus), compute, comm, (*assumed, *dict.fromkeys(more)))
+
+
+def relative_forward(settings: Settings, dit_name: str) -> tuple[float, tuple[str, ...]]:
+    """One forward's time with `settings`' compile and precision against eager bf16's, and
+    what that assumed (the ratio of another DiT, or of the H200 for another card)."""
+    key = (settings.compile, settings.dit_precision)
+    if key == (False, "bf16"):
+        return 1.0, ()
+    measured = RELATIVE_FORWARD.get(dit_name)
+    note: tuple[str, ...]
+    if measured is None or key not in measured:
+        measured, note = RELATIVE_FORWARD["TI2V-5B"], (f"{dit_name}: TI2V-5B's speed-up from "
+                                                        "compiling and fp8 compute",)  # fmt: skip
+    else:
+        note = ()
+    return measured[key], note
 
 
 def _all_to_alls(

@@ -14,20 +14,29 @@ import torch
 import torch.distributed as dist
 
 from wanctl.core.families import Family
+from wanctl.errors import UsageError
 from wanctl.models.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
 from wanctl.models.cfg import cfg_mesh, enable_cfg_parallel
+from wanctl.models.compiled import CompiledDit, not_compiled
 from wanctl.models.pipelines import WanModel
 from wanctl.models.placement import BoundarySwap, prepare_dit
+from wanctl.models.precision import fp8_problem, quantize_fp8
 
 
 def load_dits(
     model: WanModel, device: torch.device, args: argparse.Namespace, negative: torch.Tensor
-) -> tuple[list[Any], BoundarySwap | None]:
+) -> tuple[list[Any], BoundarySwap | None, list[CompiledDit]]:
     """The DiT, or both experts (high noise first), placed as the settings say
-    (`wanctl.models.placement`), Ulysses-parallel over all ranks (with `--cfg-parallel`, over
-    each half, which computes one guidance pass: `wanctl.models.cfg`, given the `negative`
-    prompt's embeddings); and the swap at the boundary when the low-noise expert waits on the
-    CPU."""
+    (`wanctl.models.placement`), their linear layers in fp8 with `--dit-precision fp8`
+    (`wanctl.models.precision`), their blocks compiled unless the run is on the CPU or
+    `--no-compile` (`wanctl.models.compiled`), Ulysses-parallel over all ranks (with
+    `--cfg-parallel`, over each half, which computes one guidance pass: `wanctl.models.cfg`,
+    given the `negative` prompt's embeddings); the swap at the boundary when the low-noise
+    expert waits on the CPU; and the compiled wrappers, which report how compiling went."""
+    if args.dit_precision == "fp8" and (problem := fp8_problem(device)):
+        raise UsageError("this run cannot compute its DiT in fp8", why=problem,
+                         fix="drop --dit-precision fp8 (--dit-storage fp8 halves the weights "
+                         "without fp8 tensor cores)")  # fmt: skip
     staging = torch.device(model.staging)
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     placed = dict(storage=args.dit_storage, shard=args.dit == "fsdp", compute=compute)
@@ -38,6 +47,11 @@ def load_dits(
         waits = torch.device("cpu") if args.offload else device
         dits.append(prepare_dit(low, device=waits, fill_on=device, **placed))
         swap = BoundarySwap(dits[0], dits[1], device) if args.offload else None
+    if args.dit_precision == "fp8":
+        for dit in dits:
+            quantize_fp8(dit)
+    eager = not_compiled(device, not args.no_compile)
+    compiled = [] if eager else [CompiledDit(dit) for dit in dits]
     world, groups = dist.get_world_size(), 2 if args.cfg_parallel else 1
     mesh = cfg_mesh(device.type, world, groups) if groups > 1 else None
     for dit in dits:
@@ -45,7 +59,14 @@ def load_dits(
             enable_ulysses(dit, world // groups, mesh["ring", "ulysses"] if mesh else None)
         if mesh is not None:
             enable_cfg_parallel(dit, negative, mesh)
-    return dits, swap
+    return dits, swap, compiled
+
+
+def compile_report(compiled: list[CompiledDit], device: torch.device, wanted: bool) -> Any:
+    """How compiling went on this rank, as a dict for the summary: the first DiT's wrapper
+    (the experts share one compiled graph), or why the DiT ran eager."""
+    report = compiled[0].report() if compiled else not_compiled(device, wanted)
+    return asdict(report) if report is not None else None
 
 
 def set_attention_backend(dits: list[Any], backend: str) -> None:

@@ -49,6 +49,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from wanctl.core.families import Family
 from wanctl.core.progress import announce, progress_bar
 from wanctl.core.status import RankStatus, classify
+from wanctl.core.timeline import process_started
 from wanctl.core.worker import SUMMARY
 from wanctl.core.workload import parse_size
 from wanctl.decode.latents import Latents, save_latents
@@ -61,6 +62,7 @@ from wanctl.models.pipelines import NEGATIVE_PROMPT, WanModel, build_pipeline
 from wanctl.models.select import model_for
 from wanctl.workers.dits import (
     choose_attention,
+    compile_report,
     load_dits,
     record_forwards,
     release,
@@ -96,6 +98,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--dit", choices=("replicated", "fsdp"), default="replicated")
     parser.add_argument("--dit-storage", choices=("bf16", "fp8"), default="bf16")
+    parser.add_argument("--dit-precision", choices=("bf16", "fp8"), default="bf16")
+    parser.add_argument("--no-compile", action="store_true", help="the DiT stays eager")
     parser.add_argument("--offload", action="store_true", help="A14B: the idle expert on the CPU")
     parser.add_argument("--memory-cap-gib", type=float)
     parser.add_argument(
@@ -120,10 +124,14 @@ class RankResult:
     guidance_passes: int | None = None  # CFG parallel: the DiT passes this rank computed
     encoded_prompt: bool = False  # this rank loaded the text encoder (rank 0 alone)
     host_rss_gib: float | None = None  # this process's peak resident set (Linux, macOS)
+    compile: dict[str, Any] | None = None  # a `CompileReport`: compiled or why not, 1st forward
+    # wall-clock times (`wanctl.core.timeline`): process, main, group, first_step, <phase>_start
+    marks: dict[str, float] = field(default_factory=dict)
 
 
 @record
 def main(argv: list[str]) -> int:
+    marks = {"process": process_started(), "main": time.time()}
     args = parse_args(argv)
     _quiet_libraries()
     device = _device(args.device)
@@ -131,12 +139,14 @@ def main(argv: list[str]) -> int:
         "nccl" if device.type == "cuda" else "gloo",
         device_id=device if device.type == "cuda" else None,
     )
+    marks["group"] = time.time()
     rank = dist.get_rank()
     status = RankStatus(args.run_dir, rank)
     try:
         if args.memory_cap_gib is not None:
             cap_memory(device, args.memory_cap_gib)
         result = run(args, device, status)
+        result.marks.update({k: v for k, v in marks.items() if v is not None})
     except BaseException as error:
         status.failed(error)
         if not expected(error):
@@ -232,7 +242,7 @@ def sample(
     """Latents (1, C, T, h, w), float32, in the model's normalised space."""
     start = time.perf_counter()
     family = model.family
-    dits, swap = load_dits(model, device, args, embeds[1])
+    dits, swap, compiled = load_dits(model, device, args, embeds[1])
     pipe = build_pipeline(
         dits[0],
         vae,
@@ -270,6 +280,7 @@ def sample(
             **extra,
         )
     latents: torch.Tensor = output.frames.float()
+    result.compile = compile_report(compiled, device, not args.no_compile)
     if swap is not None and swap.seconds is not None:
         result.seconds["expert_swap"] = swap.seconds
     branches = [dit.forward for dit in dits if isinstance(dit.forward, CfgBranch)]
@@ -350,6 +361,7 @@ def phase(
     """Record the phase as started (rank 0 announces it), then its seconds and peak memory on
     this rank."""
     status.phase(name)
+    result.marks[f"{name}_start"] = time.time()
     if dist.get_rank() == 0:
         announce(PHASE_TITLES[name])
     if device.type == "cuda":
@@ -385,6 +397,8 @@ def _step_timer(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         now = time.perf_counter()
+        if not result.step_seconds:
+            result.marks["first_step"] = time.time()
         result.step_seconds.append(now - last[0])
         last[0] = now
         result.experts.append("+".join(sorted(set(ran))))
