@@ -1,6 +1,7 @@
 """The benchmark scripts run (their CPU smoke modes): a broken one is found here, not on the
 GPU machine where its figures are taken."""
 
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,11 @@ def test_memory_model_against_its_recorded_measurements() -> None:
     assert "in-sample: largest error" in output and "held-out: largest error" in output
 
 
-def test_experts_check_only_measures_fp8_storage_against_the_weights_as_built() -> None:
-    output = run("experts.py", "--check-only")
-    assert "fp8 storage, relative L2 error of one forward against float32" in output
+def test_dit_check_only_measures_every_way_against_eager(tmp_path: Path) -> None:
+    run("dit.py", "--check-only", "--skip", "fused", "--json", str(tmp_path / "rows.json"))
+    rows = {row["way"]: row for row in json.loads((tmp_path / "rows.json").read_text())["rows"]}
+    assert list(rows) == ["eager float32", "compiled float32 (wanctl's)",
+                          "fp8 storage (layerwise casting)", "fp8 compute"]  # fmt: skip
+    assert rows["compiled float32 (wanctl's)"]["rel_l2_noise"] <= 1e-6  # the same arithmetic
+    assert 0 < rows["fp8 storage (layerwise casting)"]["rel_l2_noise"] < 0.1
+    assert "NVIDIA GPU" in rows["fp8 compute"]["refused"]

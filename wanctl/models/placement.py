@@ -3,7 +3,7 @@
 - replicated: each DiT whole on every rank's GPU, in bf16;
 - `dit_storage="fp8"`: the linear layers stored in float8 (e4m3) and cast to the compute dtype
   layer by layer as they run (diffusers' layerwise casting; norms, embeddings and the output
-  projection stay as they were): half the weights' memory, an error `benchmarks/experts.py`
+  projection stay as they were): half the weights' memory, an error `benchmarks/dit.py`
   measures;
 - `dit="fsdp"`: each DiT sharded over the ranks with PyTorch's FSDP2 (`fully_shard` per
   transformer block, then the root): 1/N of the weights per rank, a block gathered while the

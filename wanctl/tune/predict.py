@@ -303,8 +303,8 @@ def _max_chunk_t(workload: Workload, settings: Settings, budget: float) -> int:
 
 
 # The fp8-stored A14B expert's cost to quality: relative L2 error of one forward against bf16,
-# `benchmarks/experts.py` on one H200 (torch 2.11.0+cu130, diffusers 0.42.1, 2026-12-02;
-# random weights, 1280*720 x 81): on noise, and on a smooth field.
+# `benchmarks/experts.py` (now rows of `benchmarks/dit.py`) on one H200 (torch 2.11.0+cu130,
+# diffusers 0.42.1, 2026-12-02; random weights, 1280*720 x 81): on noise, and on a smooth field.
 FP8_ERROR = (5.75e-2, 5.87e-2)
 # The offload swap at the boundary: the low-noise expert (26.6 GiB) from pageable host memory
 # to the GPU, `wanctl generate --model synthetic-a14b --offload` on one H200 (2026-12-02).
@@ -318,7 +318,7 @@ def _notes(settings: Settings) -> tuple[str, ...]:
             "the DiT's linear layers stored in fp8 and computed in bf16: half their memory, for "
             f"a relative L2 error per forward of {FP8_ERROR[0]:.1e} (noise) to {FP8_ERROR[1]:.1e}"
             " (a smooth field) against bf16, measured on an H200 with random A14B weights "
-            "(benchmarks/experts.py)"
+            "(benchmarks/dit.py)"
         )
     if settings.offload and settings.backend == "diffusers":
         notes.append(

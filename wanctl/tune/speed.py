@@ -38,7 +38,7 @@ from wanctl.tune.predict import PARAMS
 
 # One forward measured on one NVIDIA H200 (torch 2.11.0+cu130, diffusers 0.42.1): TI2V-5B at
 # 1280*704 x 121 (27,280 tokens), shared/notes/facts.md (1.23 s, 2026-12-01); an A14B expert at
-# 1280*720 x 81 (75,600 tokens), benchmarks/experts.py (12.16 s, 2026-12-02).
+# 1280*720 x 81 (75,600 tokens), benchmarks/experts.py (12.16 s, 2026-12-02; now benchmarks/dit.py).
 ANCHORS = {"TI2V-5B": (27_280, 1.23), "A14B expert": (75_600, 12.16)}
 ANCHOR_CARD = "NVIDIA H200"
 # One forward's seconds against eager bf16's, by (compiled, precision), `benchmarks/dit.py` on
