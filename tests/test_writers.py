@@ -29,16 +29,28 @@ from wanctl.decode.writers import (
 from wanctl.errors import WanctlError
 
 
-def encoders_left() -> list[str]:
-    """The mp4 encoder threads and ffmpeg processes (zombies too) this process still has."""
-    threads = [t.name for t in threading.enumerate() if t.name == ENCODER_THREAD]
-    children = psutil.Process().children(recursive=True)
-    return threads + [f"pid {p.pid}" for p in children if "ffmpeg" in p.name()]
+def ffmpegs() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if "ffmpeg" in p.name()]
 
 
-def the_ffmpeg() -> psutil.Process:
-    (ffmpeg,) = [p for p in psutil.Process().children() if "ffmpeg" in p.name()]
-    return ffmpeg
+class Encoders:
+    """The mp4 encoder threads, and the ffmpeg processes (zombies too) started since it was
+    made: those of earlier tests (imageio-ffmpeg's readers) do not count."""
+
+    def __init__(self) -> None:
+        self._before = {p.pid for p in ffmpegs()}
+
+    def started(self) -> list[psutil.Process]:
+        return [p for p in ffmpegs() if p.pid not in self._before]
+
+    def left(self) -> list[str]:
+        threads = [t.name for t in threading.enumerate() if t.name == ENCODER_THREAD]
+        return threads + [f"ffmpeg pid {p.pid}" for p in self.started()]
+
+
+@pytest.fixture
+def encoders() -> Encoders:
+    return Encoders()
 
 
 def levels(count: int) -> list[int]:
@@ -50,7 +62,7 @@ def flat_frames(values: list[int], size: int = 32) -> np.ndarray:
     return np.repeat(np.array(values, np.uint8), size * size * 3).reshape(-1, size, size, 3)
 
 
-def test_every_frame_arrives_in_order(tmp_path: Path) -> None:
+def test_every_frame_arrives_in_order(tmp_path: Path, encoders: Encoders) -> None:
     """More chunks than the queue holds, read back: all there, each one where it was written."""
     values = levels(16)
     output = tmp_path / "video.mp4"
@@ -64,12 +76,12 @@ def test_every_frame_arrives_in_order(tmp_path: Path) -> None:
     means = [np.frombuffer(frame, np.uint8).mean() for frame in reader]
     assert np.allclose(means, values, atol=2), means
     assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4"]  # no partial file left
-    assert encoders_left() == []
+    assert encoders.left() == []
 
 
 @pytest.mark.parametrize("stop", [RuntimeError, KeyboardInterrupt])
 def test_a_decode_stopped_midway_leaves_no_file_thread_or_ffmpeg(
-    tmp_path: Path, stop: type[BaseException]
+    tmp_path: Path, stop: type[BaseException], encoders: Encoders
 ) -> None:
     """A failure (or Ctrl-C) once chunks are queued for the encoder: decode_to_file aborts the
     writer, and nothing is left, neither on disk nor in the process."""
@@ -84,16 +96,16 @@ def test_a_decode_stopped_midway_leaves_no_file_thread_or_ffmpeg(
 
     with pytest.raises(stop, match="after 3 chunks"):
         decode_to_file(vae, z, tmp_path / "video.mp4", fps=24, on_frames=frames_done)
-    assert list(tmp_path.iterdir()) == [] and encoders_left() == []
+    assert list(tmp_path.iterdir()) == [] and encoders.left() == []
 
 
-def test_abort_stops_an_encoder_that_stalls_at_once(tmp_path: Path) -> None:
+def test_abort_stops_an_encoder_that_stalls_at_once(tmp_path: Path, encoders: Encoders) -> None:
     """ffmpeg stopped (SIGSTOP) while the encoder thread writes to it: the writes still return
     at once (the queue takes them), and abort kills ffmpeg mid-write, reaps it and ends the
     thread without waiting on it."""
     frames = np.random.default_rng(0).integers(0, 256, (4, 128, 128, 3), np.uint8)  # > a pipe
     writer = open_writer(tmp_path / "video.mp4", frames=40, height=128, width=128, fps=24)
-    ffmpeg = the_ffmpeg()
+    (ffmpeg,) = encoders.started()
     ffmpeg.send_signal(signal.SIGSTOP)
     resume = threading.Timer(10, ffmpeg.send_signal, (signal.SIGCONT,))  # a failure, not a hang
     resume.start()
@@ -104,10 +116,12 @@ def test_abort_stops_an_encoder_that_stalls_at_once(tmp_path: Path) -> None:
     writer.abort()
     resume.cancel()
     assert queued < 1 and time.perf_counter() - start < 3
-    assert list(tmp_path.iterdir()) == [] and encoders_left() == []
+    assert list(tmp_path.iterdir()) == [] and encoders.left() == []
 
 
-def test_a_full_disk_is_a_clear_error_at_a_write_or_at_close(tmp_path: Path) -> None:
+def test_a_full_disk_is_a_clear_error_at_a_write_or_at_close(
+    tmp_path: Path, encoders: Encoders
+) -> None:
     """ffmpeg writing to /dev/full (the partial file's name links there) stops with ENOSPC: a
     later write or close raises the writer's error with ffmpeg's reason, and the writer has
     already stopped its thread and ffmpeg and removed the partial file."""
@@ -122,11 +136,13 @@ def test_a_full_disk_is_a_clear_error_at_a_write_or_at_close(tmp_path: Path) -> 
             writer.write(noise.copy())
         writer.close()
     assert "No space left on device" in (caught.value.why or "")
-    assert list(tmp_path.iterdir()) == [] and encoders_left() == []
+    assert list(tmp_path.iterdir()) == [] and encoders.left() == []
     writer.abort()  # as decode_to_file does on any error: nothing more to do
 
 
-def test_an_encoder_that_leaves_no_file_is_a_clear_error(tmp_path: Path) -> None:
+def test_an_encoder_that_leaves_no_file_is_a_clear_error(
+    tmp_path: Path, encoders: Encoders
+) -> None:
     """ffmpeg that cannot create its file exits; the writer says so, and publishes nothing
     under the output's name."""
     blocked = tmp_path / "not-a-folder"
@@ -136,7 +152,7 @@ def test_an_encoder_that_leaves_no_file_is_a_clear_error(tmp_path: Path) -> None
         writer.write(np.zeros((1, 16, 16, 3), np.uint8))
         writer.close()
     assert caught.value.fix and "Not a directory" in (caught.value.why or "")
-    assert not (blocked / "video.mp4").exists() and encoders_left() == []
+    assert not (blocked / "video.mp4").exists() and encoders.left() == []
 
 
 def test_an_npy_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
@@ -144,11 +160,11 @@ def test_an_npy_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
         open_writer(tmp_path / "missing" / "video.npy", frames=1, height=16, width=16, fps=24)
 
 
-def test_an_aborted_mp4_before_any_frame_leaves_nothing(tmp_path: Path) -> None:
+def test_an_aborted_mp4_before_any_frame_leaves_nothing(tmp_path: Path, encoders: Encoders) -> None:
     """As on Ctrl-C before the first frame: nothing published, no partial file, no encoder."""
     writer = open_writer(tmp_path / "video.mp4", frames=2, height=16, width=16, fps=24)
     writer.abort()
-    assert list(tmp_path.iterdir()) == [] and encoders_left() == []
+    assert list(tmp_path.iterdir()) == [] and encoders.left() == []
 
 
 def test_x264_gets_the_cpus_this_process_may_use() -> None:
