@@ -27,6 +27,11 @@ def test_decode_check_only_compares_both_decoders(vae: str) -> None:
     assert "max abs diff, uint8 levels: 0" in output or "max abs diff, uint8 levels: 1" in output
 
 
+def test_decode_writers_check_only_times_the_npy_and_the_mp4_decode() -> None:
+    output = run("decode_writers.py", "--check-only")
+    assert "x264 threads:" in output and "ratio mp4 / npy (medians):" in output
+
+
 def test_attention_smoke_times_every_backend_then_the_dit() -> None:
     smoke = ("--device", "cpu", "--tokens", "256", "--size", "128*128", "--frames", "5")
     output = run("attention.py", *smoke, "--layers", "1")

@@ -3,7 +3,10 @@
 `decode_to_file` is what a torchrun worker (decode or generate) calls once torch.distributed is
 up: every rank decodes its slab of each chunk, rank 0 gathers the pixels and writes them. With
 no split it is the one-process decode. Neither the device nor the host ever holds the whole
-video as floats: each chunk becomes uint8 frames in the file before the next one is decoded.
+video as floats: each chunk becomes uint8 frames, handed to the writer one chunk late
+(`frames_behind`: the GPU decodes the next meanwhile); an mp4's encoder takes them on a thread
+of its own, at most a few chunks behind (`wanctl.decode.writers.Mp4Writer`), so that the decode,
+and the other ranks' halo exchanges with rank 0, do not wait on x264.
 """
 
 from __future__ import annotations

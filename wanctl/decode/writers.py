@@ -2,14 +2,19 @@
 
 A writer writes to a hidden partial file next to the output and moves it into place only when
 every frame is in, so a failed decode never leaves a truncated video under the output's name
-(nor destroys an earlier one).
+(nor destroys an earlier one). The mp4 writer encodes on a thread of its own, a few chunks
+behind the decode (`Mp4Writer`); the npy writer copies each chunk into place at once.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
-from collections.abc import Generator, Iterable, Iterator
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,18 +23,23 @@ import numpy as np
 import torch
 
 from wanctl.core.launch import partial_path
+from wanctl.decode.handoff import Handoff
 from wanctl.errors import WanctlError
 
 SUFFIXES = (".mp4", ".npy")
-# Constant rate factor 10, as the official Wan2.2 `save_video` (imageio quality 8).
-MP4_QUALITY = 8
+# x264's constant rate factor: 10, as the official Wan2.2 `save_video` (imageio quality 8).
+CRF = 10
+# Chunks waiting for the mp4 encoder: at 1280x704, 4 frames of 2.7 MB each.
+QUEUE_CHUNKS = 3
+ENCODER_THREAD = "wanctl-mp4-encoder"
 
 
 class FrameWriter(Protocol):
     expected: int  # frames the file will hold
 
     def write(self, frames: np.ndarray) -> None:
-        """Append uint8 frames (n, height, width, 3)."""
+        """Append uint8 frames (n, height, width, 3); they may reach the file later (the mp4
+        encoder's thread), so the array must not change afterwards."""
         ...
 
     def close(self) -> None:
@@ -37,7 +47,7 @@ class FrameWriter(Protocol):
         ...
 
     def abort(self) -> None:
-        """Drop the partial file."""
+        """Drop the partial file (and stop the encoder)."""
         ...
 
 
@@ -128,9 +138,14 @@ class _Counted:
             raise ValueError(f"more than the {self.expected} frames announced")
         self.written += len(frames)
 
+    def _drop(self) -> None:
+        """Remove the partial file; none there (nor a folder to hold it) is fine."""
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            self.partial.unlink()
+
     def _publish(self) -> None:
         if self.written != self.expected:
-            self.partial.unlink(missing_ok=True)
+            self._drop()
             raise ValueError(f"{self.written} frames written, {self.expected} announced")
         if not self.partial.is_file() or self.partial.stat().st_size == 0:
             raise write_failed(self.output, "the encoder left no file behind")
@@ -160,46 +175,125 @@ class NpyWriter(_Counted):
 
     def abort(self) -> None:
         self._array = None
-        self.partial.unlink(missing_ok=True)
+        self._drop()
 
 
 class Mp4Writer(_Counted):
+    """H.264 through ffmpeg, fed by a thread of its own: `write` queues the frames and returns
+    at once unless `QUEUE_CHUNKS` chunks already wait, so that neither the decode nor, in a
+    multi-rank decode, the ranks exchanging halos with this one wait on the encoder. An error
+    of the encoder (ffmpeg died: a full disk) is raised by the next `write` or by `close`."""
+
     def __init__(self, output: Path, *, frames: int, height: int, width: int, fps: float):
         super().__init__(output, frames)
-        self._encoder: Generator[None, Any, None] = imageio_ffmpeg.write_frames(
-            str(self.partial),
-            (width, height),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            quality=MP4_QUALITY,
-            ffmpeg_log_level="error",
+        command = ffmpeg_command(self.partial, width=width, height=height, fps=fps,
+                                 threads=encoder_threads())  # fmt: skip
+        self._ffmpeg = _Ffmpeg(command)
+        self._queue: Handoff[np.ndarray] = Handoff(
+            self._ffmpeg.send, depth=QUEUE_CHUNKS, name=ENCODER_THREAD
         )
-        self._encoder.send(None)  # starts ffmpeg
 
     def write(self, frames: np.ndarray) -> None:
         self._count(frames)
         try:
-            self._encoder.send(np.ascontiguousarray(frames))  # written as is, no copy
-        except OSError as error:  # ffmpeg died: a full disk, an unwritable path
-            raise write_failed(self.output, f"ffmpeg stopped: {error}") from error
+            self._queue.put(frames)
+        except OSError as error:
+            raise self._failed(error) from error
 
     def close(self) -> None:
         try:
-            self._encoder.close()
+            self._queue.finish()
+            self._ffmpeg.finish()
         except OSError as error:
-            raise write_failed(self.output, f"ffmpeg stopped: {error}") from error
+            raise self._failed(error) from error
+        except BaseException:
+            self.abort()
+            raise
         self._publish()
 
     def abort(self) -> None:
-        # The file is dropped: imageio-ffmpeg's warnings about it ("no frames have been
-        # written", "had to kill ffmpeg") would only alarm.
-        quiet = logging.getLogger("imageio_ffmpeg")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
+        """Drop the queued frames, kill ffmpeg (a write under way breaks off) and remove the
+        partial file; no thread nor process is left."""
+        self._stop()
+
+    def _stop(self) -> str:
+        self._queue.cancel(unblock=self._ffmpeg.kill)
+        said = self._ffmpeg.stop()
+        self._drop()
+        return said
+
+    def _failed(self, error: OSError) -> WanctlError:
+        said = self._stop()
+        return write_failed(self.output, f"ffmpeg stopped: {said or error}")
+
+
+def ffmpeg_command(path: Path, *, width: int, height: int, fps: float, threads: int) -> list[str]:
+    """imageio-ffmpeg's ffmpeg as its `write_frames` runs it (raw rgb24 frames on stdin, H.264
+    in yuv420p at `CRF`, errors only on stderr), with x264's threads set, and the frame size
+    kept as it is (no scaling to a multiple of 16: H.264 crops any even size)."""
+    rate = Fraction(fps).limit_denominator()
+    source = ["-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}"]
+    source += ["-pix_fmt", "rgb24", "-r", str(rate), "-i", "-", "-an"]
+    video = ["-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(CRF)]
+    return [imageio_ffmpeg.get_ffmpeg_exe(), "-y", *source, *video, "-threads", str(threads),
+            "-v", "error", str(path)]  # fmt: skip
+
+
+def encoder_threads() -> int:
+    """x264's threads: the CPUs this process may run on (its affinity where the OS has one: a
+    job scheduler or `taskset` may give it fewer than the machine's). ffmpeg is not held to the
+    worker's OMP_NUM_THREADS (torchrun sets 1 per rank; `wanctl.core.launch.thread_env` shares
+    the cores of CPU ranks): x264 does not read it."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+class _Ffmpeg:
+    """One ffmpeg process, frames written to its stdin, its errors to a temporary file. Its own
+    process rather than imageio-ffmpeg's `write_frames` generator, which is neither to be
+    stopped from another thread while it writes, nor reaps ffmpeg once it has killed it."""
+
+    def __init__(self, command: list[str]) -> None:
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by finish or stop)
+        # Its own session: a terminal's Ctrl-C reaches the decode, which stops ffmpeg itself.
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            start_new_session=True,
+        )
+
+    def send(self, frames: np.ndarray) -> None:
+        """Blocks while ffmpeg is behind; BrokenPipeError once it has stopped."""
+        assert self._process.stdin is not None
+        self._process.stdin.write(np.ascontiguousarray(frames).data)
+
+    def finish(self) -> None:
+        """End its input and wait for it to write the file; OSError if it failed."""
+        assert self._process.stdin is not None
         try:
-            self._encoder.close()
+            self._process.stdin.close()
         finally:
-            quiet.setLevel(level)
-        self.partial.unlink(missing_ok=True)
+            code = self._process.wait()
+        if code != 0:
+            raise OSError(f"exit code {code}")
+        self._log.close()
+
+    def kill(self) -> None:
+        self._process.kill()  # a no-op once it has been reaped
+
+    def stop(self) -> str:
+        """Kill it if it still runs, reap it, and return the first error it printed (the
+        cause; the lines after it are its consequences), less the "[out#0/mp4 @ 0x...]" tag."""
+        if self._log.closed:
+            return ""
+        self.kill()
+        self._process.wait()
+        with contextlib.suppress(OSError):  # frames it never read
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+        self._log.seek(0)
+        lines = self._log.read().decode(errors="replace").strip().splitlines()
+        self._log.close()
+        return re.sub(r"^\[[^]]*\] ", "", lines[0]) if lines else ""

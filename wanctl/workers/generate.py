@@ -23,6 +23,8 @@ DIR/rank<r>.json as it starts (`wanctl.core.status.RankStatus`):
   starts (nor can fail) before the latents are safe;
 - decode: each of the first `--decode-ranks` ranks decodes a slab of rows of every frame
   (`wanctl.decode`), rank 0 writes the video.
+Ranks that only wait for another's work (rank 0's text encoder and save, the decoding ranks)
+wait over gloo, free of NCCL's 10-minute watchdog (`wanctl.workers.group.waiting_group`).
 A rank that fails records the phase and cause there, and exits non-zero: torchrun stops the
 others. The first rank of each node ends by writing DIR/summary.json (in its node's run folder)
 with every rank's figures and its node's number: each node's wanctl learns the outcome.
@@ -69,6 +71,7 @@ from wanctl.workers.dits import (
     set_attention_backend,
 )
 from wanctl.workers.failures import expected
+from wanctl.workers.group import waiting_group
 
 GIB = 2**30
 
@@ -143,9 +146,10 @@ def main(argv: list[str]) -> int:
     rank = dist.get_rank()
     status = RankStatus(args.run_dir, rank)
     try:
+        waits = waiting_group()
         if args.memory_cap_gib is not None:
             cap_memory(device, args.memory_cap_gib)
-        result = run(args, device, status)
+        result = run(args, device, status, waits)
         result.marks.update({k: v for k, v in marks.items() if v is not None})
     except BaseException as error:
         status.failed(error)
@@ -157,7 +161,7 @@ def main(argv: list[str]) -> int:
         print(f"rank {rank}: {classify(type(error).__name__, str(error))}", file=sys.stderr)
         return 1
     results: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(results, asdict(result))
+    dist.all_gather_object(results, asdict(result), group=waits)  # for the decoding ranks
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # every node's wanctl reads its own
         node = int(os.environ.get("GROUP_RANK", "0"))
         (args.run_dir / SUMMARY).write_text(json.dumps({"ranks": results, "node": node}))
@@ -186,12 +190,15 @@ def cap_memory(device: torch.device, card_gib: float) -> None:
     torch.cuda.set_per_process_memory_fraction((card_gib * GIB - context) / total, device)
 
 
-def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> RankResult:
+def run(
+    args: argparse.Namespace, device: torch.device, status: RankStatus, waits: dist.ProcessGroup
+) -> RankResult:
+    """This rank's phases; `waits` (`waiting_group`) carries the waits for rank 0's work."""
     result = RankResult(dist.get_rank())
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = model_for(args.model, args.ckpt_dir, dtype, image=args.image is not None)
     with phase("text_encode", status, result, device):
-        embeds = encode_once(model, args, device)
+        embeds = encode_once(model, args, device, waits)
         result.encoded_prompt = dist.get_rank() == 0
     vae: Any = model.vae(device, encoder=args.image is not None)
     image, replay = None, None
@@ -216,7 +223,7 @@ def run(args: argparse.Namespace, device: torch.device, status: RankStatus) -> R
     with phase("save", status, result, device):
         if dist.get_rank() == 0:
             save_latents(args.latents, latents)
-        dist.barrier()
+        dist.barrier(group=waits)
     with phase("decode", status, result, device):
         decoded = decode(args, latents, device)
         if decoded is not None:  # the decode itself, without loading the VAE
@@ -289,10 +296,14 @@ def sample(
     return latents
 
 
-def encode_once(model: WanModel, args: argparse.Namespace, device: torch.device) -> list[Any]:
+def encode_once(
+    model: WanModel, args: argparse.Namespace, device: torch.device, waits: dist.ProcessGroup
+) -> list[Any]:
     """The prompt's and the negative prompt's embeddings on every rank, encoded by rank 0 alone
     and broadcast: no other rank loads the text encoder (UMT5-XXL, 5.7 B parameters: its
-    weights would pass through every rank's host memory) or reads it from disk."""
+    weights would pass through every rank's host memory) or reads it from disk. The others
+    wait for their shapes over `waits` (minutes, on slow storage or a CPU encoder), then get
+    the tensors over the default group."""
     if dist.get_rank() == 0:
         encode_on = device if args.text_encoder == "gpu" else torch.device("cpu")
         negative = NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
@@ -301,7 +312,7 @@ def encode_once(model: WanModel, args: argparse.Namespace, device: torch.device)
         shapes: list[Any] = [[(tuple(e.shape), e.dtype) for e in embeds]]
     else:
         shapes = [None]
-    dist.broadcast_object_list(shapes, src=0)
+    dist.broadcast_object_list(shapes, src=0, group=waits)
     if dist.get_rank() != 0:
         embeds = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes[0]]
     for tensor in embeds:

@@ -1,0 +1,77 @@
+"""A rank that waits for another's work alone outlasts the default group's timeout: real gloo
+processes through torchrun, the default group's timeout cut to seconds (as NCCL's watchdog
+cuts a GPU run's at 10 minutes), one rank late at the generate worker's waits.
+
+This file is also the torchrun worker of its test (`python -m test_waiting_group ...` with
+tests/ on the path): each rank makes the waits of the generate worker (a broadcast of objects
+from rank 0, a barrier, a gather of objects) over `waiting_group`, then over the default group,
+rank 1 arriving late each time, and writes what happened to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from wanctl.core.launch import LaunchSpec, SubprocessRunner, torchrun_argv
+from wanctl.workers.group import waiting_group
+
+TESTS = Path(__file__).parent
+DEFAULT_TIMEOUT_S = 3
+LATE_S = 5  # rank 1's delay before each wait: longer than the default group's timeout
+
+
+def waits(group: dist.ProcessGroup | None) -> str:
+    """The generate worker's three waits; 'ok', or why they failed."""
+    if dist.get_rank() == 1:
+        time.sleep(LATE_S)
+    try:
+        shapes: list[Any] = [[(2, 3)] if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(shapes, src=0, group=group)
+        dist.barrier(group=group)
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, dist.get_rank(), group=group)
+        assert shapes == [[(2, 3)]] and gathered == [0, 1]
+        return "ok"
+    except RuntimeError as error:  # gloo: a timeout, or the peer gone
+        return str(error).splitlines()[0]
+
+
+def worker(out: Path) -> None:
+    dist.init_process_group("gloo", timeout=timedelta(seconds=DEFAULT_TIMEOUT_S))
+    outcome = {"waiting group": waits(waiting_group())}
+    outcome["default group"] = waits(None)
+    (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(outcome))
+    os._exit(0)  # the default group, broken by its timeout, would abort in its teardown
+
+
+def test_a_late_rank_outlasts_the_default_timeout_only_over_the_waiting_group(
+    tmp_path: Path,
+) -> None:
+    spec = LaunchSpec(
+        torchrun_argv("test_waiting_group", ["--out", str(tmp_path)], 2),
+        env={"PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])},
+        timeout_s=120,
+    )
+    result = SubprocessRunner().run(spec)
+    assert result.ok, result.output[-3000:]
+
+    first, late = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert first["waiting group"] == late["waiting group"] == "ok"
+    # the same waits on the default group: rank 0 gives up before rank 1 comes
+    assert "timed out" in first["default group"].lower(), first
+    assert late["default group"] != "ok"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    worker(parser.parse_args().out)
