@@ -100,6 +100,13 @@ def test_two_ranks_write_every_frame_and_keep_the_latents(two_ranks: tuple[Path,
     assert summary["encoded_on"] == [0]
     # each rank's peak host memory, from the rank itself (a CPU run holds the models there)
     assert all(0.1 < rank["host_rss_gib"] < 64 for rank in summary["per_rank"])
+    # where the time went, from wanctl's start: the parts add up, the first step is in them
+    timeline = summary["timeline"]
+    parts = dict(timeline["parts"])
+    assert abs(sum(parts.values()) - timeline["total_s"]) < 1e-6
+    assert parts["first step"] > 0 and parts["imports"] > 0 and parts["decode"] > 0
+    assert 0 < timeline["first_step_after_s"] < timeline["total_s"]
+    assert summary["compile"]["compiled"] is False and "CPU" in summary["compile"]["reason"]
     assert sorted(p.name for p in output.parent.iterdir()) == ["fox.latents.safetensors",
                                                                "fox.mp4"]  # fmt: skip
 

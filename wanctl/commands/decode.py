@@ -85,6 +85,8 @@ def render(summary: DecodeSummary, console: Console) -> None:
     table.add_row("video", f"{summary.frames} frames, {summary.width}x{summary.height}, "
                   f"{summary.fps:g} fps")  # fmt: skip
     table.add_row("decode", f"{summary.seconds:.1f} s ({summary.total_seconds:.1f} s in all)")
+    if summary.timeline is not None:
+        table.add_row("where the time went", summary.timeline.describe())
     if warmup_worth_showing(summary.warmup_seconds):
         warmup = f"{summary.warmup_seconds:.1f} s before the decode"
         how = "Triton kernel compiled on a machine's first decode, then loaded from its cache"

@@ -4,6 +4,7 @@ torchrun), fall back when the GPU runs out of memory, and return a `DecodeSummar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -27,6 +28,7 @@ from wanctl.core.launch import (
     torchrun_argv,
 )
 from wanctl.core.progress import announce, progress_bar
+from wanctl.core.timeline import Timeline, process_started
 from wanctl.decode.fallback import DecodeOutOfMemory, DecodePlan, fallback_plans, run_ladder
 from wanctl.decode.latents import Latents, load_latents
 from wanctl.decode.load import check_latents_fit, family_of, load_vae, spec_family
@@ -71,12 +73,14 @@ class DecodeSummary:
     seconds: float
     total_seconds: float
     warmup_seconds: float  # compiling or loading GPU kernels, before `seconds`; slowest rank
+    load_seconds: float  # loading the VAE decoder, before that; slowest rank
     kernel_problem: str | None  # why a GPU kernel could not be built (PyTorch ran instead)
     exact: bool
     plan: DecodePlan
     peak_allocated_gib: list[float | None]
     peak_reserved_gib: list[float | None]
     attempts: list[str]
+    timeline: Timeline | None = None  # where the wall time went, from the process's start
 
 
 def run_decode(
@@ -88,7 +92,7 @@ def run_decode(
 ) -> DecodeSummary:
     """Decode `options.latents` into `options.output`, falling back when out of memory. Ctrl-C
     stops every rank and leaves no partial file (exit 130)."""
-    start = time.perf_counter()
+    start, started = time.perf_counter(), process_started()
     latents = load_latents(options.latents)
     if family := spec_family(options.vae):
         check_latents_fit(latents.vae, family, options.vae)
@@ -118,6 +122,8 @@ def run_decode(
         seconds=results[0].seconds,
         total_seconds=time.perf_counter() - start,
         warmup_seconds=max(r.warmup_seconds for r in results),
+        load_seconds=max(r.load_seconds for r in results),
+        timeline=decode_timeline(results, started, start, time.perf_counter()),
         kernel_problem=next((r.kernel_problem for r in results if r.kernel_problem), None),
         exact=plan.exact,
         plan=plan,
@@ -125,6 +131,23 @@ def run_decode(
         peak_reserved_gib=[r.peak_reserved_gib for r in results],
         attempts=attempts,
     )
+
+
+def decode_timeline(
+    results: list[StreamResult], started: float | None, start: float, end: float
+) -> Timeline | None:
+    """From this process's start (`started`, wall clock) to now: Python's start and the
+    imports until `run_decode` began (`start`, perf_counter like `end`), the VAE load, the
+    kernels, the decode, and the rest (the latents read and checked, torchrun for several
+    ranks, a fallback's failed attempts)."""
+    if started is None:
+        return None
+    total = time.time() - started
+    first = results[0]
+    parts = [("python start and imports", total - (end - start)), ("VAE load", first.load_seconds),
+             ("decode kernels", first.warmup_seconds), ("decode", first.seconds)]  # fmt: skip
+    parts.append(("other", total - sum(s for _, s in parts)))
+    return Timeline(tuple(parts), total, None)
 
 
 def first_plan(
@@ -159,25 +182,26 @@ def decode_here(
     show = options.progress and (split is None or split.rank == 0)
     if show:
         announce(f"loading the VAE decoder ({options.vae}, {plan.dtype}, {plan.device})")
+    loading = time.perf_counter()
     vae = load_vae(options.vae, device=device, dtype=DTYPES[plan.dtype])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    loaded = time.perf_counter() - loading
     check_latents_fit(latents.vae, family_of(vae, options.vae), options.vae)
     z = latents.for_decoder(vae.config["latents_mean"], vae.config["latents_std"])
     if show:
         announce(f"decoding {latents.frames} frames on {plan.ranks} rank(s)")
     with progress_bar("decoding", "frames", latents.frames, show) as on_frames:
         if plan.tiled:
-            return decode_tiled_to_file(
+            result = decode_tiled_to_file(
                 vae, z, options.output, fps=latents.fps, on_frames=on_frames
             )
-        return decode_to_file(
-            vae,
-            z,
-            options.output,
-            fps=latents.fps,
-            chunk_t=plan.chunk_t,
-            split=split,
-            on_frames=on_frames,
-        )
+        else:
+            result = decode_to_file(
+                vae, z, options.output, fps=latents.fps, chunk_t=plan.chunk_t, split=split,
+                on_frames=on_frames,
+            )  # fmt: skip
+    return dataclasses.replace(result, load_seconds=loaded)
 
 
 def decode_rank(

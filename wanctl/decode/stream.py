@@ -34,7 +34,8 @@ class StreamResult:
     """What one process did: frames it wrote (0 on ranks other than 0), wall seconds, its
     peak device memory in GiB (None on the CPU), the seconds spent before the decode
     compiling or loading its GPU kernels (not counted in `seconds`), and why a kernel could
-    not be built (`wanctl.decode.fused.build_problem`)."""
+    not be built (`wanctl.decode.fused.build_problem`); `load_seconds`, loading the VAE
+    before all that, is filled in by the caller that loaded it."""
 
     frames: int
     seconds: float
@@ -42,6 +43,7 @@ class StreamResult:
     peak_reserved_gib: float | None
     warmup_seconds: float = 0.0
     kernel_problem: str | None = None
+    load_seconds: float = 0.0
 
 
 def output_geometry(vae: AutoencoderKLWan, z: torch.Tensor) -> tuple[int, int, int]:
