@@ -112,3 +112,11 @@ def test_missing_and_unreadable_files_are_refused(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a safetensors file at all")
     with pytest.raises(UsageError, match="cannot read"):
         load_latents(garbage)
+
+
+def test_a_vae_config_of_another_width_is_refused_with_the_fix() -> None:
+    z = torch.zeros(1, 48, 2, 3, 4)
+    latents = Latents(z, normalized=True, fps=24, source={})
+    with pytest.raises(UsageError, match="does not denormalise latents of 48 channels") as error:
+        latents.for_decoder([0.0] * 16, [1.0] * 16)
+    assert "16 values" in error.value.why and "--vae" in error.value.fix

@@ -78,7 +78,15 @@ class Latents:
         z = self.tensor.float()
         if not self.normalized:
             return z
-        shape = (1, self.vae.channels, 1, 1, 1)
+        channels = self.vae.channels
+        if len(mean) != channels or len(std) != channels:
+            raise UsageError(
+                f"the VAE's config does not denormalise latents of {channels} channels",
+                why=f"its latents_mean has {len(mean)} values and its latents_std {len(std)}",
+                fix="give the --vae of the model that made the latents (its config.json has "
+                f"{channels} latents_mean and latents_std values)",
+            )
+        shape = (1, channels, 1, 1, 1)
         return z * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
 
 

@@ -43,10 +43,13 @@ ANCHORS = {"TI2V-5B": (27_280, 1.23), "A14B expert": (75_600, 12.16)}
 ANCHOR_CARD = "NVIDIA H200"
 # One forward's seconds against eager bf16's, by (compiled, precision), `benchmarks/dit.py` on
 # one H200 (torch 2.11.0+cu130, 2026-12-02): TI2V-5B at 1280*704 x 121, eager bf16 1.187 s,
-# compiled 0.926 s, fp8 compute eager 1.325 s, compiled 0.791 s.
+# compiled 0.926 s, fp8 compute eager 1.325 s, compiled 0.791 s; an A14B expert at 832*480 x 81
+# (32,760 tokens), eager 3.265 s, compiled 2.823 s, fp8 eager 3.402 s, compiled 2.390 s.
 RELATIVE_FORWARD = {
     "TI2V-5B": {(True, "bf16"): 0.926 / 1.187, (False, "fp8"): 1.325 / 1.187,
                 (True, "fp8"): 0.791 / 1.187},
+    "A14B expert": {(True, "bf16"): 2.823 / 3.265, (False, "fp8"): 3.402 / 3.265,
+                    (True, "fp8"): 2.390 / 3.265},
 }  # fmt: skip
 # Dense bf16 tensor rate with fp32 accumulation, TFLOP/s, from the vendors' datasheets (not
 # measured here): the ratio to the H200's scales the anchors to a card. Matched on the NVML

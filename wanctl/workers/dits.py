@@ -39,7 +39,9 @@ def load_dits(
                          "without fp8 tensor cores)")  # fmt: skip
     staging = torch.device(model.staging)
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
-    placed = dict(storage=args.dit_storage, shard=args.dit == "fsdp", compute=compute)
+    # fp8 compute quantizes bf16 weights itself (below), with scales; no layerwise cast first
+    storage = "bf16" if args.dit_precision == "fp8" else args.dit_storage
+    placed = dict(storage=storage, shard=args.dit == "fsdp", compute=compute)
     dits = [prepare_dit(model.transformer(staging), device=device, **placed)]
     low = model.transformer_2(staging)
     swap = None
