@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,12 +18,14 @@ from wanctl.models.attention import (
     AttentionChoice,
     BackendTiming,
     candidate_backends,
+    choice_key,
     choose_backend,
     combine,
     dit_tokens,
     measure,
     pick,
     random_qkv,
+    remembered_choice,
     sampled_rows,
     time_backend,
     time_call,
@@ -158,3 +161,16 @@ def test_tokens_and_sampled_rows() -> None:
     rows = sampled_rows(27_280)
     assert rows[0] == 0 and rows[-1] == 27_279 and len(rows) == 128
     assert sampled_rows(10) == list(range(10))
+
+
+def test_a_choice_timed_once_is_read_back_on_the_next_run(tmp_path: Path) -> None:
+    cache = tmp_path / "attention.json"
+    device = torch.device("cpu")
+    first = remembered_choice(device, 4, 8, 64, torch.float32, cache=cache)
+    assert not first.cached and not cache.exists()  # untimed off CUDA: nothing to remember
+    # what a timed run leaves (on a GPU), read back with its timings
+    timed = AttentionChoice("_native_flash", 4, 64, [BackendTiming("_native_flash", 1.5, 0.0)])
+    key = choice_key(device, 4, 8, 64, torch.float32, 1)
+    cache.write_text(json.dumps({key: dataclasses.asdict(timed)}))
+    again = remembered_choice(device, 4, 8, 64, torch.float32, cache=cache)
+    assert again.cached and again.backend == "_native_flash" and again.ms_of("_native_flash") == 1.5

@@ -340,4 +340,5 @@ def attention_line(choice: AttentionChoice) -> str:
         else f"{t.name} failed ({t.error})"
         for t in choice.timings
     ]  # fmt: skip
-    return f"{choice.backend}; ms/call at {shape}: {', '.join(cells)}"
+    timed = " (timed on an earlier run here)" if choice.cached else ""
+    return f"{choice.backend}; ms/call at {shape}{timed}: {', '.join(cells)}"

@@ -27,12 +27,17 @@ torch and diffusers are imported inside the functions: the CLI reads the datacla
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import platformdirs
 
 from wanctl.core.architectures import DIT_TI2V_5B, TEXT_TOKENS
 from wanctl.core.families import TI2V_5B, Family
@@ -86,6 +91,7 @@ class AttentionChoice:
     tokens: int
     timings: list[BackendTiming] = field(default_factory=list)
     note: str | None = None
+    cached: bool = False  # the timings of an earlier run on this machine (`remembered_choice`)
 
     def ms_of(self, name: str) -> float | None:
         return next((t.ms for t in self.timings if t.name == name and t.ok), None)
@@ -96,7 +102,8 @@ class AttentionChoice:
             BackendTiming(t["name"], t["ms"], t["max_diff"], t["error"])
             for t in data.get("timings", [])
         ]
-        return cls(data["backend"], data["heads"], data["tokens"], timings, data.get("note"))
+        return cls(data["backend"], data["heads"], data["tokens"], timings, data.get("note"),
+                   data.get("cached", False))  # fmt: skip
 
 
 def dit_tokens(size: str, frames: int, family: Family = TI2V_5B) -> int:
@@ -340,6 +347,64 @@ def choose_backend(
     table = measure(names, device, heads=local_heads, head_dim=head_dim, tokens=tokens,
                     cross=(tokens // ranks, heads), dtype=dtype, tolerance=tolerance)  # fmt: skip
     return AttentionChoice(pick(table), local_heads, tokens, table)
+
+
+def remembered_choice(
+    device: torch.device,
+    heads: int,
+    head_dim: int,
+    tokens: int,
+    dtype: torch.dtype,
+    *,
+    ranks: int = 1,
+    cache: Path | None = None,
+) -> AttentionChoice:
+    """`choose_backend`'s choice, timed once per GPU model, software and shape, then read back
+    from `cache` (wanctl's user cache by default): the timing costs 1 to 2 s before a run's
+    first step (one H200, 2026-12-02), and its answer does not change between runs."""
+    path = cache or Path(platformdirs.user_cache_dir("wanctl")) / "attention.json"
+    key = choice_key(device, heads, head_dim, tokens, dtype, ranks)
+    known = _read_json(path)
+    if key in known:
+        return replace(AttentionChoice.from_dict(known[key]), cached=True)
+    choice = choose_backend(device, heads, head_dim, tokens, dtype, ranks=ranks)
+    if choice.timings and not choice.note:
+        known[key] = asdict(choice)
+        _write_json(path, known)
+    return choice
+
+
+def choice_key(
+    device: torch.device, heads: int, head_dim: int, tokens: int, dtype: torch.dtype, ranks: int
+) -> str:
+    """What a timing depends on: the GPU model, torch, diffusers, the dtype and one rank's
+    shape."""
+    import diffusers
+    import torch
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return (f"{name} | torch {torch.__version__} | diffusers {diffusers.__version__} | {dtype} | "
+            f"{heads // ranks} of {heads} heads x {head_dim} | {tokens} tokens")  # fmt: skip
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically (ranks of one machine may write at once); a cache that cannot be written
+    is only a cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(data, indent=1))
+        os.replace(partial, path)
+    except OSError:
+        pass
 
 
 def _timed(

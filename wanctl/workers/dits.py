@@ -15,7 +15,13 @@ import torch.distributed as dist
 
 from wanctl.core.families import Family
 from wanctl.errors import UsageError
-from wanctl.models.attention import DEFAULT, AttentionChoice, choose_backend, combine, dit_tokens
+from wanctl.models.attention import (
+    DEFAULT,
+    AttentionChoice,
+    combine,
+    dit_tokens,
+    remembered_choice,
+)
 from wanctl.models.cfg import cfg_mesh, enable_cfg_parallel
 from wanctl.models.compiled import CompiledDit, not_compiled
 from wanctl.models.pipelines import WanModel
@@ -100,7 +106,8 @@ def choose_attention(
     heads, head_dim = config.num_attention_heads, config.attention_head_dim
     tokens = dit_tokens(args.size, args.frames, family)
     try:
-        mine = choose_backend(device, heads, head_dim, tokens, transformer.dtype, ranks=ulysses)
+        mine = remembered_choice(device, heads, head_dim, tokens, transformer.dtype,
+                                 ranks=ulysses)  # fmt: skip
     except Exception as error:  # timing is an optimisation: the run goes on without it
         note = f"not measured: {type(error).__name__}: {error}"
         mine = AttentionChoice(DEFAULT, heads // ulysses, tokens, note=note[:300])
