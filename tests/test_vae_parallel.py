@@ -48,18 +48,21 @@ def worker(vae_spec: str, shape: tuple[int, ...], chunk_t: int, out: Path) -> No
         dist.destroy_process_group()
 
 
-def test_split_sizes_are_even_and_cover_the_side() -> None:
-    assert split_sizes(44, 3) == [15, 15, 14]
+def test_split_sizes_are_even_and_give_the_extra_rows_to_the_last_ranks() -> None:
+    """Rank 0 also gathers and writes the frames: it never holds a longer slab."""
+    assert split_sizes(44, 3) == [14, 15, 15]
     assert split_sizes(80, 8) == [10] * 8
-    assert split_sizes(7, 3) == [3, 2, 2]
+    assert split_sizes(7, 3) == [2, 2, 3]
+    assert split_sizes(44, 8) == [5, 5, 5, 5, 6, 6, 6, 6]
     assert split_dim(44, 80) == -1 and split_dim(80, 44) == -2 and split_dim(5, 5) == -2
 
 
 @pytest.mark.parametrize(
     ("vae_spec", "ranks", "shape", "chunk_t"),
     [
-        ("tiny", 2, (1, 48, 4, 5, 7), 2),  # columns split 4 + 3
-        ("tiny", 3, (1, 48, 3, 7, 4), 1),  # rows split 3 + 2 + 2
+        ("tiny", 2, (1, 48, 4, 5, 7), 2),  # columns split 3 + 4
+        ("tiny", 3, (1, 48, 3, 7, 4), 1),  # rows split 2 + 2 + 3
+        ("tiny", 3, (1, 48, 2, 4, 7), 1),  # columns split 2 + 2 + 3
         ("tiny-wan2.1", 2, (1, 16, 4, 5, 7), 2),
         ("tiny-wan2.1", 3, (1, 16, 4, 7, 4), 3),
     ],

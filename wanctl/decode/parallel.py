@@ -1,8 +1,9 @@
 """Exact patch parallelism for the VAE decode.
 
 Every rank decodes one slab of each frame: a run of rows along the frame's longer latent side
-(uneven runs are fine: 44 rows over 3 ranks are 15, 15 and 14). The decoder's only operations
-that look across pixels are the 3x3 spatial convolutions and the mid-block attention, so:
+(uneven runs are fine: 44 rows over 3 ranks are 14, 15 and 15; rank 0, which also gathers the
+frames and writes the video, never takes a longer one). The decoder's only operations that look
+across pixels are the 3x3 spatial convolutions and the mid-block attention, so:
 
 - each spatial convolution's input is made in a buffer with border rows at both ends of the
   slab (`Halo.empty`); before the convolution a rank trades its edge rows with its neighbours
@@ -30,9 +31,10 @@ from wanctl.errors import UsageError
 
 
 def split_sizes(length: int, parts: int) -> list[int]:
-    """`length` rows over `parts` ranks, as even as can be, the first ranks one row longer."""
+    """`length` rows over `parts` ranks, as even as can be, the last ranks one row longer: rank 0
+    also gathers and writes the frames."""
     base, extra = divmod(length, parts)
-    return [base + (1 if r < extra else 0) for r in range(parts)]
+    return [base + (1 if r >= parts - extra else 0) for r in range(parts)]
 
 
 def split_dim(height: int, width: int) -> int:
