@@ -50,8 +50,8 @@ class Run:
     peak_reserved_gib: float | None
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_workload_options(parser: argparse.ArgumentParser) -> None:
+    """What to decode, and how: the options the decode benchmarks share."""
     parser.add_argument("--size", default="1280*704", help="WIDTH*HEIGHT in pixels (x16).")
     parser.add_argument("--frames", type=int, default=121, help="Video frames (4n+1).")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
@@ -62,6 +62,29 @@ def parse_args() -> argparse.Namespace:
         default="synthetic",
         help="synthetic, synthetic-wan2.1, tiny, tiny-wan2.1, or a VAE path.",
     )
+
+
+def add_check_only(parser: argparse.ArgumentParser, size: str, frames: int) -> None:
+    parser.add_argument(
+        "--check-only",
+        action="store_const",
+        const=(size, frames),
+        help=f"Smoke test: the tiny VAE of --vae's family, {size}, {frames} frames, float32 on "
+        "the CPU.",
+    )
+
+
+def smoke_workload(args: argparse.Namespace) -> None:
+    """With --check-only, its size and frames of the tiny VAE, float32 on the CPU."""
+    if args.check_only:
+        args.size, args.frames = args.check_only
+        args.vae = "tiny-wan2.1" if "wan2.1" in args.vae else "tiny"
+        args.dtype, args.device = "fp32", "cpu"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_workload_options(parser)
     parser.add_argument(
         "--psnr",
         action="store_true",
@@ -74,21 +97,9 @@ def parse_args() -> argparse.Namespace:
         help="Compile wanctl's Triton kernels into an empty cache ($TRITON_CACHE_DIR set to a "
         "new folder), as the first decode on a machine does, and report that time.",
     )
-    parser.add_argument(
-        "--check-only",
-        action="store_true",
-        help="Smoke test: the tiny VAE of --vae's family, 160*96, 9 frames, float32 on the CPU.",
-    )
+    add_check_only(parser, "160*96", 9)
     args = parser.parse_args()
-    if args.check_only:
-        tiny = "tiny-wan2.1" if "wan2.1" in args.vae else "tiny"
-        args.size, args.frames, args.dtype, args.device, args.vae = (
-            "160*96",
-            9,
-            "fp32",
-            "cpu",
-            tiny,
-        )
+    smoke_workload(args)
     return args
 
 

@@ -1,6 +1,7 @@
 """The benchmark scripts run (their CPU smoke modes): a broken one is found here, not on the
 GPU machine where its figures are taken."""
 
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +25,17 @@ def test_decode_check_only_compares_both_decoders(vae: str) -> None:
     output = run("decode.py", "--check-only", "--vae", vae)
     assert "time ratio diffusers / wanctl" in output
     assert "max abs diff, uint8 levels: 0" in output or "max abs diff, uint8 levels: 1" in output
+
+
+def test_decode_slab_check_only_times_the_slab_of_each_rank_count(tmp_path: Path) -> None:
+    rows_file = tmp_path / "slab.json"
+    output = run("decode_slab.py", "--check-only", "--json", str(rows_file))
+    assert "one rank's slab decode" in output and "target seconds x N / s(1) <= 1.10" in output
+    rows = json.loads(rows_file.read_text())["rows"]
+    assert [(r["ranks"], r["rank"], r["slab_rows"]) for r in rows] == [
+        (1, 0, 10), (2, 0, 5), (4, 2, 3), (8, 6, 2)
+    ]  # fmt: skip
+    assert rows[0]["scaling"] == 1.0 and rows[0]["provenance"]["device"] == "CPU"
 
 
 def test_attention_smoke_times_every_backend_then_the_dit() -> None:

@@ -13,7 +13,8 @@ across pixels are the 3x3 spatial convolutions and the mid-block attention, so:
 
 The result equals the one-process decode (up to float summation order), and each rank holds
 about 1/N of the activations. `RowSplit` is the `Halo` that does this over torch.distributed
-(NCCL on GPUs, gloo on CPUs).
+(NCCL on GPUs, gloo on CPUs); `LoneSlab` decodes one rank's slab alone, its borders zeros, to
+measure a rank's work on one device (benchmarks/decode_slab.py).
 """
 
 from __future__ import annotations
@@ -191,6 +192,29 @@ class RowSplit(Slab):
 
     def _global(self, rank: int) -> int:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+
+class LoneSlab(Slab):
+    """The `Halo` of rank `rank` of a split, decoding its slab alone on one device: the same
+    buffers, convolutions and attention as that rank's, its border rows zeros instead of the
+    neighbours' rows (a benchmark's rank: the pixels near its borders are not the video's)."""
+
+    @classmethod
+    def largest(cls, length: int, ranks: int, dim: int) -> LoneSlab:
+        """The slab of `length` rows over `ranks` that bounds a split's time: the longest,
+        with neighbours on both sides where there is such a rank (a middle rank)."""
+        sizes = split_sizes(length, ranks)
+        rank = max(range(ranks), key=lambda r: (sizes[r], 0 < r < ranks - 1))
+        return cls(sizes, dim, rank)
+
+    def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """This slab's tokens, zero-padded to as many as the whole frame has."""
+        return F.pad(x, (0, 0, 0, sum(self._lengths(x.shape[2])) - x.shape[2]))
+
+    def _fill(self, buffer: torch.Tensor, rows: int) -> None:
+        axis = buffer.dim() + self.dim
+        buffer.narrow(axis, 0, rows).zero_()
+        buffer.narrow(axis, buffer.shape[axis] - rows, rows).zero_()
 
 
 def channels_last_view(flat: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
