@@ -50,6 +50,38 @@ class Run:
     peak_reserved_gib: float | None
 
 
+def add_workload_options(parser: argparse.ArgumentParser) -> None:
+    """What to decode, and how: the options the decode benchmarks share."""
+    parser.add_argument("--size", default="1280*704", help="WIDTH*HEIGHT in pixels (x16).")
+    parser.add_argument("--frames", type=int, default=121, help="Video frames (4n+1).")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--chunk-t", type=int, default=1, help="wanctl latent frames per call.")
+    parser.add_argument(
+        "--vae",
+        default="synthetic",
+        help="synthetic, synthetic-wan2.1, tiny, tiny-wan2.1, or a VAE path.",
+    )
+
+
+def add_check_only(parser: argparse.ArgumentParser, size: str, frames: int) -> None:
+    parser.add_argument(
+        "--check-only",
+        action="store_const",
+        const=(size, frames),
+        help=f"Smoke test: the tiny VAE of --vae's family, {size}, {frames} frames, float32 on "
+        "the CPU.",
+    )
+
+
+def smoke_workload(args: argparse.Namespace) -> None:
+    """With --check-only, its size and frames of the tiny VAE, float32 on the CPU."""
+    if args.check_only:
+        args.size, args.frames = args.check_only
+        args.vae = "tiny-wan2.1" if "wan2.1" in args.vae else "tiny"
+        args.dtype, args.device = "fp32", "cpu"
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_workload_options(parser)
@@ -65,33 +97,9 @@ def parse_args() -> argparse.Namespace:
         help="Compile wanctl's Triton kernels into an empty cache ($TRITON_CACHE_DIR set to a "
         "new folder), as the first decode on a machine does, and report that time.",
     )
-    return smoke_workload(parser.parse_args())
-
-
-def add_workload_options(parser: argparse.ArgumentParser) -> None:
-    """What the decode benchmarks decode (this one and benchmarks/decode_writers.py)."""
-    parser.add_argument("--size", default="1280*704", help="WIDTH*HEIGHT in pixels (x16).")
-    parser.add_argument("--frames", type=int, default=121, help="Video frames (4n+1).")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--chunk-t", type=int, default=1, help="wanctl latent frames per call.")
-    parser.add_argument(
-        "--vae",
-        default="synthetic",
-        help="synthetic, synthetic-wan2.1, tiny, tiny-wan2.1, or a VAE path.",
-    )
-    parser.add_argument(
-        "--check-only",
-        action="store_true",
-        help="Smoke test: the tiny VAE of --vae's family, 160*96, 9 frames, float32 on the CPU.",
-    )
-
-
-def smoke_workload(args: argparse.Namespace) -> argparse.Namespace:
-    """With --check-only, the smoke test's workload in place of the one asked."""
-    if args.check_only:
-        tiny = "tiny-wan2.1" if "wan2.1" in args.vae else "tiny"
-        args.size, args.frames, args.dtype, args.device, args.vae = "160*96", 9, "fp32", "cpu", tiny
+    add_check_only(parser, "160*96", 9)
+    args = parser.parse_args()
+    smoke_workload(args)
     return args
 
 

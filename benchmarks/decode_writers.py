@@ -33,7 +33,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import torch
-from decode import add_workload_options, latents, smoke_workload
+from decode import add_check_only, add_workload_options, latents, smoke_workload
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 from rich.console import Console
 from rich.table import Table
@@ -51,9 +51,11 @@ NPY, MP4, ALONE = "decode to .npy", "decode to .mp4", "x264 alone (the .npy's fr
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_workload_options(parser)
+    add_check_only(parser, "160*96", 9)
     parser.add_argument("--repeats", type=int, default=3, help="Timed decodes per writer.")
     parser.add_argument("--folder", type=Path, help="Where the videos are written (a temp dir).")
-    args = smoke_workload(parser.parse_args())
+    args = parser.parse_args()
+    smoke_workload(args)
     if args.check_only:
         args.repeats = 1
     return args

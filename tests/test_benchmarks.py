@@ -32,6 +32,17 @@ def test_decode_writers_check_only_times_the_npy_and_the_mp4_decode() -> None:
     assert "x264 threads:" in output and "ratio mp4 / npy (medians):" in output
 
 
+def test_decode_slab_check_only_times_the_slab_of_each_rank_count(tmp_path: Path) -> None:
+    rows_file = tmp_path / "slab.json"
+    output = run("decode_slab.py", "--check-only", "--json", str(rows_file))
+    assert "one rank's slab decode" in output and "target seconds x N / s(1) <= 1.10" in output
+    rows = json.loads(rows_file.read_text())["rows"]
+    assert [(r["ranks"], r["rank"], r["slab_rows"]) for r in rows] == [
+        (1, 0, 10), (2, 0, 5), (4, 2, 3), (8, 6, 2)
+    ]  # fmt: skip
+    assert rows[0]["scaling"] == 1.0 and rows[0]["provenance"]["device"] == "CPU"
+
+
 def test_attention_smoke_times_every_backend_then_the_dit() -> None:
     smoke = ("--device", "cpu", "--tokens", "256", "--size", "128*128", "--frames", "5")
     output = run("attention.py", *smoke, "--layers", "1")

@@ -14,7 +14,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 
 from wanctl.decode import fused as fused_module
 from wanctl.decode.engine import norm_weight, pixels_last
-from wanctl.decode.fused import rms_norm_silu_into
+from wanctl.decode.fused import pixel_runs, rms_norm_silu_into
 
 
 def reference(norm: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
@@ -80,6 +80,41 @@ def test_a_kernel_that_cannot_be_built_leaves_the_norm_to_pytorch(
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton)")
+
+
+def framed(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A channels-last buffer for `x` (B, C, T, H, W) with a border row at both ends of `dim`,
+    as `Halo.empty` makes for a split frame, filled with 7s; and its interior."""
+    shape = list(x.shape)
+    shape[dim] += 2
+    buffer = torch.full(shape, 7.0, device=x.device).contiguous(
+        memory_format=torch.channels_last_3d
+    )
+    return buffer, buffer.narrow(dim, 1, x.shape[dim])
+
+
+@pytest.mark.parametrize(("dim", "runs"), [(-2, (5 * 7, 7 * 7)), (-1, (7, 9))])
+def test_a_framed_interior_is_runs_of_pixels(dim: int, runs: tuple[int, int]) -> None:
+    """Split by rows: a frame's rows in one run, frames apart by the framed frame; by columns:
+    each row's pixels, rows apart by the framed row. The frames before the stream's new ones
+    (`[:, :, 2:]`) do not break the runs."""
+    _, interior = framed(torch.empty(1, 64, 5, 5, 7), dim)
+    assert pixel_runs(pixels_last(interior[:, :, 2:])) == runs
+    assert pixel_runs(torch.empty(6, 64)) == (6, 6)
+    assert pixel_runs(torch.empty(4, 6, 64).transpose(0, 1)) is None
+
+
+@pytest.mark.parametrize("dim", [-2, -1])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_norm_into_a_framed_interior_writes_the_interior_alone(dim: int, device: str) -> None:
+    norm = a_norm(64, device)
+    x = torch.randn(1, 64, 3, 5, 7, device=device).contiguous(memory_format=torch.channels_last_3d)
+    buffer, interior = framed(x, dim)
+    weight, eps = norm_weight(norm, x.dtype)
+    rms_norm_silu_into(pixels_last(x), weight, eps, pixels_last(interior))
+    torch.testing.assert_close(interior, fused(norm, x), atol=1e-5, rtol=1e-5)
+    interior.fill_(7.0)
+    assert (buffer == 7.0).all()
 
 
 @cuda

@@ -113,9 +113,9 @@ TOP_UPSCALE = 8  # the decoders' top resolution is the latent's x8 (Wan2.2's the
 
 def decode_pixels(width: int, height: int, ranks: int, spatial: int = SPATIAL) -> int:
     """Output pixels one decode rank produces with a VAE of `spatial` compression: each frame
-    is split along its longer side (`wanctl.decode.parallel`), the first ranks taking the
-    remainder; a split rank also holds a halo row each side at the decoder's top resolution,
-    where the largest activations live."""
+    is split along its longer side (`wanctl.decode.parallel`), the last ranks taking the
+    remainder: the worst rank's slab is the longest; a split rank also holds a halo row each
+    side at the decoder's top resolution, where the largest activations live."""
     long, short = max(width, height), min(width, height)
     latent_rows = math.ceil(long / spatial / ranks)
     halo = 2 * spatial // TOP_UPSCALE if ranks > 1 else 0

@@ -18,7 +18,7 @@ it, and zeros before the stream's start. That is what the diffusers cache comput
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
@@ -42,12 +42,29 @@ from wanctl.decode import fused
 
 
 class Halo(Protocol):
-    """How a process sees beyond its part of the frame."""
+    """How a process sees beyond its part of the frame.
 
-    def frame(self, x: torch.Tensor, space: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        """`x` (..., H, W) with what a convolution of spatial padding `space` needs beyond it:
-        the input to convolve and the zero padding (rows, columns) the convolution adds itself
-        (cuDNN pads for free; a copy into a bordered buffer costs a pass over the tensor)."""
+    The input of every spatial convolution is made in a buffer from `empty`, with room for the
+    border rows this process must fill itself (none for a whole frame: cuDNN pads it for free);
+    its producer writes the interior in place (a copy, the fused norm, a sum), then `border`
+    fills those rows. Framing an input never copies it whole."""
+
+    def margin(self, space: int) -> int:
+        """The border rows `empty` adds at each end of the split for a padding of `space`."""
+        ...
+
+    def empty(
+        self, shape: Sequence[int], space: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A channels-last buffer (`like`'s dtype and device) for a tensor of `shape`
+        (..., H, W) that a convolution of spatial padding `space` will read, and the view of
+        it to write that tensor into: the buffer itself, or all of it but its border rows."""
+        ...
+
+    def border(self, buffer: torch.Tensor, space: int) -> tuple[int, int]:
+        """Fills the border rows of `buffer` (from `empty`, or a view of it that keeps its last
+        two dimensions), its interior written; returns the zero padding (rows, columns) the
+        convolution adds itself."""
         ...
 
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,11 +86,27 @@ def use_channels_last(module: nn.Module) -> None:
             parameter.data = parameter.data.contiguous(memory_format=channels_last(parameter.dim()))
 
 
-class WholeFrame:
-    """The `Halo` of a process that holds whole frames: zeros all round, nothing to gather."""
+def empty_channels_last(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised channels-last tensor of `shape`, `like`'s dtype and device."""
+    layout = channels_last(len(shape))
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
 
-    def frame(self, x: torch.Tensor, space: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        return x, (space, space)
+
+class WholeFrame:
+    """The `Halo` of a process that holds whole frames: no border rows (the convolution pads
+    with zeros all round), nothing to gather."""
+
+    def margin(self, space: int) -> int:
+        return 0
+
+    def empty(
+        self, shape: Sequence[int], space: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        buffer = empty_channels_last(shape, like)
+        return buffer, buffer
+
+    def border(self, buffer: torch.Tensor, space: int) -> tuple[int, int]:
+        return space, space
 
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -141,12 +174,12 @@ class ChunkDecoder:
         """One causal conv step: the frames this conv saw last (zeros at the start of the
         stream) in front of `x`, the new last frames kept, the border from the halo."""
         keep = int(conv._padding[4])  # (w, w, h, h, t, 0)
-        if not keep:
+        if not keep:  # a 1x1x1 conv: no time, no border
             return self._convolve(conv, x)
-        stream = self._stream(conv, x, cache)
+        buffer, stream = self._stream(conv, x, cache)
         stream[:, :, keep:].copy_(x)
-        cache.tails[conv] = stream[:, :, -keep:].clone()
-        return self._convolve(conv, stream)
+        cache.tails[conv] = stream[:, :, -keep:].clone(memory_format=torch.channels_last_3d)
+        return self._convolve(conv, buffer)
 
     def _norm_silu_conv(
         self,
@@ -162,50 +195,52 @@ class ChunkDecoder:
         norm and SiLU written by one kernel straight into the conv's stream
         (`wanctl.decode.fused`). Without `with_bias`, the result lacks `conv`'s own bias, for the
         next `_norm_silu_conv` to add."""
-        stream = self._stream(conv, x, cache)
+        buffer, stream = self._stream(conv, x, cache)
         weight, eps = norm_weight(norm, x.dtype)
         keep = int(conv._padding[4])
         fused.rms_norm_silu_into(
             pixels_last(x), weight, eps, pixels_last(stream[:, :, keep:]), bias
         )
-        cache.tails[conv] = stream[:, :, -keep:].clone()
-        return self._convolve(conv, stream, with_bias=with_bias)
+        cache.tails[conv] = stream[:, :, -keep:].clone(memory_format=torch.channels_last_3d)
+        return self._convolve(conv, buffer, with_bias=with_bias)
 
-    @staticmethod
-    def _stream(conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        """A channels-last buffer for [the conv's last input frames, x], the first part
-        filled: the cached frames, or zeros at the start of the stream."""
-        keep = int(conv._padding[4])
+    def _stream(
+        self, conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A buffer from the halo for [the conv's last input frames, x], and its interior with
+        the first part filled: the cached frames, or zeros at the start of the stream."""
+        keep, space = int(conv._padding[4]), int(conv._padding[0])
         b, c, t, h, w = x.shape
-        stream = torch.empty(
-            (b, c, keep + t, h, w),
-            dtype=x.dtype,
-            device=x.device,
-            memory_format=torch.channels_last_3d,
-        )
+        buffer, stream = self.halo.empty((b, c, keep + t, h, w), space, x)
         past = cache.tails.get(conv)
         if past is None:
             stream[:, :, :keep].zero_()
         else:
             stream[:, :, :keep].copy_(past)
-        return stream
+        return buffer, stream
 
     def _convolve(
-        self, conv: WanCausalConv3d, stream: torch.Tensor, *, with_bias: bool = True
+        self, conv: WanCausalConv3d, buffer: torch.Tensor, *, with_bias: bool = True
     ) -> torch.Tensor:
         """The conv over time as given and over space with its border from the halo."""
-        space = int(conv._padding[0])
-        framed, (rows, columns) = self.halo.frame(stream, space)
-        out = F.conv3d(framed, conv.weight, None, conv.stride, (0, rows, columns))
+        rows, columns = self.halo.border(buffer, int(conv._padding[0]))
+        out = F.conv3d(buffer, conv.weight, None, conv.stride, (0, rows, columns))
         return add_bias(out, conv.bias) if with_bias else out
 
     def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """norm, SiLU, conv, norm, SiLU, conv, plus the shortcut (dropout is off at inference)."""
+        residual, skip = self._resnet_parts(block, x, cache)
+        return residual.add_(skip)
+
+    def _resnet_parts(
+        self, block: WanResidualBlock, x: torch.Tensor, cache: CausalCache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A resnet's two terms, not yet added: its convs' result and its shortcut."""
         shortcut = block.conv_shortcut
         skip = x if isinstance(shortcut, nn.Identity) else self._causal_conv(shortcut, x, cache)
         x = self._norm_silu_conv(block.norm1, block.conv1, x, cache, with_bias=False)
         x = self._norm_silu_conv(block.norm2, block.conv2, x, cache, bias=block.conv1.bias)
-        return x.add_(skip)
+        return x, skip
 
     def _attention(self, block: WanAttentionBlock, x: torch.Tensor) -> torch.Tensor:
         """Single-head self-attention within each frame: this process's queries against the
@@ -232,36 +267,61 @@ class ChunkDecoder:
         else:
             raise TypeError(f"not a Wan VAE up block: {type(block).__name__}")
         shortcut_input = x
-        for resnet in cast(nn.ModuleList, block.resnets):
-            x = self._resnet(cast(WanResidualBlock, resnet), x, cache)
-        if upsampler is not None:
-            x = self._upsample(cast(WanResample, upsampler), x, cache, first)
+        *leading, last = (cast(WanResidualBlock, r) for r in cast(nn.ModuleList, block.resnets))
+        for resnet in leading:
+            x = self._resnet(resnet, x, cache)
+        if upsampler is None:
+            x = self._resnet(last, x, cache)
+        else:
+            parts = self._resnet_parts(last, x, cache)
+            x = self._upsample(cast(WanResample, upsampler), parts, cache, first)
         if shortcut is not None:
             x = x.add_(dup_up(cast(DupUp3D, shortcut), shortcut_input, first))
         return x
 
     def _upsample(
-        self, resample: WanResample, x: torch.Tensor, cache: CausalCache, first: bool
+        self,
+        resample: WanResample,
+        parts: tuple[torch.Tensor, torch.Tensor],
+        cache: CausalCache,
+        first: bool,
     ) -> torch.Tensor:
         """Time x2 (after the first chunk: its single frame stays one), then space x2 by
-        nearest neighbour and a 3x3 conv, computed as four 2x2 convs at the low resolution
-        (`subpixel_kernels`): 4/9 of the multiplications, no upsampled copy, and a halo of
-        one low-resolution row."""
+        nearest neighbour and a 3x3 conv, of the sum of the last resnet's `parts`. The sum, or
+        the time conv's frames reordered, is written straight into the halo's buffer for the
+        2x conv."""
+        residual, skip = parts
         if resample.mode == "upsample3d" and not first:
-            x = self._causal_conv(resample.time_conv, x, cache)
-            b, c2, t, h, w = x.shape
-            # channel k*c + i of input frame j is channel i of output frame 2j + k
-            pixels = pixels_last(x).reshape(b, t, h, w, 2, c2 // 2)
-            pixels = pixels.permute(0, 1, 4, 2, 3, 5).reshape(b, 2 * t, h, w, c2 // 2)
-            x = pixels.permute(0, 4, 1, 2, 3)
-        b, c, t, h, w = x.shape
-        conv = cast(nn.Conv2d, resample.resample[1])
+            x = self._causal_conv(resample.time_conv, residual.add_(skip), cache)
+            buffer = self._time_doubled(x)
+        elif self.halo.margin(1):
+            buffer, interior = self.halo.empty(residual.shape, 1, residual)
+            torch.add(residual, skip, out=interior)
+        else:  # no border rows to make room for: the sum in place
+            buffer = residual.add_(skip)
+        return self._subpixel(cast(nn.Conv2d, resample.resample[1]), buffer)
+
+    def _time_doubled(self, x: torch.Tensor) -> torch.Tensor:
+        """The time conv's (B, 2C, t, h, w) as (B, C, 2t, h, w), in a buffer framed for the 2x
+        conv: channel k*C + i of input frame j is channel i of output frame 2j + k."""
+        b, c2, t, h, w = x.shape
+        buffer, interior = self.halo.empty((b, c2 // 2, 2 * t, h, w), 1, x)
+        pairs = pixels_last(x).unflatten(-1, (2, c2 // 2)).permute(0, 1, 4, 2, 3, 5)
+        pixels_last(interior).unflatten(1, (t, 2)).copy_(pairs)
+        return buffer
+
+    def _subpixel(self, conv: nn.Conv2d, buffer: torch.Tensor) -> torch.Tensor:
+        """The nearest 2x upsample and 3x3 `conv` of the frames in `buffer` (B, C, t, H, W,
+        from the halo), computed as four 2x2 convs at the low resolution (`subpixel_kernels`):
+        4/9 of the multiplications, no upsampled copy, and a halo of one low-resolution row."""
         if conv not in self.subpixel:
             self.subpixel[conv] = subpixel_kernels(conv.weight)
-        frames, padding = self.halo.frame(x.transpose(1, 2).reshape(b * t, c, h, w), 1)
+        padding = self.halo.border(buffer, 1)
+        b, c, t = buffer.shape[:3]
+        frames = buffer.transpose(1, 2).reshape(b * t, c, *buffer.shape[3:])
         parities = F.conv2d(frames, self.subpixel[conv], None, padding=padding)
-        frames = interleave(parities, conv.bias, h, w)
-        return frames.view(b, t, *frames.shape[1:]).transpose(1, 2)
+        out = interleave(parities, conv.bias, parities.shape[-2] - 1, parities.shape[-1] - 1)
+        return out.view(b, t, *out.shape[1:]).transpose(1, 2)
 
 
 def subpixel_kernels(weight: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,10 @@ cached frames in front of the new ones): three reads and writes of the whole ten
 kernel does all three in one, reducing in float32 and rounding once. Without Triton (the CPU,
 or a torch without it) the same values come from `F.rms_norm` and `F.silu`.
 
+The stream may be the interior of a buffer framed for a split frame (`engine.Halo.empty`): not
+dense, but runs of pixels at a regular stride (a frame's rows of a slab split by rows, a row's
+pixels of one split by columns). The kernel writes such runs where they are (`pixel_runs`).
+
 Triton compiles the kernel on its first launch and caches it (~/.triton, or $TRITON_CACHE_DIR).
 One compiled kernel serves every channel count its block of channels divides, and every size,
 with or without a bias: the Wan2.2 decoder's widths (256 to 1024) all take the 256-channel
@@ -47,18 +51,41 @@ def rms_norm_silu_into(
     bias: torch.Tensor | None = None,
 ) -> None:
     """out[...] = silu(rms_norm(pixels + bias) * weight) over the innermost dimension, with
-    rms_norm(v) = v / sqrt(mean(v**2) + eps); `pixels` and `out` are dense (..., C) of the same
-    shape. `bias` is the producing convolution's, added here rather than in a pass of its own."""
-    usable = _usable(pixels.shape[-1], pixels.device)
-    if usable and pixels.is_contiguous() and out.is_contiguous():
+    rms_norm(v) = v / sqrt(mean(v**2) + eps); `pixels` is dense (..., C), `out` of the same
+    shape, channels dense and its pixels in runs (`pixel_runs`). `bias` is the producing
+    convolution's, added here rather than in a pass of its own."""
+    usable = _usable(pixels.shape[-1], pixels.device) and pixels.is_contiguous()
+    runs = pixel_runs(out) if usable else None
+    if runs is not None:
         try:
-            _launch(pixels, weight, eps, out, bias)
+            _launch(pixels, weight, eps, out, bias, runs)
             return
         except Exception as error:  # a build that failed (Triton's errors share no type)
             _give_up(error)
     if bias is not None:
         pixels = pixels + bias
     out.copy_(F.silu(F.rms_norm(pixels, (pixels.shape[-1],), weight, eps=eps), inplace=True))
+
+
+def pixel_runs(out: torch.Tensor) -> tuple[int, int] | None:
+    """(run, step): the pixels of `out` (..., C), in order, as runs of `run` consecutive pixels
+    (C elements each) starting `step` pixels apart; None where its layout is not that."""
+    channels = out.shape[-1]
+    if out.stride(-1) != 1 and channels > 1:
+        return None
+    shape, strides = out.shape[:-1], out.stride()[:-1]
+    dims = [(n, stride) for n, stride in zip(shape, strides, strict=True) if n > 1]
+    run = 1
+    while dims and dims[-1][1] == run * channels:
+        run *= dims.pop()[0]
+    if not dims:
+        return run, run
+    step, expected = dims[-1][1], dims[-1][1]
+    for n, stride in reversed(dims):
+        if stride != expected or stride % channels:
+            return None
+        expected *= n
+    return run, step // channels
 
 
 def warm_up(channels: Iterable[int], dtype: torch.dtype, device: torch.device) -> float:
@@ -123,13 +150,15 @@ if triton is not None:
     # runs.
     # `C` keeps Triton's specialisation on divisibility by 16 (every count the kernel takes
     # has it), which lets the loads vectorise; `rows` has none.
-    @triton.jit(do_not_specialize=["rows"])
-    def _rms_norm_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, rows, C, eps,
+    # `run` and `step` (`pixel_runs`) neither: a dense `out` is one run of `rows`.
+    @triton.jit(do_not_specialize=["rows", "run", "step"])
+    def _rms_norm_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, rows, C, eps, run, step,
                               BLOCK_ROWS: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
         # 64-bit offsets: `row * C` passes 2**31 in the largest chunks (1280x704, chunk_t 10).
         row = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)[:, None]
         mask = row < rows
         base = row * C
+        out_base = ((row // run) * step + row % run) * C  # a multiple of C: stores vectorise
         squares = tl.zeros((BLOCK_ROWS, BLOCK_C), tl.float32)
         for first in range(0, C, BLOCK_C):
             col = first + tl.arange(0, BLOCK_C)[None, :]
@@ -143,7 +172,7 @@ if triton is not None:
             x += tl.load(b_ptr + col).to(tl.float32)
             y = x * scale * tl.load(w_ptr + col).to(tl.float32)
             y = y * tl.sigmoid(y)
-            tl.store(out_ptr + base + col, y.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_ptr + out_base + col, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _launch(
@@ -152,6 +181,7 @@ def _launch(
     eps: float,
     out: torch.Tensor,
     bias: torch.Tensor | None,
+    runs: tuple[int, int],
 ) -> None:
     channels = pixels.shape[-1]
     rows = pixels.numel() // channels
@@ -160,6 +190,6 @@ def _launch(
     block = block_channels(channels)
     block_rows = TILE // block
     _rms_norm_silu_kernel[(triton.cdiv(rows, block_rows),)](
-        pixels, weight.contiguous(), bias.contiguous(), out, rows, channels, eps,
+        pixels, weight.contiguous(), bias.contiguous(), out, rows, channels, eps, *runs,
         BLOCK_ROWS=block_rows, BLOCK_C=block,
     )  # fmt: skip
