@@ -8,9 +8,10 @@ diffusers modules with their parameters, but:
 - the causal cache is an explicit `CausalCache` object, held by the caller;
 - a call decodes a chunk of latent frames (the first latent frame alone, then `chunk_t` at a
   time), and gives the same frames as the one-frame-at-a-time decode;
-- every spatial convolution gets its border from a `Halo`: zeros for a whole frame
-  (`WholeFrame`), or the neighbouring ranks' rows for a slab of it (`wanctl.decode.parallel`),
-  and the mid-block attention gets its keys and values through the same object.
+- every spatial convolution gets its border from a `Halo`: zeros that cuDNN adds for a whole
+  frame (`WholeFrame`), or, for a slab of it (`wanctl.decode.parallel`), the neighbouring
+  ranks' rows in border rows of the buffer that its input is written into; the mid-block
+  attention gets its keys and values through the same object.
 
 A causal conv treats its input as one stream: each chunk sees the stream's last frames before
 it, and zeros before the stream's start. That is what the diffusers cache computes.
