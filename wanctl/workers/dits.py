@@ -24,19 +24,21 @@ def load_dits(
     model: WanModel, device: torch.device, args: argparse.Namespace, negative: torch.Tensor
 ) -> tuple[list[Any], BoundarySwap | None]:
     """The DiT, or both experts (high noise first), placed as the settings say
-    (`wanctl.models.placement`), Ulysses-parallel over all ranks (with `--cfg-parallel`, over
-    each half, which computes one guidance pass: `wanctl.models.cfg`, given the `negative`
-    prompt's embeddings); and the swap at the boundary when the low-noise expert waits on the
-    CPU."""
+    (`wanctl.models.placement`; a checkpoint's loaded there from its files), Ulysses-parallel
+    over all ranks (with `--cfg-parallel`, over each half, which computes one guidance pass:
+    `wanctl.models.cfg`, given the `negative` prompt's embeddings); and the swap at the
+    boundary when the low-noise expert waits on the CPU."""
     staging = torch.device(model.staging)
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     placed = dict(storage=args.dit_storage, shard=args.dit == "fsdp", compute=compute)
-    dits = [prepare_dit(model.transformer(staging), device=device, **placed)]
+    high = model.transformer(staging)
+    dits = [prepare_dit(high, device=device, weights=model.dit_weights(0), **placed)]
     low = model.transformer_2(staging)
     swap = None
     if low is not None:
         waits = torch.device("cpu") if args.offload else device
-        dits.append(prepare_dit(low, device=waits, fill_on=device, **placed))
+        weights = model.dit_weights(1)
+        dits.append(prepare_dit(low, device=waits, fill_on=device, weights=weights, **placed))
         swap = BoundarySwap(dits[0], dits[1], device) if args.offload else None
     world, groups = dist.get_world_size(), 2 if args.cfg_parallel else 1
     mesh = cfg_mesh(device.type, world, groups) if groups > 1 else None
