@@ -40,3 +40,10 @@ def test_memory_model_against_its_recorded_measurements() -> None:
 def test_experts_check_only_measures_fp8_storage_against_the_weights_as_built() -> None:
     output = run("experts.py", "--check-only")
     assert "fp8 storage, relative L2 error of one forward against float32" in output
+
+
+def test_host_memory_check_only_loads_one_checkpoint_three_ways() -> None:
+    output = run("host_memory.py", "--check-only")
+    for way in ("from_pretrained", "device_map", "streamed"):
+        assert f"{way} " in output
+    assert output.count(" yes ") == 3  # the same weights every way
