@@ -62,3 +62,10 @@ def test_dit_check_only_measures_every_way_against_eager(tmp_path: Path) -> None
     assert rows["compiled float32 (wanctl's)"]["rel_l2_noise"] <= 1e-6  # the same arithmetic
     assert 0 < rows["fp8 storage (layerwise casting)"]["rel_l2_noise"] < 0.1
     assert "NVIDIA GPU" in rows["fp8 compute"]["refused"]
+
+
+def test_host_memory_check_only_loads_one_checkpoint_three_ways() -> None:
+    output = run("host_memory.py", "--check-only")
+    for way in ("from_pretrained", "device_map", "streamed"):
+        assert f"{way} " in output
+    assert output.count(" yes ") == 3  # the same weights every way

@@ -19,6 +19,7 @@ from fake_checkpoints import (
     diffusers_checkpoint,
     official_checkpoint,
     write_json,
+    write_safetensors,
     write_torch_file,
 )
 from PIL import Image
@@ -127,11 +128,12 @@ def test_a_complete_official_checkpoint_passes(
 
 
 def test_weights_in_one_file_or_as_bin_pass_too(tmp_path: Path, image: Path) -> None:
-    """from_pretrained's other layouts: one safetensors file (the VAE's already), or .bin."""
+    """from_pretrained's other layouts: one safetensors file (the VAE's already), or .bin (not
+    for a DiT: `a DiT as .bin` below)."""
     folder = diffusers_checkpoint(tmp_path / "ckpt")
     for path in (folder / "transformer").glob("diffusion_pytorch_model*"):
         path.unlink()
-    write_torch_file(folder / "transformer" / "diffusion_pytorch_model.bin")
+    write_safetensors(folder / "transformer" / "diffusion_pytorch_model.safetensors")
     for path in (folder / "text_encoder").glob("model*"):
         path.unlink()
     write_torch_file(folder / "text_encoder" / "pytorch_model.bin")
@@ -208,6 +210,11 @@ def only_the_six_configs(folder: Path) -> None:
             path.unlink()
 
 
+def a_bin_dit(folder: Path) -> None:
+    unlink("transformer/diffusion_pytorch_model*")(folder)
+    write_torch_file(folder / "transformer" / "diffusion_pytorch_model.bin")
+
+
 def a_cut_bin_vae(folder: Path) -> None:
     (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     (folder / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"PK\x03\x04 the first part")
@@ -236,6 +243,8 @@ DIFFUSERS_DAMAGE = {
     "no text encoder weights": Damage(TI2V_5B, unlink("text_encoder/model*"),
                                       "text_encoder holds no weights",
                                       "--include 'text_encoder/*'"),
+    "a DiT as .bin": Damage(TI2V_5B, a_bin_dit, "transformer holds no weights",
+                            "--include 'transformer/*'"),
     "a .bin cut short": Damage(TI2V_5B, a_cut_bin_vae, "diffusion_pytorch_model.bin is cut short"),
     "no VAE weights": Damage(TI2V_5B, unlink("vae/diffusion_pytorch_model.safetensors"),
                              "vae holds no weights"),

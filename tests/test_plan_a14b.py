@@ -149,17 +149,23 @@ def test_the_i2v_encode_fits_wherever_the_experts_do(rig: str) -> None:
                 assert phases["image_encode"] <= chosen.budget_gib, (rig, size, gpus)
 
 
-def test_two_4090s_with_64_gb_of_ram_are_refused_for_the_host_and_fit_with_more() -> None:
-    """Each rank reads a 26.7 GiB expert through host RAM while loading a checkpoint: two
-    ranks need 58 GiB, more than 90% of 64 GB; with 128 GB the GPUs' own plan runs (fp8,
-    the idle expert on the CPU: 32 GiB of host RAM for the waiting experts)."""
+def test_two_4090s_run_with_32_gb_of_ram_and_are_refused_for_the_host_below_7() -> None:
+    """No rank reads an expert through host RAM (each goes straight to its GPU): with 64 GB
+    the GPUs' own plan runs (fp8, the idle expert on the CPU: 32 GiB for the waiting experts);
+    with 32 GB (Wan2.2 issue 58's host) the experts are sharded instead, nothing waits there;
+    below the processes themselves, refused."""
     workload = Workload(1280, 720, 81, 2, family=T2V_A14B)
-    tight = plan(workload, card("rtx-4090"), host_free_gib=64e9 / GIB)
-    assert tight.fits and not tight.runnable and "58.0 GiB" in (tight.host_problem or "")
-    roomy = plan(workload, card("rtx-4090"), host_free_gib=128e9 / GIB)
+    roomy = plan(workload, card("rtx-4090"), host_free_gib=64e9 / GIB)
     assert roomy.runnable
     assert (roomy.settings.dit_storage, roomy.settings.offload) == ("fp8", True)
     assert plan(workload, card("rtx-4090")).settings == roomy.settings  # RAM unknown
+    tight = plan(workload, card("rtx-4090"), host_free_gib=32e9 / GIB)
+    assert tight.runnable
+    assert (tight.settings.dit, tight.settings.dit_storage, tight.settings.offload) == (
+        "fsdp", "fp8", False,
+    )  # fmt: skip
+    none = plan(workload, card("rtx-4090"), host_free_gib=6e9 / GIB)
+    assert none.fits and not none.runnable and "31.8 GiB" in (none.host_problem or "")
 
 
 def test_the_official_codes_a14b_runs_are_not_priced() -> None:
@@ -194,7 +200,7 @@ def test_tune_task_plans_the_models_defaults_and_saves_them_apart(cli: CliRunner
 
 def test_tune_refuses_a_host_that_cannot_hold_the_ranks(cli: CliRunner) -> None:
     result = cli.invoke(app, ["tune", "--rig", "2x RTX 4090", "--task", "t2v-A14B",
-                              "--host-ram", "64", "--json"])  # fmt: skip
+                              "--host-ram", "6", "--json"])  # fmt: skip
     assert result.exit_code == 1
     assert json.loads(result.stdout)["plan"]["host_problem"].startswith("its ranks need 2 rank")
     assert "does not fit the host's RAM" in result.stderr

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+    from wanctl.models.weights import Weights
+
 SEED = 0  # the weights of the built-in models; the second expert's are drawn from SEED + 1
 
 # WanTransformer3DModel: TI2V-5B's heads, channels, patch and norms; narrow and two layers.
@@ -112,6 +114,9 @@ class TinyModel:
     def transformer_2(self, device: torch.device) -> WanTransformer3DModel | None:
         return None
 
+    def dit_weights(self, expert: int) -> Weights | None:
+        return None  # built with its weights
+
     def vae(self, device: torch.device, *, encoder: bool) -> AutoencoderKLWan:
         vae: Any = tiny_vae()
         return vae.to(device)
@@ -183,6 +188,9 @@ class Synthetic5B:
 
     def transformer_2(self, device: torch.device) -> WanTransformer3DModel | None:
         return None
+
+    def dit_weights(self, expert: int) -> Weights | None:
+        return None  # random, drawn where they live
 
     def vae(self, device: torch.device, *, encoder: bool) -> AutoencoderKLWan:
         """On the meta device (the pipeline reads only its config) unless an image is to be

@@ -9,6 +9,7 @@ from the parameter counts recorded in `wanctl.tune.predict` without importing th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from wanctl.core.architectures import DIT_TI2V_5B, UMT5_XXL, VAE_TI2V_5B
@@ -72,12 +73,33 @@ def _materialise(
 
     with torch.device("meta"):
         model = make()
-    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ()) if keep_fp32 else ()
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point():
-            kept = any(part in keep for part in name.split("."))
-            tensor.data = tensor.data.to(torch.float32 if kept else dtype)
+    keep = fp32_modules(model) if keep_fp32 else ()
+    cast_as_loaded([*model.named_parameters(), *model.named_buffers()], dtype, keep)
     return model.eval() if torch.device(device).type == "meta" else place(model, device)
+
+
+def fp32_modules(model: Any) -> tuple[str, ...]:
+    """The modules a diffusers model keeps in float32 whatever the dtype it is loaded in
+    (`_keep_in_fp32_modules`; the Wan DiT's RoPE, time embedder, norms and modulation)."""
+    return tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+
+
+def loaded_dtype(name: str, dtype: torch.dtype, keep: tuple[str, ...]) -> torch.dtype:
+    """The dtype diffusers' `from_pretrained(torch_dtype=dtype)` gives the floating tensor
+    `name`: float32 when a component of its name is one of the modules kept in fp32, as
+    `load_model_dict_into_meta` decides, else `dtype`."""
+    import torch
+
+    return torch.float32 if any(part in keep for part in name.split(".")) else dtype
+
+
+def cast_as_loaded(
+    named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype, keep: tuple[str, ...]
+) -> None:
+    """Cast each floating tensor of `named` (on the meta device: free) to its loaded dtype."""
+    for name, tensor in named:
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(loaded_dtype(name, dtype, keep))
 
 
 def place(model: Any, device: torch.device | str, fill_on: torch.device | None = None) -> Any:

@@ -15,6 +15,9 @@ from typing import Any
 # The weights `from_pretrained` looks for in a model's folder, safetensors first; each may
 # also be sharded: `NAME.index.json` maps every tensor to the shard holding it.
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# A DiT's weights as wanctl streams them (`wanctl.models.weights`): safetensors alone, whose
+# headers say where each tensor lies, so that each is read by itself.
+STREAMED_WEIGHTS = DIFFUSERS_WEIGHTS[:1]
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 VOCABULARY_FILES = ("tokenizer.json", "spiece.model")
 # Tokenizers built from their config alone: ByT5's tokens are the UTF-8 bytes.
@@ -55,11 +58,22 @@ def check_weights(folder: Path, names: tuple[str, ...], reader: str) -> None:
             return _check_index(folder / f"{name}.index.json", reader)
         if (folder / name).is_file():
             return _check_weight_file(folder / name)
+    otherwise = f" ({names[1]} and its index otherwise)" if len(names) > 1 else ", no other format"
     raise Broken(
         folder, "holds no weights",
-        f"{reader} reads {names[0]}, or {names[0]}.index.json and the shards it names "
-        f"({names[1]} and its index otherwise)",
+        f"{reader} reads {names[0]}, or {names[0]}.index.json and the shards it names{otherwise}",
     )  # fmt: skip
+
+
+def weight_map(folder: Path, name: str) -> dict[str, Path]:
+    """The file holding each tensor of the safetensors weights `name` in `folder`, which
+    `check_weights` passed: the map of its index, or the names in the one file's header."""
+    index = folder / f"{name}.index.json"
+    if index.is_file():
+        mapped = read_json(index, "the weights' index")["weight_map"]
+        return {tensor: folder / shard for tensor, shard in mapped.items()}
+    _, header = _safetensors_header(folder / name)
+    return {tensor: folder / name for tensor in header if tensor != "__metadata__"}
 
 
 def check_torch_file(path: Path, reader: str) -> None:
@@ -123,14 +137,9 @@ def _check_safetensors(path: Path) -> None:
     """The header (8 bytes of length, then JSON naming each tensor's byte range) read, and the
     file long enough for every range: a cut download is refused here, not after minutes."""
     size = path.stat().st_size
-    with path.open("rb") as file:
-        length = int.from_bytes(file.read(8), "little")
-        if length > min(size - 8, MAX_HEADER_BYTES):
-            raise Broken(path, f"is cut short: {size} bytes, less than its own header", PARTIAL)
-        try:
-            header = json.loads(file.read(length))
-        except (UnicodeDecodeError, ValueError):
-            header = None
+    length, header = _safetensors_header(path)
+    if length > min(size - 8, MAX_HEADER_BYTES):
+        raise Broken(path, f"is cut short: {size} bytes, less than its own header", PARTIAL)
     if not isinstance(header, dict):
         raise Broken(path, "is not a safetensors file: its header is not a JSON object", PARTIAL)
     tensors = [entry for name, entry in header.items() if name != "__metadata__"]
@@ -140,6 +149,20 @@ def _check_safetensors(path: Path) -> None:
     if size < needed:
         raise Broken(path, f"is cut short: {size} bytes of the {needed} its header describes",
                      PARTIAL)  # fmt: skip
+
+
+def _safetensors_header(path: Path) -> tuple[int, Any]:
+    """A safetensors file's header length and its JSON (None where the length runs past the
+    file or what it spans is not JSON)."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        if length > min(size - 8, MAX_HEADER_BYTES):
+            return length, None
+        try:
+            return length, json.loads(file.read(length))
+        except (UnicodeDecodeError, ValueError):
+            return length, None
 
 
 def _offsets_ok(entry: Any) -> bool:

@@ -3,7 +3,7 @@
 
 - a diffusers Wan2.2 checkpoint (TI2V-5B, T2V-A14B, I2V-A14B): every component its
   model_index.json names, with its config and weights, as `DiffusersCheckpoint` and the decode
-  load them;
+  load them (a DiT's weights as safetensors: `wanctl.models.weights` streams them);
 - an official one (Wan2.2-TI2V-5B, -T2V-A14B, -I2V-A14B): the DiT folders
   `WanModel.from_pretrained` reads (the A14B experts' `high_noise_model/` and
   `low_noise_model/`, TI2V-5B's at the root), the T5 and VAE `.pth` files and the tokenizer.
@@ -25,12 +25,14 @@ from wanctl.errors import UsageError
 from wanctl.models.catalog import DOWNLOAD_FIX, index_family, two_experts
 from wanctl.models.files import (
     DIFFUSERS_WEIGHTS,
+    STREAMED_WEIGHTS,
     TRANSFORMERS_WEIGHTS,
     Broken,
     check_tokenizer,
     check_torch_file,
     check_weights,
     read_json,
+    weight_map,
 )
 
 OFFICIAL_REPOS = {"ti2v-5B": "Wan-AI/Wan2.2-TI2V-5B", "t2v-A14B": "Wan-AI/Wan2.2-T2V-A14B",
@@ -40,6 +42,7 @@ REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 EXPERT_FOLDERS = ("high_noise_model", "low_noise_model")
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 T5_TOKENIZER = "google/umt5-xxl"
+STREAMED_READER = "wanctl's streamed load of a DiT"
 PAIR = (
     "diffusers reads each component as a [library, class] pair of strings, such as "
     '["diffusers", "WanTransformer3DModel"] ([null, null] for none)'
@@ -58,7 +61,7 @@ def check_diffusers_checkpoint(folder: Path) -> None:
     _check_pipeline(path, index)
     family = index_family(index)
     config = folder / "transformer" / "config.json"
-    with _refusing(folder, f"{OFFICIAL_REPOS[family.name]}-Diffusers"):
+    with _refusing(folder, diffusers_repo(family)):
         for name, loader in components.items():
             _check_component(folder / name, name, loader)
         channels = read_json(config, "diffusers").get("in_channels")
@@ -84,6 +87,20 @@ def check_official_checkpoint(folder: Path, family: Family) -> None:
         check_torch_file(folder / family.vae.file, "the official VAE (torch.load)")
     for dit, values in configs.items():
         _check_channels(folder / dit / "config.json", values.get("in_dim"), family, fix)
+
+
+def checked_dit_files(folder: Path, component: str, family: Family) -> dict[str, Path]:
+    """The file holding each tensor of the diffusers checkpoint's DiT `component`
+    ("transformer", "transformer_2"), checked as before launch: a shard missing or cut short
+    since is refused with the download that fixes it, not met halfway through the load."""
+    path = folder / component
+    with _refusing(folder, diffusers_repo(family)):
+        check_weights(path, STREAMED_WEIGHTS, STREAMED_READER)
+        return weight_map(path, STREAMED_WEIGHTS[0])
+
+
+def diffusers_repo(family: Family) -> str:
+    return f"{OFFICIAL_REPOS[family.name]}-Diffusers"
 
 
 def download_fix(repo: str, folder: Path, path: Path) -> str:
@@ -170,6 +187,11 @@ def _diffusers_model(folder: Path, reader: str) -> None:
     check_weights(folder, DIFFUSERS_WEIGHTS, reader)
 
 
+def _streamed_dit(folder: Path, reader: str) -> None:
+    read_json(folder / "config.json", reader)
+    check_weights(folder, STREAMED_WEIGHTS, STREAMED_READER)
+
+
 def _transformers_model(folder: Path, reader: str) -> None:
     read_json(folder / "config.json", reader)
     check_weights(folder, TRANSFORMERS_WEIGHTS, reader)
@@ -195,8 +217,8 @@ def _check_channels(path: Path, channels: Any, family: Family, fix: str) -> None
 
 # How wanctl loads each component; another one the index names must at least be there.
 CHECKS: dict[str, Callable[[Path, str], None]] = {
-    "transformer": _diffusers_model,
-    "transformer_2": _diffusers_model,
+    "transformer": _streamed_dit,
+    "transformer_2": _streamed_dit,
     "vae": _diffusers_model,
     "text_encoder": _transformers_model,
     "tokenizer": lambda folder, _: check_tokenizer(folder, "AutoTokenizer.from_pretrained"),

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+    from wanctl.models.weights import Weights
+
 # Wan's negative prompt when none is given (`sample_neg_prompt` of the official shared_config.py).
 NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，"
@@ -33,7 +35,7 @@ class WanModel(Protocol):
 
     name: str
     family: Family
-    staging: ClassVar[str]  # where a DiT is built before it is placed: "meta" (random) or "cpu"
+    staging: ClassVar[str]  # where a DiT is built before it is placed: "meta" or "cpu"
 
     def encode_prompts(
         self, prompt: str, negative: str, device: torch.device
@@ -48,6 +50,12 @@ class WanModel(Protocol):
 
     def transformer_2(self, device: torch.device) -> WanTransformer3DModel | None:
         """The low-noise expert; None for a single DiT."""
+        ...
+
+    def dit_weights(self, expert: int) -> Weights | None:
+        """Where the weights of a DiT staged on the meta device are read from once it is
+        placed (0: `transformer`'s, 1: `transformer_2`'s); None: random, drawn where they
+        live."""
         ...
 
     def vae(self, device: torch.device, *, encoder: bool) -> AutoencoderKLWan:

@@ -14,18 +14,23 @@
   one H200 that held both experts in host memory at once, 58 GB of RSS, and the swap took
   30 s from pageable memory.)
 
-Built-in synthetic models are staged on the meta device and allocated only where they will
-live (`wanctl.models.configs.place`): no rank ever holds a whole expert it will shard.
+Every DiT but the tiny models' is staged on the meta device and allocated only where it will
+live: a checkpoint's then filled from its files tensor by tensor (`wanctl.models.weights`),
+a built-in synthetic one with random values (`wanctl.models.configs.place`). No rank holds
+a whole expert it will shard, nor a host copy of one it puts on its GPU.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from wanctl.models.configs import place
+
+if TYPE_CHECKING:
+    from wanctl.models.weights import Weights
 
 FP8 = torch.float8_e4m3fn
 
@@ -38,9 +43,11 @@ def prepare_dit(
     device: torch.device,
     compute: torch.dtype,
     fill_on: torch.device | None = None,
+    weights: Weights | None = None,
 ) -> Any:
     """`dit` stored as asked, sharded if asked, then on `device` (allocated there if it was on
-    the meta device, its random values drawn on `fill_on`, by default `device`)."""
+    the meta device, and filled from a checkpoint's `weights`, or with random values drawn on
+    `fill_on`, by default `device`)."""
     dit.requires_grad_(False)  # inference only; FSDP2 also wants one dtype among trainables
     if storage == "fp8":
         dit.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute)
@@ -50,12 +57,20 @@ def prepare_dit(
         for block in dit.blocks:
             fully_shard(block)
         fully_shard(dit)
-    return materialise(dit, device, fill_on)
+    return materialise(dit, device, fill_on, weights)
 
 
-def materialise(dit: Any, device: torch.device, fill_on: torch.device | None = None) -> Any:
-    """On `device`: random weights allocated there for a meta-device DiT (drawn on `fill_on`:
-    the run's GPU fills a host-resident expert in seconds), else moved."""
+def materialise(
+    dit: Any,
+    device: torch.device,
+    fill_on: torch.device | None = None,
+    weights: Weights | None = None,
+) -> Any:
+    """On `device`: a meta-device DiT allocated there and loaded from its `weights`, or given
+    random ones (drawn on `fill_on`: the run's GPU fills a host-resident expert in seconds);
+    another moved."""
+    if weights is not None:
+        return weights.load(dit, device)
     if any(p.is_meta for p in dit.parameters()):
         return place(dit, device, fill_on=fill_on if fill_on != device else None)
     return dit.to(device)

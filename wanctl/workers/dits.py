@@ -33,12 +33,13 @@ def load_dits(
     model: WanModel, device: torch.device, args: argparse.Namespace, negative: torch.Tensor
 ) -> tuple[list[Any], BoundarySwap | None, list[CompiledDit]]:
     """The DiT, or both experts (high noise first), placed as the settings say
-    (`wanctl.models.placement`), their linear layers in fp8 with `--dit-precision fp8`
-    (`wanctl.models.precision`), their blocks compiled unless the run is on the CPU or
-    `--no-compile` (`wanctl.models.compiled`), Ulysses-parallel over all ranks (with
-    `--cfg-parallel`, over each half, which computes one guidance pass: `wanctl.models.cfg`,
-    given the `negative` prompt's embeddings); the swap at the boundary when the low-noise
-    expert waits on the CPU; and the compiled wrappers, which report how compiling went."""
+    (`wanctl.models.placement`; a checkpoint's loaded there from its files), their linear
+    layers in fp8 with `--dit-precision fp8` (`wanctl.models.precision`), their blocks compiled
+    unless the run is on the CPU or `--no-compile` (`wanctl.models.compiled`), Ulysses-parallel
+    over all ranks (with `--cfg-parallel`, over each half, which computes one guidance pass:
+    `wanctl.models.cfg`, given the `negative` prompt's embeddings); the swap at the boundary
+    when the low-noise expert waits on the CPU; and the compiled wrappers, which report how
+    compiling went."""
     if args.dit_precision == "fp8" and (problem := fp8_problem(device)):
         raise UsageError("this run cannot compute its DiT in fp8", why=problem,
                          fix="drop --dit-precision fp8 (--dit-storage fp8 halves the weights "
@@ -48,12 +49,14 @@ def load_dits(
     # fp8 compute quantizes bf16 weights itself (below), with scales; no layerwise cast first
     storage = "bf16" if args.dit_precision == "fp8" else args.dit_storage
     placed = dict(storage=storage, shard=args.dit == "fsdp", compute=compute)
-    dits = [prepare_dit(model.transformer(staging), device=device, **placed)]
+    high = model.transformer(staging)
+    dits = [prepare_dit(high, device=device, weights=model.dit_weights(0), **placed)]
     low = model.transformer_2(staging)
     swap = None
     if low is not None:
         waits = torch.device("cpu") if args.offload else device
-        dits.append(prepare_dit(low, device=waits, fill_on=device, **placed))
+        weights = model.dit_weights(1)
+        dits.append(prepare_dit(low, device=waits, fill_on=device, weights=weights, **placed))
         swap = BoundarySwap(dits[0], dits[1], device) if args.offload else None
     if args.dit_precision == "fp8":
         for dit in dits:
