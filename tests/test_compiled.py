@@ -37,6 +37,14 @@ from wanctl.workers.generate import parse_args
 TESTS = Path(__file__).parent
 
 
+@pytest.fixture(autouse=True)
+def inductor_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiling here writes its cache in the test's folder, and the variable torch.compile
+    exports into the process (Inductor sets TORCHINDUCTOR_CACHE_DIR when it finds none) goes
+    with the test: later tests would read it as the user's."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+
+
 def batch(dit: Any) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(3)
     shape = (1, dit.config.in_channels, 3, 8, 8)

@@ -57,6 +57,9 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     entry for each backend."""
     folder = tmp_path / "config"
     monkeypatch.setenv(presets.CONFIG_DIR_ENV, str(folder))
+    # torch.compile exports its cache folder into the process when it compiles (a test did):
+    # here it would be the user's own, which a launch keeps
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     inventory, rig = presets.rig_of("2x RTX 5090 32GB")
     modelled = presets.entry_of(plan(Workload(1280, 704, 121, 2), rig.card), created="x")
     for settings in (PRESET, WAN_PRESET):
