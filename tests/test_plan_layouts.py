@@ -18,7 +18,14 @@ from wanctl.probe.catalog import MODELS
 from wanctl.probe.fake import FakeProbe, describe_rig
 from wanctl.tune.predict import Card
 from wanctl.tune.search import plan
-from wanctl.tune.speed import ANCHORS, RigLinks, forward_seconds, step_time
+from wanctl.tune.speed import (
+    ANCHORS,
+    RELATIVE_FORWARD,
+    RigLinks,
+    forward_seconds,
+    relative_forward,
+    step_time,
+)
 
 RUN = Workload(1280, 704, 121, 2)
 
@@ -120,3 +127,18 @@ def test_guidance_off_drops_the_presets_cfg_parallel(tmp_path: object) -> None:
                               gpus=2, guidance=1.0)  # fmt: skip
     launched = prepare(options, probe=probe, env={}, disk_free=lambda _: 2**40)
     assert not launched.settings.cfg_parallel and "--cfg-parallel" not in launched.spec.argv
+
+
+def test_the_step_prediction_follows_compile_and_fp8_compute_as_measured() -> None:
+    five = RELATIVE_FORWARD["TI2V-5B"]
+    assert relative_forward(Settings(), "TI2V-5B") == (five[True, "bf16"], ())
+    assert relative_forward(Settings(compile=False), "TI2V-5B") == (1.0, ())
+    assert relative_forward(Settings(backend="wan-repo"), "TI2V-5B") == (1.0, ())  # eager there
+    fp8 = Settings(dit_precision="fp8", dit_storage="fp8")
+    assert relative_forward(fp8, "A14B expert") == (
+        RELATIVE_FORWARD["A14B expert"][True, "fp8"],
+        (),
+    )
+    eager, compiled = (step_time(Workload(1280, 704, 121, 1), Settings(compile=c), "NVIDIA H200",
+                                 "single") for c in (False, True))  # fmt: skip
+    assert compiled.compute_s == eager.compute_s * five[True, "bf16"]

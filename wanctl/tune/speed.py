@@ -146,7 +146,7 @@ def relative_forward(settings: Settings, dit_name: str) -> tuple[float, tuple[st
     """One forward's time with `settings`' compile and precision against eager bf16's, and
     what that assumed (the ratio of another DiT, or of the H200 for another card)."""
     key = (settings.compile, settings.dit_precision)
-    if key == (False, "bf16"):
+    if key == (False, "bf16") or settings.backend == "wan-repo":  # the official code: eager
         return 1.0, ()
     measured = RELATIVE_FORWARD.get(dit_name)
     note: tuple[str, ...]
