@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -96,17 +97,17 @@ def official(tmp_path: Path) -> tuple[Path, Path]:
     return repo, ckpt
 
 
+def choose_device_anywhere(options: GenerateOptions, report: DoctorReport, visible: int) -> str:
+    """generate's device choice as for the diffusers backend: the fake official code runs on
+    the CPU over gloo, which the real one cannot (tests/test_generate_launch.py checks that
+    refusal); every other device check kept."""
+    anywhere = dataclasses.replace(options, backend="diffusers")
+    return checks.choose_device(anywhere, report, visible)
+
+
 @pytest.fixture(autouse=True)
 def official_code_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fake official code runs on the CPU over gloo, which the real one cannot: generate's
-    refusal of `--backend wan-repo --device cpu` (tests/test_generate_launch.py) is lifted here,
-    every other device check kept."""
-
-    def choose_device(options: GenerateOptions, report: DoctorReport, visible: int) -> str:
-        anywhere = dataclasses.replace(options, backend="diffusers")
-        return checks.choose_device(anywhere, report, visible)
-
-    monkeypatch.setattr(generate_run, "choose_device", choose_device)
+    monkeypatch.setattr(generate_run, "choose_device", choose_device_anywhere)
 
 
 def run(cli: CliRunner, official: tuple[Path, Path], output: Path, *args: str):
@@ -240,3 +241,42 @@ def test_the_sitecustomize_it_shadows_still_runs(tmp_path: Path) -> None:
     hooked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**env, LATENTS_ENV: str(tmp_path / "l.safetensors")})  # fmt: skip
     assert hooked.stdout.split() == ["True", "['_Finder']"], hooked.stderr
+
+
+def test_each_node_of_a_two_node_run_reports_it_and_node_0_holds_the_video(
+    official: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two torchrun nodes on one machine (c10d on 127.0.0.1, gloo, one official rank each), as
+    two `wanctl generate` commands (this file's `__main__`: wanctl with the fake code allowed
+    on the CPU): node 0 decodes, node 1 exits 0 and says where the video is."""
+    repo, ckpt = official
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{probe.getsockname()[1]}"
+    env = {**os.environ, "FAKE_RECORD": str(tmp_path / "record.json"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}  # fmt: skip
+    nodes = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        argv = [sys.executable, "-m", "test_wan_repo_hook", "generate", "--backend", "wan-repo",
+                "--wan-repo", str(repo), "--ckpt-dir", str(ckpt), "--device", "cpu", "--gpus",
+                "1", "--nnodes", "2", "--rdzv-endpoint", endpoint, "--size", "1280*704",
+                "--frames", str(FRAMES), "--steps", "2", "--prompt", "two cats box", "-o",
+                str(tmp_path / name / "cats.mp4"), "--json"]  # fmt: skip
+        nodes.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env))  # fmt: skip
+    outcomes = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outcomes]
+    holders = [name for name in ("a", "b") if (tmp_path / name / "cats.mp4").is_file()]
+    assert len(holders) == 1  # rank 0's node
+    other = json.loads(outcomes[("a", "b").index(holders[0]) ^ 1][0])
+    assert any("this is node 1 of 2" in note for note in other["notes"])
+    assert imageio_ffmpeg.count_frames_and_secs(str(tmp_path / holders[0] / "cats.mp4"))[0] == 5
+
+
+if __name__ == "__main__":  # one node's wanctl, for the two-node test
+    generate_run.choose_device = choose_device_anywhere  # type: ignore[assignment]
+    sys.argv[0] = "wanctl"
+    from wanctl.cli import main
+
+    main()

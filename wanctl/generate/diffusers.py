@@ -12,7 +12,7 @@ from wanctl.core.timeline import Timeline, process_started, run_timeline
 from wanctl.core.worker import WorkerRequest, read_node, read_ranks
 from wanctl.generate.failures import Stamp, failure, read_statuses
 from wanctl.generate.options import GenerateOptions, RunPaths
-from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, summary
+from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, node_note, summary
 from wanctl.models.attention import AttentionChoice
 
 
@@ -67,7 +67,7 @@ def finish(
         # rank 0's clock is this machine's on node 0 alone
         timeline=_timeline(ranks[0], launched) if node == 0 else None,
         notes=[
-            *_node_note(plan, node),
+            *node_note(plan, node),
             *[r["kernel_problem"] for r in ranks if r.get("kernel_problem")][:1],
         ],
     )
@@ -81,11 +81,3 @@ def _timeline(rank: dict[str, Any], launched: float) -> Timeline | None:
     started = process_started() or launched
     return run_timeline(marks, rank["seconds"], rank["step_seconds"], started=started,
                         launched=launched, ended=time.time())  # fmt: skip
-
-
-def _node_note(plan: GeneratePlan, node: int) -> list[str]:
-    """On a node other than the first, where the video and the latents are."""
-    if node == 0:
-        return []
-    return [f"this is node {node} of {plan.options.nnodes}: the video and the latents were "
-            "written on node 0 (by rank 0, at that node's --output path)"]  # fmt: skip

@@ -209,3 +209,11 @@ def summary(
         else None,
         **figures,
     )
+
+
+def node_note(plan: GeneratePlan, node: int) -> list[str]:
+    """On a node other than the first, where the video and the latents are."""
+    if node == 0:
+        return []
+    return [f"this is node {node} of {plan.options.nnodes}: the video and the latents were "
+            "written on node 0 (by rank 0, at that node's --output path)"]  # fmt: skip

@@ -25,11 +25,12 @@ from wanctl.generate.failures import (
     read_statuses,
 )
 from wanctl.generate.options import GenerateOptions, RunPaths
-from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, summary
+from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, node_note, summary
 from wanctl.models.layouts import check_official_checkpoint
 from wanctl.workers.wan_hook import (
     HOOK_DIR,
     LATENTS_ENV,
+    NODE,
     RUN_DIR_ENV,
     SAMPLING_PEAK,
     SOURCE_ENV,
@@ -138,7 +139,15 @@ def finish(
     before: Stamp,
 ) -> GenerateSummary:
     """The official sampler ran; if it saved the latents (this run's: not the file stamped
-    `before` it) and was not stopped at --timeout, decode them here on every GPU."""
+    `before` it) and was not stopped at --timeout, decode them here on every GPU. On a node
+    other than the first, which holds no latents, the run's outcome and where they are."""
+    node = official_node(plan.paths.run_dir)
+    if node and result.ok:
+        return summary(
+            plan, start, seconds_per_step=None, first_step_s=None, text_encode_s=None,
+            load_s=None, sampling_s=result.seconds, decode_s=None, decode_warmup_s=None,
+            expert_swap_s=None, per_rank=[], notes=node_note(plan, node),
+        )  # fmt: skip
     if not kept_latents(plan, before) or result.timed_out:
         if result.ok:
             raise WanctlError(
@@ -181,6 +190,13 @@ def finish(
         notes=["the official sampler: its seconds include loading the models; steps not timed",
                *([decoded.kernel_problem] if decoded.kernel_problem else [])],
     )  # fmt: skip
+
+
+def official_node(run_dir: Path) -> int:
+    """This node's number in the run, as its first official rank recorded it (0 if none did)."""
+    path = run_dir / NODE
+    node: int = json.loads(path.read_text())["node"] if path.is_file() else 0
+    return node
 
 
 def sampling_peak(run_dir: Path) -> dict[str, float] | None:

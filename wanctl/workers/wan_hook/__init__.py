@@ -44,6 +44,17 @@ def install() -> None:
     if os.environ.get(LATENTS_ENV) and not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
         sys.excepthook = _recording(sys.excepthook)
+        record_node()
+
+
+def record_node() -> None:
+    """In a node's first rank (LOCAL_RANK 0), its node number (torchrun's GROUP_RANK) in the
+    run folder: a node other than 0 holds no latents (rank 0 saves them on its node), and its
+    wanctl must know that it is not the one to decode."""
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    if run_dir and os.environ.get("LOCAL_RANK") == "0":
+        node = int(os.environ.get("GROUP_RANK", "0"))
+        (Path(run_dir) / NODE).write_text(json.dumps({"node": node}))
 
 
 def _recording(previous: Any) -> Any:
@@ -79,6 +90,7 @@ def save_instead_of_decode(self: Any, zs: Sequence[Any]) -> list[Any]:
 
 
 SAMPLING_PEAK = "official-sampling-peak.json"
+NODE = "official-node.json"  # this node's number in the run, from its first official rank
 
 
 def record_sampling_peak(device: Any) -> None:
