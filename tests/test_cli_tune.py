@@ -88,6 +88,7 @@ def test_a_plan_this_hosts_ram_cannot_hold_is_refused_with_fewer_gpus(
         (["--gpus", "4"], "--gpus 4 on a rig of 2 GPUs"),
         (["--gpus", "5"], "--gpus 5 on a rig of 2 GPUs"),
         (["--gpus", "0"], "greater than or equal to 1"),
+        (["--dit-precision", "fp8", "--dit-storage", "bf16"], "stored in fp8"),
     ],
 )
 def test_bad_requests_exit_2_with_a_message(cli: CliRunner, args: list[str], message: str) -> None:
@@ -262,3 +263,10 @@ def test_a_pin_that_does_not_fit_is_refused_with_the_pin_released(cli: CliRunner
     result = cli.invoke(app, [*USER_CASE, "--chunk-t", "20", "--decode-ranks", "1"])
     assert result.exit_code == 1
     assert "chunk_t 1 (instead of 20)" in result.output.replace("\n", " ")
+
+
+def test_an_fp8_compute_plan_says_so_with_its_measured_error(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["tune", "--rig", "2x RTX 5090 32GB", "--dit-precision", "fp8"])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.stdout.split())
+    assert "computed in fp8 (torchao" in shown and "2.6e-02" in shown

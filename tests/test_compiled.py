@@ -99,6 +99,14 @@ def test_the_cpu_and_no_compile_stay_eager_with_the_reason() -> None:
     assert off is not None and "--no-compile" in (off.reason or "")
 
 
+def test_fp8_storage_stays_eager_with_the_reason() -> None:
+    """diffusers' layerwise casting rebuilds the weights inside each block: Dynamo cuts it into
+    pieces, so wanctl does not compile it (and tune predicts no speed-up for it)."""
+    cast = not_compiled(torch.device("cuda"), wanted=True, layerwise_cast=True)
+    assert cast is not None and "layerwise casting" in (cast.reason or "")
+    assert not_compiled(torch.device("cuda"), wanted=True) is None
+
+
 def ulysses_worker(out: Path) -> None:
     """Rank r's share of a Ulysses 2 forward of the compiled tiny DiT; rank 0 saves it."""
     dist.init_process_group("gloo")

@@ -69,8 +69,11 @@ def test_measured_links_replace_the_assumed_bandwidth_and_can_turn_the_choice() 
     links = RigLinks("pcie", (fast, slow))
     chosen = plan(RUN, card("rtx-4090"), links=links)
     assert chosen.step is not None and not chosen.settings.cfg_parallel
-    assert chosen.step.assumed == ("NVIDIA GeForce RTX 4090 at 165.2 / 989 of the H200's "
-                                   "measured forward (vendor bf16 rates)",)  # fmt: skip
+    assert chosen.step.assumed == (
+        "NVIDIA GeForce RTX 4090 at 165.2 / 989 of the H200's measured forward (vendor bf16 "
+        "rates)", "the compiled forward's speed-up measured on one GPU (whole blocks); under "
+        "Ulysses the blocks compile in pieces around the all-to-alls",
+    )  # fmt: skip
 
 
 def test_without_the_rigs_links_the_layout_is_ulysses_unless_pinned() -> None:

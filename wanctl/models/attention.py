@@ -368,7 +368,8 @@ def remembered_choice(
     if key in known:
         return replace(AttentionChoice.from_dict(known[key]), cached=True)
     choice = choose_backend(device, heads, head_dim, tokens, dtype, ranks=ranks)
-    if choice.timings and not choice.note:
+    short = any("out of memory" in (t.error or "").lower() for t in choice.timings)
+    if choice.timings and not choice.note and not short:  # memory is this run's, not the GPU's
         known[key] = asdict(choice)
         _write_json(path, known)
     return choice
@@ -377,14 +378,16 @@ def remembered_choice(
 def choice_key(
     device: torch.device, heads: int, head_dim: int, tokens: int, dtype: torch.dtype, ranks: int
 ) -> str:
-    """What a timing depends on: the GPU model, torch, diffusers, the dtype and one rank's
-    shape."""
+    """What a timing depends on: the GPU model, torch, diffusers, the backends installed (one
+    added or removed times again), the dtype and one rank's shape."""
     import diffusers
     import torch
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return (f"{name} | torch {torch.__version__} | diffusers {diffusers.__version__} | {dtype} | "
-            f"{heads // ranks} of {heads} heads x {head_dim} | {tokens} tokens")  # fmt: skip
+    backends = ",".join(candidate_backends(device, context_parallel=ranks > 1))
+    software = f"torch {torch.__version__} | diffusers {diffusers.__version__}"
+    shape = f"{heads // ranks} of {heads} heads x {head_dim} | {tokens} tokens"
+    return f"{name} | {software} | {dtype} | {shape} | {backends}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:

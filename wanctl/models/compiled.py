@@ -7,8 +7,8 @@ not minutes; Inductor's cache (`TORCHINDUCTOR_CACHE_DIR`, which wanctl points at
 folder) makes the next run of the same size start warm. Shapes are static: a run has one
 (tokens, text length), and each size compiles once.
 
-CFG parallel's exchange and the context-parallel split and gather sit at the DiT's border,
-outside the compiled blocks.
+CFG parallel's exchange and the context-parallel gather sit at the DiT's border, outside the
+compiled blocks; diffusers 0.42.1 splits the sequence at the first block's input, inside it.
 
 Compilation happens at the first forward: one graph per block first; where Dynamo cannot
 trace the block whole (diffusers 0.42.1's context-parallel attention dispatch under Ulysses),
@@ -39,12 +39,21 @@ class CompileReport:
     whole_blocks: bool = False  # each block one graph (no graph break)
 
 
-def not_compiled(device: torch.device, wanted: bool) -> CompileReport | None:
-    """Why this run's DiT stays eager before trying, or None to compile."""
+def not_compiled(
+    device: torch.device, wanted: bool, *, layerwise_cast: bool = False
+) -> CompileReport | None:
+    """Why this run's DiT stays eager before trying, or None to compile. `layerwise_cast`: its
+    weights are stored in fp8 by diffusers' layerwise casting, whose hooks rebuild each
+    linear layer's weight inside the block: Dynamo then cuts a 2-block tiny DiT into 25 pieces
+    ("Attempted to use `torch.nn.Parameter()` constructor", seen on the CPU), no faster than
+    eager for a longer cold start."""
     if not wanted:
         return CompileReport(False, "turned off (--no-compile)")
     if device.type != "cuda":
         return CompileReport(False, "the CPU: compiling takes longer than it saves there")
+    if layerwise_cast:
+        return CompileReport(False, "fp8 storage (layerwise casting) does not compile whole; "
+                             "--dit-precision fp8 compiles")  # fmt: skip
     return None
 
 

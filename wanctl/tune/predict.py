@@ -306,6 +306,9 @@ def _max_chunk_t(workload: Workload, settings: Settings, budget: float) -> int:
 # `benchmarks/experts.py` (now rows of `benchmarks/dit.py`) on one H200 (torch 2.11.0+cu130,
 # diffusers 0.42.1, 2026-12-02; random weights, 1280*720 x 81): on noise, and on a smooth field.
 FP8_ERROR = (5.75e-2, 5.87e-2)
+# fp8 compute's (`--dit-precision fp8`, compiled): on noise, TI2V-5B at 1280*704 x 121 and an A14B
+# expert at 832*480 x 81, `benchmarks/dit.py` on one H200 (torchao 0.18.0, 2026-12-02).
+FP8_COMPUTE_ERROR = (2.63e-2, 3.22e-2)
 # The offload swap at the boundary: the low-noise expert (26.6 GiB) from pageable host memory
 # to the GPU, `wanctl generate --model synthetic-a14b --offload` on one H200 (2026-12-02).
 SWAP_SECONDS = 6.83
@@ -313,7 +316,15 @@ SWAP_SECONDS = 6.83
 
 def _notes(settings: Settings) -> tuple[str, ...]:
     notes = []
-    if settings.dit_storage == "fp8":
+    if settings.dit_precision == "fp8":
+        notes.append(
+            "the DiT's linear layers computed in fp8 (torchao, a scale per row): half their "
+            "memory, a forward 0.67x (TI2V-5B) to 0.73x (A14B) of eager bf16's once compiled, "
+            f"for a relative L2 error per forward of {FP8_COMPUTE_ERROR[0]:.1e} (TI2V-5B) to "
+            f"{FP8_COMPUTE_ERROR[1]:.1e} (A14B) against bf16, measured on an H200 with random "
+            "weights (benchmarks/dit.py); the bf16 weights load on the GPU first"
+        )
+    elif settings.dit_storage == "fp8":
         notes.append(
             "the DiT's linear layers stored in fp8 and computed in bf16: half their memory, for "
             f"a relative L2 error per forward of {FP8_ERROR[0]:.1e} (noise) to {FP8_ERROR[1]:.1e}"

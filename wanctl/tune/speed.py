@@ -130,6 +130,9 @@ def step_time(
     forward *= relative
     assumed += note
     degree = settings.ulysses(workload.gpus)
+    if relative != 1.0 and degree > 1:
+        assumed += ("the compiled forward's speed-up measured on one GPU (whole blocks); under "
+                    "Ulysses the blocks compile in pieces around the all-to-alls",)  # fmt: skip
     passes = 2 // settings.cfg_groups  # passes a rank runs per step
     compute = passes * forward / degree
     comm, more = _all_to_alls(workload, degree, interconnect, links)
@@ -144,10 +147,13 @@ def step_time(
 
 def relative_forward(settings: Settings, dit_name: str) -> tuple[float, tuple[str, ...]]:
     """One forward's time with `settings`' compile and precision against eager bf16's, and
-    what that assumed (the ratio of another DiT, or of the H200 for another card)."""
+    what that assumed (the ratio of another DiT); measured on one H200 with whole compiled
+    blocks, the ratio is taken for other cards and for Ulysses (whose blocks compile in pieces)
+    as `forward_seconds` takes the H200's forward."""
     key = (settings.compile, settings.dit_precision)
-    if key == (False, "bf16") or settings.backend == "wan-repo":  # the official code: eager
-        return 1.0, ()
+    layerwise = settings.dit_storage == "fp8" and settings.dit_precision == "bf16"
+    if key == (False, "bf16") or settings.backend == "wan-repo" or layerwise:
+        return 1.0, ()  # eager: the official code, or fp8 storage (`models.compiled`)
     measured = RELATIVE_FORWARD.get(dit_name)
     note: tuple[str, ...]
     if measured is None or key not in measured:

@@ -23,7 +23,7 @@ from wanctl.models.attention import (
     remembered_choice,
 )
 from wanctl.models.cfg import cfg_mesh, enable_cfg_parallel
-from wanctl.models.compiled import CompiledDit, not_compiled
+from wanctl.models.compiled import CompiledDit, CompileReport, not_compiled
 from wanctl.models.pipelines import WanModel
 from wanctl.models.placement import BoundarySwap, prepare_dit
 from wanctl.models.precision import fp8_problem, quantize_fp8
@@ -50,18 +50,17 @@ def load_dits(
     storage = "bf16" if args.dit_precision == "fp8" else args.dit_storage
     placed = dict(storage=storage, shard=args.dit == "fsdp", compute=compute)
     high = model.transformer(staging)
-    dits = [prepare_dit(high, device=device, weights=model.dit_weights(0), **placed)]
+    dits = [fp8_if_asked(prepare_dit(high, device=device, weights=model.dit_weights(0), **placed),
+                         args, device)]  # fmt: skip
     low = model.transformer_2(staging)
     swap = None
     if low is not None:
         waits = torch.device("cpu") if args.offload else device
         weights = model.dit_weights(1)
-        dits.append(prepare_dit(low, device=waits, fill_on=device, weights=weights, **placed))
+        low = prepare_dit(low, device=waits, fill_on=device, weights=weights, **placed)
+        dits.append(fp8_if_asked(low, args, device))
         swap = BoundarySwap(dits[0], dits[1], device) if args.offload else None
-    if args.dit_precision == "fp8":
-        for dit in dits:
-            quantize_fp8(dit)
-    eager = not_compiled(device, not args.no_compile)
+    eager = eager_reason(device, args)
     compiled = [] if eager else [CompiledDit(dit) for dit in dits]
     world, groups = dist.get_world_size(), 2 if args.cfg_parallel else 1
     mesh = cfg_mesh(device.type, world, groups) if groups > 1 else None
@@ -73,10 +72,28 @@ def load_dits(
     return dits, swap, compiled
 
 
-def compile_report(compiled: list[CompiledDit], device: torch.device, wanted: bool) -> Any:
+def fp8_if_asked(dit: Any, args: argparse.Namespace, device: torch.device) -> Any:
+    """With `--dit-precision fp8`, `dit`'s linear layers quantized to fp8 as soon as it is
+    placed, its bf16 weights freed before the next expert is: one bf16 DiT on the GPU at a
+    time (the load's transient), not two."""
+    if args.dit_precision == "fp8":
+        quantize_fp8(dit)
+        release(device)
+    return dit
+
+
+def eager_reason(device: torch.device, args: argparse.Namespace) -> CompileReport | None:
+    """Why this run's DiTs stay eager, or None to compile them."""
+    layerwise = args.dit_storage == "fp8" and args.dit_precision != "fp8"
+    return not_compiled(device, not args.no_compile, layerwise_cast=layerwise)
+
+
+def compile_report(
+    compiled: list[CompiledDit], device: torch.device, args: argparse.Namespace
+) -> Any:
     """How compiling went on this rank, as a dict for the summary: the first DiT's wrapper
     (the experts share one compiled graph), or why the DiT ran eager."""
-    report = compiled[0].report() if compiled else not_compiled(device, wanted)
+    report = compiled[0].report() if compiled else eager_reason(device, args)
     return asdict(report) if report is not None else None
 
 

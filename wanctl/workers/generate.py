@@ -287,7 +287,7 @@ def sample(
             **extra,
         )
     latents: torch.Tensor = output.frames.float()
-    result.compile = compile_report(compiled, device, not args.no_compile)
+    result.compile = compile_report(compiled, device, args)
     if swap is not None and swap.seconds is not None:
         result.seconds["expert_swap"] = swap.seconds
     branches = [dit.forward for dit in dits if isinstance(dit.forward, CfgBranch)]
