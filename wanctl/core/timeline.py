@@ -65,7 +65,7 @@ def run_timeline(
 ) -> Timeline:
     """Rank 0's `marks` (wall-clock times: "process", "main", "group", "first_step" and each
     phase's start as "<phase>_start") and `seconds` (each phase's, and "load", "attention",
-    "vae_decode", "vae_warmup" within them), its `steps`; the parent's start, launch of
+    "vae_decode", "vae_warmup" within them, "pipeline_vae" between them), its `steps`; the parent's start, launch of
     torchrun and end. What no part names is "other"."""
     parts: list[tuple[str, float]] = [("wanctl start and preflight", launched - started)]
     if "process" in marks:
@@ -75,6 +75,7 @@ def run_timeline(
         parts.append(("torchrun start and imports", marks["main"] - launched))
     parts.append(("process group", marks["group"] - marks["main"]))
     parts += [(name, seconds[phase]) for phase, name in PHASES if phase in seconds]
+    parts.append(("the pipeline's VAE", seconds.get("pipeline_vae", 0.0)))
     work = [seconds.get("load", 0.0), seconds.get("attention", 0.0), sum(steps)]
     parts += [("DiT load", work[0]), ("attention choice", work[1])]
     if steps:

@@ -176,6 +176,9 @@ class ChunkDecoder:
         stream) in front of `x`, the new last frames kept, the border from the halo."""
         keep = int(conv._padding[4])  # (w, w, h, h, t, 0)
         if not keep:  # a 1x1x1 conv: no time, no border
+            if conv._padding[0]:
+                raise ValueError("a conv with a spatial border but no time kernel is not a Wan "
+                                 "decoder's: its halo would not be framed")  # fmt: skip
             return self._convolve(conv, x)
         buffer, stream = self._stream(conv, x, cache)
         stream[:, :, keep:].copy_(x)

@@ -200,7 +200,9 @@ def run(
     with phase("text_encode", status, result, device):
         embeds = encode_once(model, args, device, waits)
         result.encoded_prompt = dist.get_rank() == 0
+    building = time.perf_counter()
     vae: Any = model.vae(device, encoder=args.image is not None)
+    result.seconds["pipeline_vae"] = time.perf_counter() - building
     image, replay = None, None
     if args.image is not None:
         from PIL import Image
