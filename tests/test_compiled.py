@@ -31,7 +31,7 @@ from wanctl.models.builtin import tiny_transformer
 from wanctl.models.compiled import CompiledDit, not_compiled
 from wanctl.models.precision import fp8_problem
 from wanctl.probe.base import GpuInfo, GpuInventory
-from wanctl.workers.dits import enable_ulysses
+from wanctl.workers.dits import compile_report, enable_ulysses
 from wanctl.workers.generate import parse_args
 
 TESTS = Path(__file__).parent
@@ -90,6 +90,21 @@ def test_a_compiler_that_fails_leaves_the_eager_dit_and_says_why() -> None:
     assert report.reason is not None and "no C compiler on this machine" in report.reason
     assert all(block._compiled_call_impl is None for block in wrapper.blocks)
     assert forward(dit, inputs).equal(eager)  # and it stays eager
+
+
+def test_the_summary_reports_the_worst_of_two_experts() -> None:
+    """An A14B run's two experts: one compiled whole, one fallen back to eager; the summary
+    says eager, with the reason (an expert that never ran says nothing)."""
+    high, low, idle = tiny_transformer(), tiny_transformer(), tiny_transformer()
+    inputs = batch(high)
+    wrappers = [CompiledDit(high, backend="eager"), CompiledDit(low, backend=failing_compiler),
+                CompiledDit(idle, backend="eager")]  # fmt: skip
+    forward(high, inputs)
+    forward(low, inputs)
+    args = argparse.Namespace(dit_storage="bf16", dit_precision="bf16", no_compile=False)
+    report = compile_report(wrappers, torch.device("cpu"), args)
+    assert report["compiled"] is False and "no C compiler" in report["reason"]
+    assert compile_report(wrappers[:1], torch.device("cpu"), args)["whole_blocks"] is True
 
 
 def test_the_cpu_and_no_compile_stay_eager_with_the_reason() -> None:

@@ -65,8 +65,8 @@ def run_timeline(
 ) -> Timeline:
     """Rank 0's `marks` (wall-clock times: "process", "main", "group", "first_step" and each
     phase's start as "<phase>_start") and `seconds` (each phase's, and "load", "attention",
-    "vae_decode", "vae_warmup" within them, "pipeline_vae" between them), its `steps`; the parent's start, launch of
-    torchrun and end. What no part names is "other"."""
+    "vae_decode", "vae_warmup" within them, "pipeline_vae" between them), its `steps`; the
+    parent's start, launch of torchrun and end. What no part names is "other"."""
     parts: list[tuple[str, float]] = [("wanctl start and preflight", launched - started)]
     if "process" in marks:
         parts += [("torchrun and python start", marks["process"] - launched),

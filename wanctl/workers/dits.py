@@ -91,10 +91,13 @@ def eager_reason(device: torch.device, args: argparse.Namespace) -> CompileRepor
 def compile_report(
     compiled: list[CompiledDit], device: torch.device, args: argparse.Namespace
 ) -> Any:
-    """How compiling went on this rank, as a dict for the summary: the first DiT's wrapper
-    (the experts share one compiled graph), or why the DiT ran eager."""
-    report = compiled[0].report() if compiled else eager_reason(device, args)
-    return asdict(report) if report is not None else None
+    """How compiling went on this rank, as a dict for the summary: the worst of the DiTs that
+    ran (an expert eager before one in pieces before whole blocks), or why the DiT ran eager."""
+    ran = [wrapper.report() for wrapper in compiled if wrapper.first_forward_s is not None]
+    if not ran:
+        report = eager_reason(device, args)
+        return asdict(report) if report is not None else None
+    return asdict(min(ran, key=lambda r: (r.compiled, r.whole_blocks)))
 
 
 def set_attention_backend(dits: list[Any], backend: str) -> None:
