@@ -173,6 +173,26 @@ def test_multi_node_flags_pass_through_and_the_ulysses_degree_spans_the_nodes(
     assert wan_repo.spec.argv[degree + 1] == "4"
 
 
+@pytest.mark.parametrize(
+    ("exported", "gloo"),
+    [
+        ({"NCCL_SOCKET_IFNAME": "eth0"}, "eth0"),
+        ({"NCCL_SOCKET_IFNAME": "^lo,docker"}, None),
+        ({"NCCL_SOCKET_IFNAME": "eth0", "GLOO_SOCKET_IFNAME": "ib0"}, None),
+        ({}, None),
+    ],
+)
+def test_several_nodes_give_gloo_the_interface_nccl_was_given(
+    ckpt: Path, out: Path, exported: dict[str, str], gloo: str | None
+) -> None:
+    """The workers' waits run over gloo: on several nodes it gets NCCL's one named interface
+    (a prefix form has no gloo equivalent; the user's own GLOO_SOCKET_IFNAME is theirs)."""
+    multi = options(out, ckpt_dir=ckpt, nnodes=2, rdzv_endpoint="10.0.0.1:29500")
+    launched = prepared(multi, **exported)
+    assert launched.spec.env.get("GLOO_SOCKET_IFNAME") == gloo
+    assert "GLOO_SOCKET_IFNAME" not in prepared(options(out, ckpt_dir=ckpt), **exported).spec.env
+
+
 def test_flags_override_the_preset_and_leave_its_file_alone(
     ckpt: Path, out: Path, config_dir: Path
 ) -> None:

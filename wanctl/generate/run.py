@@ -149,7 +149,7 @@ def prepare(
     host = planned_host(options, device, settings, workload, ranks)
     if host is not None and options.preflight:
         check_host_memory(host, report.system.host_mem_available_bytes, settings, workload)
-    wanted = {**settings_env, **thread_env(device, ranks, env)}
+    wanted = {**settings_env, **thread_env(device, ranks, env), **gloo_interface(options, env)}
     child_env, kept = launch_env(wanted, dict(options.env), env)
     if options.backend == "wan-repo":
         # the user's --env PYTHONPATH, like any --env, over the exported one
@@ -183,6 +183,24 @@ def planned_host(
     if device != "cuda" or options.backend != "diffusers":
         return None
     return host_plan(workload, settings, ranks, checkpoint=options.model is None)
+
+
+def gloo_interface(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, str]:
+    """On several nodes, gloo's interface where NCCL's is one named interface: the workers'
+    waits run over gloo (`wanctl.workers.group.waiting_group`), which otherwise binds the
+    address the host name resolves to (127.0.1.1 on a default Ubuntu: the other nodes never
+    connect). NCCL's prefix forms (`^lo`, `=eth0`, lists) have no gloo equivalent."""
+    flags = dict(options.env)
+    chosen = flags.get(NCCL_IFNAME, env.get(NCCL_IFNAME))
+    several = (options.nnodes or 1) > 1 and options.backend == "diffusers"
+    if not several or GLOO_IFNAME in flags or GLOO_IFNAME in env or not chosen:
+        return {}
+    if any(mark in chosen for mark in "^=,"):
+        return {}
+    return {GLOO_IFNAME: chosen}
+
+
+NCCL_IFNAME, GLOO_IFNAME = "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"
 
 
 def _notes(
