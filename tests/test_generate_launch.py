@@ -171,6 +171,9 @@ def test_multi_node_flags_pass_through_and_the_ulysses_degree_spans_the_nodes(
     assert wan_repo.spec.argv[: len(launcher)] == launcher
     degree = wan_repo.spec.argv.index("--ulysses_size")
     assert wan_repo.spec.argv[degree + 1] == "4"
+    asked = prepared(options(out, backend="wan-repo", wan_repo=repo, ckpt_dir=official,
+                             compile=True))  # fmt: skip
+    assert "--compile has no effect on the official generate.py" in " ".join(asked.notes)
 
 
 @pytest.mark.parametrize(

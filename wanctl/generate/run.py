@@ -222,6 +222,8 @@ def _notes(
         )
     if device == "cpu":
         notes.append(f"on the CPU: {world} process(es) over gloo, no preset")
+    if options.compile and options.backend == "wan-repo":
+        notes.append("--compile has no effect on the official generate.py: its DiT runs eager")
     notes += [f"{key}={value} kept from your environment" for key, value in kept.items()]
     if predicted is not None and not predicted.fits:
         notes.append(
