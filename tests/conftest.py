@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,25 @@ from fake_checkpoints import official_checkpoint
 from typer.testing import CliRunner, Result
 
 import wanctl.doctor.run as doctor_run
+from wanctl.core.launch import LaunchSpec, SubprocessRunner, torchrun_argv
 from wanctl.probe.fake import SCENARIOS, FakeProbe, scenario
+
+TESTS = Path(__file__).parent
+
+
+def run_test_workers(
+    module: str, args: list[str], ranks: int, *, timeout_s: float = 240, **env: str
+) -> None:
+    """`module` (a test file, also the torchrun worker of its tests) on `ranks` real processes
+    through torchrun, with tests/ on their path; fails the test with the ranks' output's end
+    when they do."""
+    spec = LaunchSpec(
+        torchrun_argv(module, args, ranks),
+        env={"PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path]), **env},
+        timeout_s=timeout_s,
+    )
+    result = SubprocessRunner().run(spec)
+    assert result.ok, result.output[-3000:]
 
 
 def crashed(result: Result) -> bool:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import run_test_workers
 from typer.testing import CliRunner
 
 from wanctl.cli import app
-from wanctl.core.launch import LaunchSpec, SubprocessRunner, torchrun_argv
 from wanctl.core.settings import Settings
 from wanctl.core.worker import WorkerRequest
 from wanctl.errors import UsageError
@@ -33,8 +31,6 @@ from wanctl.models.precision import fp8_problem
 from wanctl.probe.base import GpuInfo, GpuInventory
 from wanctl.workers.dits import compile_report, enable_ulysses
 from wanctl.workers.generate import parse_args
-
-TESTS = Path(__file__).parent
 
 
 @pytest.fixture(autouse=True)
@@ -139,13 +135,7 @@ def ulysses_worker(out: Path) -> None:
 
 def test_compiled_blocks_under_ulysses_give_the_one_process_output(tmp_path: Path) -> None:
     out = tmp_path / "output.pt"
-    spec = LaunchSpec(
-        torchrun_argv("test_compiled", ["--out", str(out)], 2),
-        env={"PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])},
-        timeout_s=240,
-    )
-    result = SubprocessRunner().run(spec)
-    assert result.ok, result.output[-3000:]
+    run_test_workers("test_compiled", ["--out", str(out)], 2, timeout_s=240)
     saved = torch.load(out)
     dit = tiny_transformer()
     assert saved["compiled"]

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import run_test_workers
 
-from wanctl.core.launch import LaunchSpec, SubprocessRunner, torchrun_argv
 from wanctl.decode.engine import Halo, WholeFrame, decode_chunks
 from wanctl.decode.load import load_vae
 from wanctl.decode.parallel import LoneSlab, RowSplit, split_dim, split_sizes
-
-TESTS = Path(__file__).parent
 
 
 def latents(shape: tuple[int, ...]) -> torch.Tensor:
@@ -129,13 +125,7 @@ def parallel_decode(
     folder = tmp_path_factory.mktemp("parallel")
     args = ["--vae", vae_spec, "--shape", ",".join(map(str, shape)), "--chunk-t", str(chunk_t)]
     args += ["--out", str(folder / "pixels.pt")]
-    spec = LaunchSpec(
-        torchrun_argv("test_vae_parallel", args, ranks),
-        env={"PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])},
-        timeout_s=240,
-    )
-    result = SubprocessRunner().run(spec)
-    assert result.ok, result.output[-3000:]
+    run_test_workers("test_vae_parallel", args, ranks, timeout_s=240)
     return request.param, folder
 
 

@@ -13,18 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from conftest import run_test_workers
 
-from wanctl.core.launch import LaunchSpec, SubprocessRunner, torchrun_argv
 from wanctl.workers.group import waiting_group
 
-TESTS = Path(__file__).parent
 DEFAULT_TIMEOUT_S = 3
 LATE_S = 5  # rank 1's delay before each wait: longer than the default group's timeout
 
@@ -56,13 +54,7 @@ def worker(out: Path) -> None:
 def test_a_late_rank_outlasts_the_default_timeout_only_over_the_waiting_group(
     tmp_path: Path,
 ) -> None:
-    spec = LaunchSpec(
-        torchrun_argv("test_waiting_group", ["--out", str(tmp_path)], 2),
-        env={"PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])},
-        timeout_s=120,
-    )
-    result = SubprocessRunner().run(spec)
-    assert result.ok, result.output[-3000:]
+    run_test_workers("test_waiting_group", ["--out", str(tmp_path)], 2, timeout_s=120)
 
     first, late = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert first["waiting group"] == late["waiting group"] == "ok"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,16 +21,15 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import run_test_workers
 from fake_checkpoints import diffusers_checkpoint, model_index
 
 from wanctl.core.families import T2V_A14B, TI2V_5B, Family
-from wanctl.core.launch import LaunchSpec, SubprocessRunner, torchrun_argv
 from wanctl.errors import UsageError
 from wanctl.models.builtin import tiny_expert_config, tiny_transformer
 from wanctl.models.checkpoint import DiffusersCheckpoint
 from wanctl.models.placement import FP8, prepare_dit
 
-TESTS = Path(__file__).parent
 CPU = torch.device("cpu")
 SHARD = "diffusion_pytorch_model-00002-of-00026.safetensors"
 
@@ -123,13 +121,9 @@ def one_rank(folder: Path) -> Iterator[None]:
 
 def test_fsdp_ranks_hold_their_rows_and_compute_the_whole_dit(tmp_path: Path) -> None:
     folder = tiny_checkpoint(tmp_path / "ckpt")
-    spec = LaunchSpec(
-        torchrun_argv("test_weights", [str(folder), str(tmp_path)], 2),
-        env={"PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path]), "OMP_NUM_THREADS": "1"},
-        timeout_s=240,
+    run_test_workers(
+        "test_weights", [str(folder), str(tmp_path)], 2, timeout_s=240, OMP_NUM_THREADS="1"
     )
-    result = SubprocessRunner().run(spec)
-    assert result.ok, result.output[-3000:]
     assert sorted(p.name for p in tmp_path.glob("rank*")) == ["rank0", "rank1"]
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from wanctl.core.families import TI2V_5B, Family
 from wanctl.core.workload import Workload, ulysses_problem
+from wanctl.errors import UsageError
 
 GIB = 1024**3
 DTYPE_BYTES = {"fp8": 1, "bf16": 2, "fp32": 4}
@@ -36,6 +37,16 @@ PHASES = ("text_encode", "image_encode", "sampling", "decode")
 # the library it runs on.
 FP8_CAPABILITY = (8, 9)
 FP8_INSTALL = "pip install 'wanctl[fp8]' (torchao)"
+
+
+def check_fp8_pins(dit_precision: str | None, dit_storage: str | None) -> None:
+    """The flags a user pinned (generate's, tune's) agree: fp8 compute has fp8 weights."""
+    if dit_precision == "fp8" and dit_storage == "bf16":
+        raise UsageError(
+            "--dit-precision fp8 with --dit-storage bf16",
+            why="fp8 compute multiplies fp8 weights: they are stored in fp8",
+            fix="drop --dit-storage bf16",
+        )
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,15 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from wanctl.core import allocator
+from wanctl.core.cache import cache_path
 from wanctl.core.launch import (
     CHUNK_ENV,
     chunk_t,
 )
-from wanctl.core.settings import GIB, Settings, cfg_problem, run_problem
+from wanctl.core.settings import GIB, Settings, cfg_problem, check_fp8_pins, run_problem
 from wanctl.core.variables import ALLOC_ALIAS, ALLOC_ENV
 from wanctl.core.workload import Workload
 from wanctl.doctor.report import DoctorReport
@@ -88,7 +86,7 @@ def compile_env(settings: Settings) -> dict[str, str]:
     block of a size is kept across runs (and reboots, unlike the default under /tmp)."""
     if not settings.compile or settings.backend != "diffusers":
         return {}
-    return {INDUCTOR_CACHE_ENV: str(Path(platformdirs.user_cache_dir("wanctl")) / "inductor")}
+    return {INDUCTOR_CACHE_ENV: str(cache_path("inductor"))}
 
 
 UNPLANNED = (
@@ -132,13 +130,8 @@ def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, 
         )
         if getattr(options, name) is not None
     }
+    check_fp8_pins(options.dit_precision, options.dit_storage)
     if chosen.get("dit_precision") == "fp8":
-        if options.dit_storage == "bf16":
-            raise UsageError(
-                "--dit-precision fp8 with --dit-storage bf16",
-                why="fp8 compute multiplies fp8 weights: they are stored in fp8",
-                fix="drop --dit-storage bf16",
-            )
         chosen["dit_storage"] = "fp8"
     if "chunk_t" not in chosen and CHUNK_ENV in env:
         chosen["chunk_t"] = chunk_t(None, env)

@@ -27,9 +27,7 @@ torch and diffusers are imported inside the functions: the CLI reads the datacla
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -37,9 +35,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import platformdirs
-
 from wanctl.core.architectures import DIT_TI2V_5B, TEXT_TOKENS
+from wanctl.core.cache import cache_path, read_cache, write_cache
 from wanctl.core.families import TI2V_5B, Family
 from wanctl.core.workload import HEADS, Workload, parse_size
 
@@ -362,16 +359,16 @@ def remembered_choice(
     """`choose_backend`'s choice, timed once per GPU model, software and shape, then read back
     from `cache` (wanctl's user cache by default): the timing costs 1 to 2 s before a run's
     first step (one H200, 2026-12-02), and its answer does not change between runs."""
-    path = cache or Path(platformdirs.user_cache_dir("wanctl")) / "attention.json"
+    path = cache or cache_path("attention.json")
     key = choice_key(device, heads, head_dim, tokens, dtype, ranks)
-    known = _read_json(path)
+    known = read_cache(path)
     if key in known:
         return replace(AttentionChoice.from_dict(known[key]), cached=True)
     choice = choose_backend(device, heads, head_dim, tokens, dtype, ranks=ranks)
     short = any("out of memory" in (t.error or "").lower() for t in choice.timings)
     if choice.timings and not choice.note and not short:  # memory is this run's, not the GPU's
         known[key] = asdict(choice)
-        _write_json(path, known)
+        write_cache(path, known)
     return choice
 
 
@@ -388,26 +385,6 @@ def choice_key(
     software = f"torch {torch.__version__} | diffusers {diffusers.__version__}"
     shape = f"{heads // ranks} of {heads} heads x {head_dim} | {tokens} tokens"
     return f"{name} | {software} | {dtype} | {shape} | {backends}"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically (ranks of one machine may write at once); a cache that cannot be written
-    is only a cache."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}")
-        partial.write_text(json.dumps(data, indent=1))
-        os.replace(partial, path)
-    except OSError:
-        pass
 
 
 def _timed(

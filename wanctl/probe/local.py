@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import json
 import os
 import platform
 import re
@@ -18,8 +17,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import platformdirs
-
+from wanctl.core.cache import cache_path, read_cache, write_cache
 from wanctl.probe.base import GpuInventory, Software, System
 from wanctl.probe.nvml import NvmlReader
 
@@ -106,13 +104,10 @@ def _arch_list(root: Path) -> tuple[str, ...] | None:
     install, in a child (which does not initialise CUDA either), and the answer, a failure
     included, is kept in the user cache."""
     stamp = f"{root}|{(root / 'version.py').stat().st_mtime_ns}"
-    cache_file = Path(platformdirs.user_cache_dir("wanctl")) / "torch-arch-list.json"
-    try:
-        cached = json.loads(cache_file.read_text())
-        if cached.get("stamp") == stamp:
-            return None if cached["archs"] is None else tuple(cached["archs"])
-    except (OSError, ValueError, KeyError):
-        pass
+    cache_file = cache_path("torch-arch-list.json")
+    cached = read_cache(cache_file)
+    if cached.get("stamp") == stamp and "archs" in cached:
+        return None if cached["archs"] is None else tuple(cached["archs"])
     query = "import torch; print(torch._C._cuda_getArchFlags())"
     archs: tuple[str, ...] | None
     try:
@@ -122,11 +117,7 @@ def _arch_list(root: Path) -> tuple[str, ...] | None:
         archs = tuple(output.split())
     except (subprocess.SubprocessError, OSError):
         archs = None
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(json.dumps({"stamp": stamp, "archs": archs}))
-    except OSError:
-        pass
+    write_cache(cache_file, {"stamp": stamp, "archs": archs})
     return archs
 
 

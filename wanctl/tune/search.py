@@ -7,9 +7,8 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from wanctl.core.settings import Settings
+from wanctl.core.settings import Settings, check_fp8_pins
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
-from wanctl.errors import UsageError
 from wanctl.tune.host import HOST_MARGIN, host_plan
 from wanctl.tune.predict import Card, MemoryPlan, allocator_conf, predict, unplanned
 from wanctl.tune.speed import RigLinks, step_time
@@ -32,12 +31,7 @@ class Constraints:
     compile: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.dit_precision == "fp8" and self.dit_storage == "bf16":
-            raise UsageError(
-                "--dit-precision fp8 with --dit-storage bf16",
-                why="fp8 compute multiplies fp8 weights: they are stored in fp8",
-                fix="drop --dit-storage bf16",
-            )
+        check_fp8_pins(self.dit_precision, self.dit_storage)
 
 
 @dataclass(frozen=True)
