@@ -145,7 +145,7 @@ def test_the_choice_survives_the_summary_json_and_renders() -> None:
         "ok": False,
     }  # fmt: skip
     line = attention_line(back)
-    assert line.startswith("_native_cudnn; ms/call at 24 heads x 27280 tokens per rank")
+    assert line.startswith("_native_cudnn; ms/call (eager) at 24 heads x 27280 tokens per rank")
     assert "native 23.40" in line and "_native_cudnn 17.10" in line
     assert "flash failed (RuntimeError: no kernel)" in line
     console = Console(record=True, width=200)
@@ -174,3 +174,40 @@ def test_a_choice_timed_once_is_read_back_on_the_next_run(tmp_path: Path) -> Non
     cache.write_text(json.dumps({key: dataclasses.asdict(timed)}))
     again = remembered_choice(device, 4, 8, 64, torch.float32, cache=cache)
     assert again.cached and again.backend == "_native_flash" and again.ms_of("_native_flash") == 1.5
+
+
+def test_a_compiled_candidate_is_timed_through_torch_compile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """For a compiled DiT each backend is timed as one compiled graph (aot_eager here: the CPU
+    has no fast Inductor), and holds as the eager call does; Dynamo's caches are emptied after
+    each backend."""
+    monkeypatch.setattr("wanctl.models.attention.COMPILER", "aot_eager")
+    torch.compiler.reset()
+    table = measure(["native", "_native_math"], "cpu", **SMALL, cross=(64, 4), compiled=True,
+                    dtype=torch.float32,
+                    warmup=1, iters=1)  # fmt: skip
+    assert [t.name for t in table] == ["native", "_native_math"]
+    assert all(t.ok and t.max_diff is not None and t.max_diff < 1e-4 for t in table)
+    assert candidate_backends("cpu", compiled=True) == ["native"]
+
+
+def test_a_backend_that_breaks_the_compiled_graph_does_not_hold() -> None:
+    def breaks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.graph_break()
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    attend = torch.compile(breaks, fullgraph=True, backend="aot_eager")
+    timing = time_call("broken", attend, *small_qkv(), warmup=1, iters=1)
+    assert not timing.ok and timing.error is not None and timing.ms is None
+
+
+def test_compiled_and_eager_timings_are_remembered_apart(tmp_path: Path) -> None:
+    device = torch.device("cpu")
+    eager = choice_key(device, 4, 8, 64, torch.float32, 1)
+    compiled = choice_key(device, 4, 8, 64, torch.float32, 1, compiled=True)
+    assert eager != compiled and "| compiled |" in compiled and "| eager |" in eager
+    choice = AttentionChoice("flex", 4, 64, [BackendTiming("flex", 1.0, 0.0)], compiled=True)
+    back = AttentionChoice.from_dict(json.loads(json.dumps(dataclasses.asdict(choice))))
+    assert back.compiled
+    assert attention_line(back).startswith("flex; ms/call (compiled) at 4 heads")

@@ -126,6 +126,33 @@ def test_diffusers_folder_or_model_root(tmp_path: Path) -> None:
         assert torch.equal(decode(loaded), decode(full.eval()))
 
 
+def test_a_folder_is_read_onto_the_device_as_from_pretrained_then_cast(tmp_path: Path) -> None:
+    """The decoder's tensors straight from the safetensors file, cast on arrival: the values
+    of `from_pretrained` followed by `.to(dtype)`, bit for bit; `.bin` weights go through
+    `from_pretrained`, to the same model."""
+    torch.manual_seed(4)
+    full = AutoencoderKLWan(**TINY_CONFIG).eval()
+    full.save_pretrained(tmp_path / "st")
+    full.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    expected = AutoencoderKLWan.from_pretrained(str(tmp_path / "st")).to(torch.bfloat16)
+
+    for folder in ("st", "bin"):
+        loaded = load_vae(str(tmp_path / folder), dtype=torch.bfloat16)
+        state = loaded.state_dict()
+        assert loaded.encoder is None and not loaded.training
+        assert {t.dtype for t in state.values()} == {torch.bfloat16}
+        assert all(torch.equal(t, expected.state_dict()[k]) for k, t in state.items())
+
+
+def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path: Path) -> None:
+    AutoencoderKLWan(**TINY_CONFIG).save_pretrained(tmp_path / "vae")
+    config = tmp_path / "vae" / "config.json"
+    config.write_text(config.read_text().replace('"decoder_base_dim": 8', '"decoder_base_dim": 16'))
+
+    with pytest.raises(UsageError, match="not the .* of the model its config.json describes"):
+        load_vae(str(tmp_path / "vae"))
+
+
 def test_random_weights_follow_the_seed() -> None:
     first, again, other = (random_vae(TINY_CONFIG, seed=s) for s in (0, 0, 1))
     weight = "decoder.conv_in.weight"

@@ -340,5 +340,6 @@ def attention_line(choice: AttentionChoice) -> str:
         else f"{t.name} failed ({t.error})"
         for t in choice.timings
     ]  # fmt: skip
-    timed = " (timed on an earlier run here)" if choice.cached else ""
-    return f"{choice.backend}; ms/call at {shape}{timed}: {', '.join(cells)}"
+    way = "compiled" if choice.compiled else "eager"
+    timed = ", timed on an earlier run here" if choice.cached else ""
+    return f"{choice.backend}; ms/call ({way}{timed}) at {shape}: {', '.join(cells)}"

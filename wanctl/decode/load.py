@@ -7,6 +7,12 @@ layout) or `Wan2.1_VAE.pth` (mapped by that converter), or a built-in: `syntheti
 `synthetic-wan2.1` (the real architectures with seeded random weights, for benchmarks), `tiny`
 and `tiny-wan2.1` (the same structures, narrow, for tests). The encoder is dropped: decoding
 never uses it.
+
+A diffusers folder's safetensors weights are read straight onto the decode's device, decoder
+tensors only, each cast there (`wanctl.models.weights.Weights`): the same values as
+`from_pretrained` then `.to(device, dtype)`, without the encoder's half of the file or a
+float32 copy of the whole VAE in host memory first. Its `.bin` weights go through
+`from_pretrained`.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from wanctl.core.architectures import (
     vae_family_of,
 )
 from wanctl.errors import UsageError
+from wanctl.models.files import STREAMED_WEIGHTS, weight_map
+from wanctl.models.weights import Weights
 
 # Wan2.2 VAE normalisation (Wan2_2_VAE in the official vae2_2.py; `latents_mean`/`latents_std`
 # in the diffusers config of Wan2.2-TI2V-5B-Diffusers/vae).
@@ -88,7 +96,10 @@ def load_vae(
         vae = random_vae(BUILT_IN[spec], seed=seed)
     else:
         path = vae_path(spec)
-        vae = _from_diffusers_dir(path) if path.is_dir() else _from_weights_file(path)
+        if path.is_dir():
+            vae = _from_diffusers_dir(path, torch.device(device), dtype)
+        else:
+            vae = _from_weights_file(path)
     family_of(vae, spec)
     # nn.Module.to: ModelMixin.to warns on every dtype cast, even with no float32-only modules.
     torch.nn.Module.to(vae, device=device, dtype=dtype)
@@ -248,23 +259,35 @@ def _resnet_part(key: str, rest: str) -> str:
 
 
 def _decoder_only(config: Mapping[str, Any]) -> AutoencoderKLWan:
+    """The VAE of `config` (its arguments, or a config.json's contents) on the meta device,
+    with no encoder."""
     with torch.device("meta"):
-        vae = AutoencoderKLWan(**config)
+        vae = AutoencoderKLWan.from_config(dict(config))
+    return _without_encoder(vae)
+
+
+def _without_encoder(vae: Any) -> AutoencoderKLWan:
     vae.encoder = None
     vae.quant_conv = None
     return vae
 
 
-def _from_diffusers_dir(path: Path) -> AutoencoderKLWan:
+def _from_diffusers_dir(path: Path, device: torch.device, dtype: torch.dtype) -> AutoencoderKLWan:
+    """The decoder of the folder's VAE: streamed onto `device` in `dtype` from safetensors
+    weights, else (`.bin`) loaded by `from_pretrained` into host memory."""
+    name = STREAMED_WEIGHTS[0]
+    streamed = (path / name).is_file() or (path / f"{name}.index.json").is_file()
     try:
-        vae = AutoencoderKLWan.from_pretrained(str(path))
+        if not streamed:
+            return _without_encoder(AutoencoderKLWan.from_pretrained(str(path)))
+        vae = _decoder_only(AutoencoderKLWan.load_config(str(path)))
+        files = weight_map(path, name)
     except Exception as error:  # a broken folder is the user's to fix, whatever diffusers raises
         raise UsageError(
             f"cannot load the diffusers VAE in {path}", why=str(error), fix=_FIX
         ) from None
-    vae.encoder = None
-    vae.quant_conv = None
-    return vae
+    loaded: AutoencoderKLWan = Weights(path, files, dtype, _FIX).load(vae, device)
+    return loaded
 
 
 def _from_weights_file(path: Path) -> AutoencoderKLWan:

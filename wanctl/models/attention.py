@@ -17,6 +17,12 @@ kernels, for masks), "flex" (slow and memory-hungry without torch.compile), "_na
 instead), NPU and XLA. With world size > 1 only backends diffusers runs context-parallel are
 candidates (`_AttentionBackendRegistry._supports_context_parallel`).
 
+A compiled DiT (`wanctl.models.compiled`) runs attention inside each block's graph, where
+Inductor may fuse the layout copies around the kernel and where a backend may not trace at
+all. So for such a run each candidate is timed as `torch.compile(fullgraph=True)` of the same
+call (`compiled=True`), "flex" joins them (FlexAttention is a Triton kernel Inductor writes:
+slow eager, a candidate compiled), and a backend that breaks the graph does not hold.
+
 A candidate holds when it runs and its output, at sampled query rows, is within `TOLERANCE` of
 attention computed there in float32. The random q and k are scaled so that the logits have a
 standard deviation of 3: the softmax is peaked, the output of order 1, so a wrong kernel cannot
@@ -62,6 +68,8 @@ OPTIONAL = (
     "xformers",
 )
 NATIVE = (DEFAULT, "_native_flash", "_native_cudnn", "_native_efficient")
+COMPILED_ONLY = ("flex",)  # a candidate only for a compiled DiT
+COMPILER = "inductor"  # torch.compile's backend for the compiled timings, as the DiT's
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,7 @@ class AttentionChoice:
     timings: list[BackendTiming] = field(default_factory=list)
     note: str | None = None
     cached: bool = False  # the timings of an earlier run on this machine (`remembered_choice`)
+    compiled: bool = False  # timed under torch.compile, as a compiled DiT runs it
 
     def ms_of(self, name: str) -> float | None:
         return next((t.ms for t in self.timings if t.name == name and t.ok), None)
@@ -100,7 +109,7 @@ class AttentionChoice:
             for t in data.get("timings", [])
         ]
         return cls(data["backend"], data["heads"], data["tokens"], timings, data.get("note"),
-                   data.get("cached", False))  # fmt: skip
+                   data.get("cached", False), data.get("compiled", False))  # fmt: skip
 
 
 def dit_tokens(size: str, frames: int, family: Family = TI2V_5B) -> int:
@@ -139,8 +148,11 @@ def combine(choices: Sequence[AttentionChoice]) -> AttentionChoice:
     return replace(first, backend=pick(merged), timings=merged)
 
 
-def candidate_backends(device: torch.device | str, *, context_parallel: bool = False) -> list[str]:
-    """The diffusers backend names worth timing on `device`: none but the default off CUDA."""
+def candidate_backends(
+    device: torch.device | str, *, context_parallel: bool = False, compiled: bool = False
+) -> list[str]:
+    """The diffusers backend names worth timing on `device` (with `compiled`, for a compiled
+    DiT): none but the default off CUDA."""
     import torch
     from diffusers.models.attention_dispatch import (
         AttentionBackendName,
@@ -151,7 +163,7 @@ def candidate_backends(device: torch.device | str, *, context_parallel: bool = F
     if torch.device(device).type != "cuda":
         return [DEFAULT]
     names = list(NATIVE)
-    for name in OPTIONAL:
+    for name in OPTIONAL + (COMPILED_ONLY if compiled else ()):
         try:
             _check_attention_backend_requirements(AttentionBackendName(name))
         except (RuntimeError, ValueError):
@@ -206,9 +218,14 @@ def reference(
     return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(dim=-1), v.float())
 
 
-def dispatcher(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def dispatcher(
+    name: str, *, compiled: bool = False
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """Attention through diffusers' dispatcher with backend `name`, as the Wan processor calls
-    it (no mask, no context parallelism)."""
+    it (no mask, no context parallelism); with `compiled`, through `torch.compile` (Inductor,
+    one whole graph, each shape its own: a backend that does not trace fails at its first
+    call)."""
+    import torch
     from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
     backend = AttentionBackendName(name)
@@ -217,6 +234,8 @@ def dispatcher(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor]
         out: torch.Tensor = dispatch_attention_fn(q, k, v, backend=backend)
         return out
 
+    if compiled:
+        return torch.compile(attend, fullgraph=True, dynamic=False, backend=COMPILER)
     return attend
 
 
@@ -266,11 +285,13 @@ def time_backend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    *,
+    compiled: bool = False,
     **options: Any,
 ) -> BackendTiming:
-    """`time_call` of diffusers' backend `name`."""
+    """`time_call` of diffusers' backend `name` (with `compiled`, under torch.compile)."""
     try:
-        attend = dispatcher(name)
+        attend = dispatcher(name, compiled=compiled)
     except ValueError as error:
         return BackendTiming(name, None, None, f"ValueError: {_first_line(error)}")
     return time_call(name, attend, q, k, v, **options)
@@ -288,10 +309,14 @@ def measure(
     tolerance: float = TOLERANCE,
     warmup: int = WARMUP,
     iters: int = ITERS,
+    compiled: bool = False,
 ) -> list[BackendTiming]:
     """Each backend timed on self-attention at (1, tokens, heads, head_dim). With `cross` =
     (query tokens, heads), one that holds there must also hold, untimed, on cross-attention:
-    those query tokens against `TEXT_TOKENS` keys."""
+    those query tokens against `TEXT_TOKENS` keys. With `compiled`, each through torch.compile,
+    Dynamo's caches emptied after each (its closures share one code object, whose graphs for
+    every backend and shape would pass Dynamo's recompile limit): so this runs before a
+    compiled DiT's first forward, not between its steps."""
     import torch
 
     dtype = dtype or torch.bfloat16
@@ -308,15 +333,18 @@ def measure(
     table = []
     for name in names:
         timing = time_backend(name, q, k, v, expected=expected, rows=rows, warmup=warmup,
-                              iters=iters, tolerance=tolerance)  # fmt: skip
+                              iters=iters, tolerance=tolerance, compiled=compiled)  # fmt: skip
         if timing.ok and text is not None:
             cq, ck, cv, cross_rows, cross_expected = text
             check = time_backend(name, cq, ck, cv, expected=cross_expected, rows=cross_rows,
-                                 warmup=0, iters=1, tolerance=tolerance)  # fmt: skip
+                                 warmup=0, iters=1, tolerance=tolerance,
+                                 compiled=compiled)  # fmt: skip
             if not check.ok:
                 timing = BackendTiming(name, timing.ms, timing.max_diff,
                                        f"cross-attention: {check.error}")  # fmt: skip
         table.append(timing)
+        if compiled:
+            torch.compiler.reset()
         _release(device)
     return table
 
@@ -331,19 +359,22 @@ def choose_backend(
     ranks: int = 1,
     candidates: Sequence[str] | None = None,
     tolerance: float = TOLERANCE,
+    compiled: bool = False,
 ) -> AttentionChoice:
     """The fastest backend that holds for one rank of a `ranks`-way Ulysses run of a DiT with
-    `heads` heads over `tokens` tokens: timed at (1, tokens, heads // ranks, head_dim). Off CUDA,
-    the default, untimed."""
+    `heads` heads over `tokens` tokens: timed at (1, tokens, heads // ranks, head_dim), under
+    torch.compile for a `compiled` DiT. Off CUDA, the default, untimed."""
     import torch
 
     local_heads = heads // ranks
     if torch.device(device).type != "cuda":
         return AttentionChoice(DEFAULT, local_heads, tokens, note="not timed off CUDA")
-    names = candidates or candidate_backends(device, context_parallel=ranks > 1)
+    names = candidates or candidate_backends(device, context_parallel=ranks > 1,
+                                             compiled=compiled)  # fmt: skip
     table = measure(names, device, heads=local_heads, head_dim=head_dim, tokens=tokens,
-                    cross=(tokens // ranks, heads), dtype=dtype, tolerance=tolerance)  # fmt: skip
-    return AttentionChoice(pick(table), local_heads, tokens, table)
+                    cross=(tokens // ranks, heads), dtype=dtype, tolerance=tolerance,
+                    compiled=compiled)  # fmt: skip
+    return AttentionChoice(pick(table), local_heads, tokens, table, compiled=compiled)
 
 
 def remembered_choice(
@@ -354,17 +385,19 @@ def remembered_choice(
     dtype: torch.dtype,
     *,
     ranks: int = 1,
+    compiled: bool = False,
     cache: Path | None = None,
 ) -> AttentionChoice:
     """`choose_backend`'s choice, timed once per GPU model, software and shape, then read back
     from `cache` (wanctl's user cache by default): the timing costs 1 to 2 s before a run's
     first step (one H200, 2026-12-02), and its answer does not change between runs."""
     path = cache or cache_path("attention.json")
-    key = choice_key(device, heads, head_dim, tokens, dtype, ranks)
+    key = choice_key(device, heads, head_dim, tokens, dtype, ranks, compiled)
     known = read_cache(path)
     if key in known:
         return replace(AttentionChoice.from_dict(known[key]), cached=True)
-    choice = choose_backend(device, heads, head_dim, tokens, dtype, ranks=ranks)
+    choice = choose_backend(device, heads, head_dim, tokens, dtype, ranks=ranks,
+                            compiled=compiled)  # fmt: skip
     short = any("out of memory" in (t.error or "").lower() for t in choice.timings)
     if choice.timings and not choice.note and not short:  # memory is this run's, not the GPU's
         known[key] = asdict(choice)
@@ -373,18 +406,25 @@ def remembered_choice(
 
 
 def choice_key(
-    device: torch.device, heads: int, head_dim: int, tokens: int, dtype: torch.dtype, ranks: int
+    device: torch.device,
+    heads: int,
+    head_dim: int,
+    tokens: int,
+    dtype: torch.dtype,
+    ranks: int,
+    compiled: bool = False,
 ) -> str:
     """What a timing depends on: the GPU model, torch, diffusers, the backends installed (one
-    added or removed times again), the dtype and one rank's shape."""
+    added or removed times again), compiled or eager, the dtype and one rank's shape."""
     import diffusers
     import torch
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    backends = ",".join(candidate_backends(device, context_parallel=ranks > 1))
+    backends = ",".join(candidate_backends(device, context_parallel=ranks > 1, compiled=compiled))
     software = f"torch {torch.__version__} | diffusers {diffusers.__version__}"
     shape = f"{heads // ranks} of {heads} heads x {head_dim} | {tokens} tokens"
-    return f"{name} | {software} | {dtype} | {shape} | {backends}"
+    way = "compiled" if compiled else "eager"
+    return f"{name} | {software} | {way} | {dtype} | {shape} | {backends}"
 
 
 def _timed(

@@ -61,9 +61,10 @@ def empty_dit(config: Mapping[str, Any], dtype: torch.dtype) -> WanTransformer3D
 
 @dataclass(frozen=True)
 class Weights:
-    """A checkpoint DiT's tensors: the safetensors file holding each (`files`, from the
-    checked index of `folder`), the dtype the run loads them in (`from_pretrained`'s
-    `torch_dtype`), and the fix a refusal names (the download of `folder`)."""
+    """A checkpoint model's tensors (a DiT's, a VAE's): the safetensors file holding each
+    (`files`, from the checked index of `folder`), the dtype the run loads them in
+    (`from_pretrained`'s `torch_dtype`), and the fix a refusal names (the download of
+    `folder`)."""
 
     folder: Path
     files: Mapping[str, Path]
@@ -105,7 +106,7 @@ class Weights:
             if shape != tuple(target.shape):
                 raise UsageError(
                     f"{file} holds {name} as {list(shape)}, not the {list(target.shape)} of the "
-                    "DiT its config.json describes", why=MISMATCH, fix=self.fix,
+                    "model its config.json describes", why=MISMATCH, fix=self.fix,
                 )  # fmt: skip
             value = value.to(local.device)
             local.copy_(value if dtype in (None, local.dtype) else value.to(dtype))

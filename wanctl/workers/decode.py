@@ -32,6 +32,7 @@ from wanctl.decode.run import (
 from wanctl.decode.stream import StreamResult
 from wanctl.errors import WanctlError
 from wanctl.workers.failures import expected
+from wanctl.workers.group import waiting_group
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -78,15 +79,18 @@ def main(argv: list[str]) -> int:
 
 
 def run_rank(args: argparse.Namespace, device: torch.device) -> list[StreamResult]:
-    """This rank's share of the decode; every rank's result, gathered on all."""
+    """This rank's share of the decode; every rank's result, gathered on all over gloo
+    (`waiting_group`): the others wait there while rank 0 finishes encoding the video, a wait
+    NCCL's watchdog would time."""
     world = dist.get_world_size()
+    waits = waiting_group()
     options = DecodeOptions(
         args.latents, args.output, args.vae, args.device, args.dtype, args.chunk_t, world,
         progress=not args.no_progress,
     )  # fmt: skip
     result = decode_rank(options, load_latents(args.latents), device, world)
     results: list[object] = [None] * world
-    dist.all_gather_object(results, result)
+    dist.all_gather_object(results, result, group=waits)
     return [r for r in results if isinstance(r, StreamResult)]
 
 

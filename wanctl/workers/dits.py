@@ -117,10 +117,16 @@ def record_forwards(dits: list[Any]) -> list[str]:
 
 
 def choose_attention(
-    transformer: Any, args: argparse.Namespace, device: torch.device, family: Family
+    transformer: Any,
+    args: argparse.Namespace,
+    device: torch.device,
+    family: Family,
+    *,
+    compiled: bool = False,
 ) -> AttentionChoice:
     """The attention backend every rank runs: each rank times the candidates on its own GPU at
-    the shape it attends over (all the tokens, heads / world size), and the choice is the
+    the shape it attends over (all the tokens, heads / world size), under torch.compile when
+    the DiT is `compiled` (`wanctl.models.attention`), and the choice is the
     fastest that holds on every rank (`wanctl.models.attention.combine`). A measurement that fails
     leaves diffusers' default, with the reason in the note."""
     world = dist.get_world_size()
@@ -130,7 +136,7 @@ def choose_attention(
     tokens = dit_tokens(args.size, args.frames, family)
     try:
         mine = remembered_choice(device, heads, head_dim, tokens, transformer.dtype,
-                                 ranks=ulysses)  # fmt: skip
+                                 ranks=ulysses, compiled=compiled)  # fmt: skip
     except Exception as error:  # timing is an optimisation: the run goes on without it
         note = f"not measured: {type(error).__name__}: {error}"
         mine = AttentionChoice(DEFAULT, heads // ulysses, tokens, note=note[:300])

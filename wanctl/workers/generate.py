@@ -264,7 +264,7 @@ def sample(
     result.seconds["load"] = time.perf_counter() - start
     if device.type == "cuda":
         start = time.perf_counter()
-        choice = choose_attention(dits[0], args, device, family)
+        choice = choose_attention(dits[0], args, device, family, compiled=bool(compiled))
         set_attention_backend(dits, choice.backend)
         result.attention = asdict(choice)
         result.seconds["attention"] = time.perf_counter() - start
