@@ -50,13 +50,15 @@ class Run:
     peak_reserved_gib: float | None
 
 
-def add_workload_options(parser: argparse.ArgumentParser) -> None:
-    """What to decode, and how: the options the decode benchmarks share."""
+def add_workload_options(parser: argparse.ArgumentParser, *, chunk_t: bool = True) -> None:
+    """What to decode, and how: the options the decode benchmarks share (`chunk_t`: with
+    --chunk-t, for those that decode at one)."""
     parser.add_argument("--size", default="1280*704", help="WIDTH*HEIGHT in pixels (x16).")
     parser.add_argument("--frames", type=int, default=121, help="Video frames (4n+1).")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--chunk-t", type=int, default=1, help="wanctl latent frames per call.")
+    if chunk_t:
+        parser.add_argument("--chunk-t", type=int, default=1, help="wanctl latent frames per call.")
     parser.add_argument(
         "--vae",
         default="synthetic",

@@ -188,7 +188,8 @@ def checksums(model: Any) -> dict[str, str]:
 def run_way(way: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     command = [sys.executable, __file__, "--way", way, "--folder", str(folder),
                "--storage", args.storage, "--device", args.device]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # the caller's paths kept
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{way} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")

@@ -35,12 +35,23 @@ def test_decode_writers_check_only_times_the_npy_and_the_mp4_decode() -> None:
 def test_decode_slab_check_only_times_the_slab_of_each_rank_count(tmp_path: Path) -> None:
     rows_file = tmp_path / "slab.json"
     output = run("decode_slab.py", "--check-only", "--json", str(rows_file))
-    assert "one rank's slab decode" in output and "target seconds x N / s(1) <= 1.10" in output
+    assert "one rank's slab decode" in output
+    assert "target seconds x N / s(1) <= 1.10 at wanctl's chunk_t" in output
     rows = json.loads(rows_file.read_text())["rows"]
-    assert [(r["ranks"], r["rank"], r["slab_rows"]) for r in rows] == [
-        (1, 0, 10), (2, 0, 5), (4, 2, 3), (8, 6, 2)
+    # each N at wanctl's chunk_t (ranks // 2), N = 1 at chunk_t 1, the reference
+    assert [(r["ranks"], r["chunk_t"], r["rank"], r["slab_rows"]) for r in rows] == [
+        (1, 1, 0, 10), (2, 1, 0, 5), (4, 2, 2, 3), (8, 4, 6, 2)
     ]  # fmt: skip
     assert rows[0]["scaling"] == 1.0 and rows[0]["provenance"]["device"] == "CPU"
+    assert rows[0]["gpu_busy"] is None  # measured on a GPU only
+
+
+def test_decode_slab_sweeps_the_chunks_asked(tmp_path: Path) -> None:
+    rows_file = tmp_path / "slab.json"
+    run("decode_slab.py", "--check-only", "--ranks", "1,4", "--chunks", "1,2",
+        "--json", str(rows_file))  # fmt: skip
+    rows = json.loads(rows_file.read_text())["rows"]
+    assert [(r["ranks"], r["chunk_t"]) for r in rows] == [(1, 1), (1, 2), (4, 1), (4, 2)]
 
 
 def test_attention_smoke_times_every_backend_then_the_dit() -> None:

@@ -100,7 +100,8 @@ def test_run_ladder_raises_when_every_plan_runs_out_and_stops_on_other_errors() 
 
 def test_first_plan_defaults() -> None:
     assert first_plan(options(), LATENTS, {}, gpus=0) == DecodePlan(1, 1, "cpu", "fp32")
-    assert first_plan(options(), LATENTS, {}, gpus=8) == DecodePlan(8, 1, "cuda", "bf16")
+    assert first_plan(options(), LATENTS, {}, gpus=8) == DecodePlan(8, 4, "cuda", "bf16")
+    assert first_plan(options(gpus=2), LATENTS, {}, gpus=8) == DecodePlan(2, 1, "cuda", "bf16")
     env = {"WAN_VAE_DECODE_CHUNK_T": "2"}
     assert first_plan(options(gpus=2, dtype="fp32"), LATENTS, env, 8) == DecodePlan(
         2, 2, "cuda", "fp32"
@@ -126,6 +127,9 @@ def test_chunk_t_comes_from_the_option_then_the_environment() -> None:
     assert chunk_t(3, {"WAN_VAE_DECODE_CHUNK_T": "8"}) == 3
     assert chunk_t(None, {"WAN_VAE_DECODE_CHUNK_T": "8"}) == 8
     assert chunk_t(None, {}) == 1
+    # unset: what keeps each rank's GPU busy, ranks // 2 (pinned values win at any count)
+    assert [chunk_t(None, {}, ranks) for ranks in (1, 2, 3, 4, 8)] == [1, 1, 1, 2, 4]
+    assert chunk_t(None, {"WAN_VAE_DECODE_CHUNK_T": "1"}, 8) == 1 and chunk_t(1, {}, 8) == 1
     with pytest.raises(UsageError, match="WAN_VAE_DECODE_CHUNK_T=big is not a number") as bad:
         chunk_t(None, {"WAN_VAE_DECODE_CHUNK_T": "big"})
     assert bad.value.why and bad.value.fix.startswith("set WAN_VAE_DECODE_CHUNK_T=1")

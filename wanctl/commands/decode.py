@@ -51,7 +51,9 @@ def decode(
         typer.Option(
             "--chunk-t",
             min=1,
-            help="Latent frames per decoder call. Default: $WAN_VAE_DECODE_CHUNK_T, else 1.",
+            help="Latent frames per decoder call. Default: $WAN_VAE_DECODE_CHUNK_T, else 1 "
+            "on one or two ranks and ranks // 2 beyond (a thin slab per call leaves the GPU "
+            "waiting on kernel launches).",
         ),
     ] = None,
     gpus: Annotated[

@@ -89,18 +89,33 @@ def thread_env(device: str, ranks: int, base: Mapping[str, str]) -> dict[str, st
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
 
 
-def chunk_t(option: int | None, env: Mapping[str, str]) -> int:
-    """Latent frames per decoder call: `--chunk-t`, else `WAN_VAE_DECODE_CHUNK_T`, else 1
-    (more buys no speed and costs ~3.0 GiB per frame at 1280x704 in wanctl's bf16 engine)."""
+def chunk_t(option: int | None, env: Mapping[str, str], ranks: int = 1) -> int:
+    """Latent frames per decoder call: `--chunk-t`, else `WAN_VAE_DECODE_CHUNK_T`, else what
+    keeps each of `ranks` GPUs busy (`busy_chunk_t`)."""
     if option is not None:
         if option < 1:
             raise UsageError(f"--chunk-t is {option}; it must be at least 1", fix="use --chunk-t 1")
         return option
-    value = env.get(CHUNK_ENV, "1")
+    if CHUNK_ENV not in env:
+        return busy_chunk_t(ranks)
+    value = env[CHUNK_ENV]
     problem = chunk_t_problem(value)
     if problem:
         raise problem.refusal()
     return int(value)
+
+
+def busy_chunk_t(ranks: int) -> int:
+    """Latent frames per decoder call for a decode split over `ranks` GPUs: ranks // 2, at
+    least 1. A rank's slab shrinks as 1/N, the ~670 kernel launches of a decoder call per
+    latent frame do not, so thin slabs leave the GPU waiting on Python; more frames per call
+    amortise the launches, and the activations they add are a slab's, so a rank's peak stays
+    under one GPU's at chunk_t 1. Measured on one H200 (a rank's slab of 1280*704x121,
+    bf16, `.dev`'s slab profile of `LoneSlab`, 2026-12-02), seconds x N / one GPU's at
+    chunk_t 1 (3.34 s, 7.60 GiB): 4 ranks 1.10 at chunk_t 1, 1.03 at 2 (3.62 GiB); 8 ranks
+    1.29 at chunk_t 1 (the GPU 84% busy), 1.10 at 2, 1.00 at 4 (99% busy, 3.25 GiB). On one
+    GPU chunk_t 4 is 5% faster than 1 for 10.4 GiB more: not worth it."""
+    return max(1, ranks // 2)
 
 
 def check_gpus_visible(ranks: int, visible: int) -> None:

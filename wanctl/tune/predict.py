@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wanctl.core.families import TI2V_5B, Family
+from wanctl.core.launch import busy_chunk_t
 from wanctl.core.links import StepTime
 from wanctl.core.settings import (
     DTYPE_BYTES,
@@ -291,6 +292,27 @@ def unplanned(workload: Workload, backend: str) -> str | None:
     return None
 
 
+def chunk_note(settings: Settings) -> str | None:
+    """Why the decode runs at its chunk_t, when wanctl chose it (`busy_chunk_t`)."""
+    busy, ranks = busy_chunk_t(settings.decode_ranks), settings.decode_ranks
+    if settings.chunk_t == busy > 1:
+        return (
+            f"chunk_t {busy}: each of {ranks} ranks decodes a thin slab of the frame, too "
+            f"little per decoder call to keep its GPU busy; {busy} latent frames a call do "
+            "(activations of a slab, not of a frame)"
+        )
+    if settings.chunk_t == busy == 1:
+        return (
+            f"chunk_t 1: with {ranks} decoding rank(s) more latent frames per decoder call buy "
+            "little speed and each costs a frame of activations"
+        )
+    if settings.chunk_t == 1:
+        return (
+            f"chunk_t 1: chunk_t {busy} would keep the {ranks} decoding GPUs busier, where it fits"
+        )
+    return None
+
+
 def _max_chunk_t(workload: Workload, settings: Settings, budget: float) -> int:
     """The largest chunk_t whose plan still fits (decoding everything at once at most)."""
     best = 0
@@ -341,11 +363,8 @@ def _notes(settings: Settings) -> tuple[str, ...]:
             "each DiT sharded with FSDP2: every forward all-gathers each block from the other "
             "ranks (traffic on every step, over the links doctor measures)"
         )
-    if settings.chunk_t == 1:
-        notes.append(
-            "chunk_t 1: more latent frames per decoder call buy no speed and each costs a "
-            "frame of activations"
-        )
+    if (chunk := chunk_note(settings)) is not None:
+        notes.append(chunk)
     if settings.text_encoder == "gpu" and settings.backend == "diffusers":
         notes.append(
             "the text encoder is freed from the GPU once the prompt is encoded, before the DiT "

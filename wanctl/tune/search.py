@@ -4,9 +4,11 @@ compromise first, and the nearest runs that would fit when none does."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from wanctl.core.launch import busy_chunk_t
 from wanctl.core.settings import Settings, check_fp8_pins
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
 from wanctl.tune.host import HOST_MARGIN, host_plan
@@ -43,15 +45,18 @@ class Alternative:
 def candidates(workload: Workload, constraints: Constraints, platform: str) -> Iterator[Settings]:
     """Settings the backend executes, cheapest compromise first (`placements_tried`), each
     with the text encoder on the GPU before the CPU (a CPU encode of 5.7 B parameters takes
-    tens of seconds). Decode on every rank and chunk_t 1 unless pinned: fewer ranks or larger
-    chunks only add memory."""
+    tens of seconds). Decode on every rank, unless pinned, at the chunk_t that keeps each
+    decoding GPU busy (`busy_chunk_t`), then at chunk_t 1 where that does not fit."""
+    ranks = constraints.decode_ranks or workload.gpus
+    chunks = [constraints.chunk_t] if constraints.chunk_t else sorted({busy_chunk_t(ranks), 1},
+                                                                       reverse=True)  # fmt: skip
     for dit, storage, offload in placements_tried(workload, constraints):
         for encoder in [constraints.text_encoder] if constraints.text_encoder else ["gpu", "cpu"]:
-            for cfg in layouts_tried(workload, constraints):
+            for cfg, chunk_t in itertools.product(layouts_tried(workload, constraints), chunks):
                 yield Settings(
                     backend=constraints.backend,
-                    chunk_t=constraints.chunk_t or 1,
-                    decode_ranks=constraints.decode_ranks or workload.gpus,
+                    chunk_t=chunk_t,
+                    decode_ranks=ranks,
                     decode_dtype=constraints.decode_dtype,
                     dit=dit,
                     offload=offload,
