@@ -14,10 +14,11 @@ Both go through `wanctl.decode.stream.decode_to_file`, as `wanctl decode` on one
 writer copies each chunk's frames into a memory-mapped array, the mp4 writer hands them to
 ffmpeg (x264) on a thread of its own. One decode to each warms up (kernels, allocator, ffmpeg's
 first start), then each repeat times a decode to npy, one to mp4, and the mp4 writer alone on
-the frames of the warm-up's npy, held in memory; the ratios are of the medians. The mp4 decode
-cannot beat the slower of the decode and x264: at CRF 10, x264 encodes the synthetic VAE's
-frames (noise) several times slower than a smooth video's. The files go to a temporary folder
-(`--folder` picks the disk) and are removed.
+the frames of the warm-up's npy, held in memory, at wanctl's x264 preset and at x264's default
+(medium), which wanctl's replaces (`wanctl.decode.writers.PRESET`); the ratios are of the
+medians. The mp4 decode cannot beat the slower of the decode and x264: at CRF 10, x264 encodes
+the synthetic VAE's frames (noise) several times slower than a smooth video's. The files go to
+a temporary folder (`--folder` picks the disk) and are removed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -41,11 +43,12 @@ from rich.table import Table
 from wanctl.decode.load import load_vae
 from wanctl.decode.run import DTYPES
 from wanctl.decode.stream import decode_to_file
-from wanctl.decode.writers import QUEUE_CHUNKS, encoder_threads, open_writer
+from wanctl.decode.writers import PRESET, QUEUE_CHUNKS, encoder_threads, ffmpeg_command, open_writer
 
 FPS = 24
 WITHIN = 1.10  # issue 15: the mp4 decode within 10% of the npy decode
-NPY, MP4, ALONE = "decode to .npy", "decode to .mp4", "x264 alone (the .npy's frames)"
+NPY, MP4, ALONE = "decode to .npy", "decode to .mp4", f"x264 alone ({PRESET}, the .npy's frames)"
+DEFAULT = "x264 alone (medium, x264's default)"
 
 
 def parse_args() -> argparse.Namespace:
@@ -85,6 +88,17 @@ def encode_alone(video: np.ndarray, output: Path) -> float:
     return time.perf_counter() - start
 
 
+def encode_at(video: np.ndarray, output: Path, preset: str) -> float:
+    """Wall seconds of wanctl's ffmpeg command at x264 preset `preset` on the frames, in one
+    pipe: the preset's speed beside `encode_alone`'s."""
+    frames, height, width, _ = video.shape
+    command = ffmpeg_command(output, width=width, height=height, fps=FPS, threads=encoder_threads())
+    command[command.index("-preset") + 1] = preset
+    start = time.perf_counter()
+    subprocess.run(command, input=video.tobytes(), check=True)
+    return time.perf_counter() - start
+
+
 def provenance(args: argparse.Namespace, device: torch.device) -> list[str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return [
@@ -103,7 +117,7 @@ def main() -> None:
     console = Console()
     for line in provenance(args, device):
         console.print(line)
-    seconds: dict[str, list[float]] = {NPY: [], MP4: [], ALONE: []}
+    seconds: dict[str, list[float]] = {NPY: [], MP4: [], ALONE: [], DEFAULT: []}
     with tempfile.TemporaryDirectory(prefix="wanctl-writers-", dir=args.folder) as name:
         folder = Path(name)
         timed_decode(args, vae, z, folder / "warm-up.mp4")
@@ -113,6 +127,7 @@ def main() -> None:
             seconds[NPY].append(timed_decode(args, vae, z, folder / f"{repeat}.npy"))
             seconds[MP4].append(timed_decode(args, vae, z, folder / f"{repeat}.mp4"))
             seconds[ALONE].append(encode_alone(video, folder / f"{repeat}-alone.mp4"))
+            seconds[DEFAULT].append(encode_at(video, folder / f"{repeat}-medium.mp4", "medium"))
             for path in folder.glob(f"{repeat}*"):
                 path.unlink()
     render(console, args, seconds)

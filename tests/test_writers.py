@@ -171,6 +171,7 @@ def test_x264_gets_the_cpus_this_process_may_use() -> None:
     command = ffmpeg_command(Path("v.mp4"), width=1280, height=704, fps=24, threads=5)
     assert command[command.index("-threads") + 1] == "5" and command[-1] == "v.mp4"
     assert command[command.index("-crf") + 1] == "10" and "1280x704" in command
+    assert command[command.index("-preset") + 1] == "veryfast"  # x264's medium: 3x slower
     assert 1 <= encoder_threads() <= (psutil.cpu_count() or 1)
 
 

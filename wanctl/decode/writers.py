@@ -29,6 +29,14 @@ from wanctl.errors import WanctlError
 SUFFIXES = (".mp4", ".npy")
 # x264's constant rate factor: 10, as the official Wan2.2 `save_video` (imageio quality 8).
 CRF = 10
+# x264's preset: veryfast, not its default (medium), which encoded a random-weight VAE's frames
+# of 1280x704 (noise: x264's worst case) at 29.3 fps on 16 threads, slower than the decode
+# (36 fps on one H200), against 97.9 fps, in a smaller file (65.1 MB against 72.3); on smooth
+# moving frames 130 and 150 fps (the H200's host, 2026-12-02; `benchmarks/decode_writers.py`
+# times both presets). PSNR at CRF 10, medium against
+# veryfast: 17.90 and 17.90 dB on a tiny VAE's frames (yuv420p's chroma bounds it), 44.19 and
+# 44.14 dB on smooth ones (this repository's CI machine, 2 threads).
+PRESET = "veryfast"
 # Chunks waiting for the mp4 encoder: at 1280x704, 4 frames of 2.7 MB each.
 QUEUE_CHUNKS = 3
 ENCODER_THREAD = "wanctl-mp4-encoder"
@@ -229,12 +237,12 @@ class Mp4Writer(_Counted):
 
 def ffmpeg_command(path: Path, *, width: int, height: int, fps: float, threads: int) -> list[str]:
     """imageio-ffmpeg's ffmpeg as its `write_frames` runs it (raw rgb24 frames on stdin, H.264
-    in yuv420p at `CRF`, errors only on stderr), with x264's threads set, and the frame size
-    kept as it is (no scaling to a multiple of 16: H.264 crops any even size)."""
+    in yuv420p at `CRF`, errors only on stderr), with x264's preset and threads set, and the
+    frame size kept as it is (no scaling to a multiple of 16: H.264 crops any even size)."""
     rate = Fraction(fps).limit_denominator()
     source = ["-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}"]
     source += ["-pix_fmt", "rgb24", "-r", str(rate), "-i", "-", "-an"]
-    video = ["-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(CRF)]
+    video = ["-vcodec", "libx264", "-preset", PRESET, "-pix_fmt", "yuv420p", "-crf", str(CRF)]
     return [imageio_ffmpeg.get_ffmpeg_exe(), "-y", *source, *video, "-threads", str(threads),
             "-v", "error", str(path)]  # fmt: skip
 
