@@ -29,6 +29,7 @@ from wanctl.models.attention import (
     sampled_rows,
     time_backend,
     time_call,
+    worth_remembering,
 )
 from wanctl.render import to_jsonable
 
@@ -190,6 +191,35 @@ def test_a_compiled_candidate_is_timed_through_torch_compile(
     assert [t.name for t in table] == ["native", "_native_math"]
     assert all(t.ok and t.max_diff is not None and t.max_diff < 1e-4 for t in table)
     assert candidate_backends("cpu", compiled=True) == ["native"]
+
+
+def test_flex_is_a_candidate_for_a_compiled_dit_alone_and_never_context_parallel() -> None:
+    """The list is read off diffusers' registry, no GPU needed."""
+    assert "flex" not in candidate_backends("cuda")
+    assert "flex" in candidate_backends("cuda", compiled=True)
+    assert "flex" not in candidate_backends("cuda", compiled=True, context_parallel=True)
+
+
+@pytest.mark.parametrize(
+    ("error", "kept"),
+    [
+        (None, True),
+        ("OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB", False),
+        ("BackendCompilerFailed: backend='inductor' raised: no C compiler", False),
+        ("InductorError: CalledProcessError: gcc failed", False),
+        ("RuntimeError: no kernel for this head size", True),  # the GPU's, for good
+    ],
+)
+def test_only_timings_that_hold_beyond_this_run_are_remembered(
+    error: str | None, kept: bool
+) -> None:
+    timings = [BackendTiming("native", 16.1, 0.004), BackendTiming("flex", None, None, error)]
+    if error is None:
+        timings = timings[:1]
+    assert worth_remembering(AttentionChoice("native", 24, 27_280, timings)) is kept
+    failed = [BackendTiming("native", None, None, "RuntimeError: no kernel")]
+    assert not worth_remembering(AttentionChoice("native", 24, 27_280, failed))  # none held
+    assert not worth_remembering(AttentionChoice("native", 24, 27_280, note="not timed"))
 
 
 def test_a_backend_that_breaks_the_compiled_graph_does_not_hold() -> None:

@@ -52,6 +52,9 @@ def test_decode_slab_sweeps_the_chunks_asked(tmp_path: Path) -> None:
         "--json", str(rows_file))  # fmt: skip
     rows = json.loads(rows_file.read_text())["rows"]
     assert [(r["ranks"], r["chunk_t"]) for r in rows] == [(1, 1), (1, 2), (4, 1), (4, 2)]
+    # no N > 1 at wanctl's chunk_t (2 ranks decode one latent frame a call): nothing to judge
+    output = run("decode_slab.py", "--check-only", "--ranks", "2", "--chunks", "2")
+    assert "at wanctl's chunk_t: not checked" in output
 
 
 def test_attention_smoke_times_every_backend_then_the_dit() -> None:

@@ -29,7 +29,7 @@ from wanctl.models.builtin import tiny_transformer
 from wanctl.models.compiled import CompiledDit, not_compiled
 from wanctl.models.precision import fp8_problem
 from wanctl.probe.base import GpuInfo, GpuInventory
-from wanctl.workers.dits import compile_report, enable_ulysses
+from wanctl.workers.dits import compile_report, enable_ulysses, set_attention_backend
 from wanctl.workers.generate import parse_args
 
 
@@ -86,6 +86,22 @@ def test_a_compiler_that_fails_leaves_the_eager_dit_and_says_why() -> None:
     assert report.reason is not None and "no C compiler on this machine" in report.reason
     assert all(block._compiled_call_impl is None for block in wrapper.blocks)
     assert forward(dit, inputs).equal(eager)  # and it stays eager
+
+
+def test_a_compiled_only_attention_backend_is_dropped_where_the_blocks_fall_back() -> None:
+    """FlexAttention is chosen only for compiled blocks (eager, it builds the whole score
+    matrix): blocks that end up eager run diffusers' default attention instead."""
+    dit = tiny_transformer()
+    inputs = batch(dit)
+    eager = forward(dit, inputs)
+    wrapper = CompiledDit(dit, backend=failing_compiler)
+    set_attention_backend([dit], "native", [wrapper])
+    assert wrapper.eager_attention is None  # a backend that runs eager as fast stays
+    set_attention_backend([dit], "flex", [wrapper])
+    assert wrapper.eager_attention == "native"
+    assert forward(dit, inputs).equal(eager)  # the eager blocks, on native attention
+    reason = wrapper.report().reason
+    assert reason is not None and reason.endswith("attention back to native, which runs eager")
 
 
 def test_the_summary_reports_the_worst_of_two_experts() -> None:

@@ -216,6 +216,16 @@ def test_flags_override_the_preset_and_leave_its_file_alone(
     assert preset_file.read_bytes() == before
 
 
+def test_fewer_decode_ranks_than_planned_decode_fewer_frames_a_call(ckpt: Path, out: Path) -> None:
+    """The preset's chunk_t 2 was chosen for its 2 decoding ranks; one rank decodes the whole
+    frame, at chunk_t 1 (`busy_chunk_t`), unless chunk_t is pinned too."""
+    launched = prepared(options(out, ckpt_dir=ckpt, decode_ranks=1))
+    assert launched.settings == dataclasses.replace(PRESET, chunk_t=1, decode_ranks=1)
+    assert launched.spec.env[CHUNK_ENV] == "1"
+    pinned = prepared(options(out, ckpt_dir=ckpt, decode_ranks=1, chunk_t=2))
+    assert pinned.settings.chunk_t == 2
+
+
 def test_the_users_exported_variables_win_over_the_preset_and_env_flags_over_both(
     ckpt: Path, out: Path
 ) -> None:

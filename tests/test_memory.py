@@ -551,19 +551,3 @@ def test_the_allocator_exported_is_the_one_the_plan_was_priced_with() -> None:
     )
     exported = memory.environment(Settings(expandable_segments=True), "linux")
     assert exported["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
-
-
-def test_eight_ranks_decode_four_latent_frames_a_call_then_one_where_that_does_not_fit() -> None:
-    """A thin slab per rank leaves its GPU waiting on launches: chunk_t ranks // 2 first
-    (`busy_chunk_t`), chunk_t 1 next for the same placement; a pin is the only one tried."""
-    eight = Workload(1280, 704, 121, 8)
-    tried = list(candidates(eight, Constraints(), "linux"))
-    first = tried[0]
-    assert [s.chunk_t for s in tried[:2]] == [4, 1]
-    assert dataclasses.replace(tried[1], chunk_t=4) == first  # the same run but its chunk
-    assert {s.chunk_t for s in candidates(eight, Constraints(chunk_t=2), "linux")} == {2}
-    assert {s.chunk_t for s in candidates(USER, Constraints(), "linux")} == {1}
-    chosen = plan(eight, H100)
-    assert chosen.settings.chunk_t == 4 and chosen.env["WAN_VAE_DECODE_CHUNK_T"] == "4"
-    assert any(note.startswith("chunk_t 4: each of 8 ranks") for note in chosen.notes)
-    assert chosen.max_chunk_t >= 4

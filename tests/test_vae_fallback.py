@@ -102,6 +102,8 @@ def test_first_plan_defaults() -> None:
     assert first_plan(options(), LATENTS, {}, gpus=0) == DecodePlan(1, 1, "cpu", "fp32")
     assert first_plan(options(), LATENTS, {}, gpus=8) == DecodePlan(8, 4, "cuda", "bf16")
     assert first_plan(options(gpus=2), LATENTS, {}, gpus=8) == DecodePlan(2, 1, "cuda", "bf16")
+    cpu = options(device="cpu", gpus=4)  # the busy rule is the GPUs': CPU ranks decode one a call
+    assert first_plan(cpu, LATENTS, {}, gpus=0) == DecodePlan(4, 1, "cpu", "fp32")
     env = {"WAN_VAE_DECODE_CHUNK_T": "2"}
     assert first_plan(options(gpus=2, dtype="fp32"), LATENTS, env, 8) == DecodePlan(
         2, 2, "cuda", "fp32"

@@ -153,6 +153,28 @@ def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path: Path)
         load_vae(str(tmp_path / "vae"))
 
 
+def test_a_folder_is_allocated_in_the_decode_dtype_not_float32_first(tmp_path: Path) -> None:
+    from wanctl.decode.load import _from_diffusers_dir
+
+    AutoencoderKLWan(**TINY_CONFIG).save_pretrained(tmp_path / "vae")
+    loaded = _from_diffusers_dir(tmp_path / "vae", torch.device("cpu"), torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("damage", ["cut", "header"])
+def test_a_damaged_folder_is_refused_with_the_fix(tmp_path: Path, damage: str) -> None:
+    AutoencoderKLWan(**TINY_CONFIG).save_pretrained(tmp_path / "vae")
+    weights = tmp_path / "vae" / "diffusion_pytorch_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(
+        data[: len(data) // 2] if damage == "cut" else b"\x10" + b"\x00" * 7 + b"{}"
+    )
+
+    with pytest.raises(UsageError, match="cannot load the diffusers VAE") as refused:
+        load_vae(str(tmp_path / "vae"))
+    assert refused.value.why and "Wan2.2-TI2V-5B-Diffusers/vae" in refused.value.fix
+
+
 def test_random_weights_follow_the_seed() -> None:
     first, again, other = (random_vae(TINY_CONFIG, seed=s) for s in (0, 0, 1))
     weight = "decoder.conv_in.weight"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from wanctl.core.variables import CHUNK_ENV, chunk_t_problem
+from wanctl.core.variables import CHUNK_ENV, busy_chunk_t, chunk_t_problem
 from wanctl.errors import UsageError
 
 # torch.distributed.run, without its traceback when a worker fails (wanctl reports why)
@@ -103,19 +103,6 @@ def chunk_t(option: int | None, env: Mapping[str, str], ranks: int = 1) -> int:
     if problem:
         raise problem.refusal()
     return int(value)
-
-
-def busy_chunk_t(ranks: int) -> int:
-    """Latent frames per decoder call for a decode split over `ranks` GPUs: ranks // 2, at
-    least 1. A rank's slab shrinks as 1/N, the ~670 kernel launches of a decoder call per
-    latent frame do not, so thin slabs leave the GPU waiting on Python; more frames per call
-    amortise the launches, and the activations they add are a slab's, so a rank's peak stays
-    under one GPU's at chunk_t 1. `benchmarks/decode_slab.py --chunks 1,2,4` on one H200 (a
-    rank's slab of 1280*704x121, bf16, 2026-12-02), seconds x N / one GPU's at chunk_t 1
-    (3.34 s, 7.60 GiB): 2 ranks 1.06 at chunk_t 1; 4 ranks 1.13 at 1, 1.03 at 2 (3.62 GiB);
-    8 ranks 1.51 at 1 (the GPU 72% busy), 1.15 at 2, 1.04 at 4 (95% busy, 3.25 GiB). On one
-    GPU chunk_t 4 is 4% faster than 1 for 10.4 GiB more: not worth it."""
-    return max(1, ranks // 2)
 
 
 def check_gpus_visible(ranks: int, visible: int) -> None:

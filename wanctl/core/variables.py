@@ -70,8 +70,8 @@ def chunk_t_problem(value: str) -> Problem | None:
         f"{CHUNK_ENV}={value} is not a number of latent frames",
         why="wanctl's decode reads it as the latent frames per decoder call, a whole number of "
         "at least 1; `wanctl generate` and `wanctl decode` refuse anything else",
-        fix=f"set {CHUNK_ENV}=1 (more frames per call buy no speed and each costs a frame of "
-        "activations), or unset it",
+        fix=f"set {CHUNK_ENV}=1 (each frame more per call costs a frame of activations), or "
+        "unset it (wanctl then decodes ranks // 2 latent frames a call, at least 1)",
         fails=True,
         shell=f"echo ${CHUNK_ENV}",
     )
@@ -218,3 +218,16 @@ def problems(
         found += allocator_problems(env, version(torch))
         found += nccl_problems(env, interfaces)
     return found
+
+
+def busy_chunk_t(ranks: int) -> int:
+    """Latent frames per decoder call for a decode split over `ranks` GPUs: ranks // 2, at
+    least 1. A rank's slab shrinks as 1/N, the ~670 kernel launches of a decoder call per
+    latent frame do not, so thin slabs leave the GPU waiting on Python; more frames per call
+    amortise the launches, and the activations they add are a slab's, so a rank's peak stays
+    under one GPU's at chunk_t 1. `benchmarks/decode_slab.py --chunks 1,2,4` on one H200 (a
+    rank's slab of 1280*704x121, bf16, 2026-12-02), seconds x N / one GPU's at chunk_t 1
+    (3.34 s, 7.60 GiB): 2 ranks 1.06 at chunk_t 1; 4 ranks 1.13 at 1, 1.03 at 2 (3.62 GiB);
+    8 ranks 1.51 at 1 (the GPU 72% busy), 1.15 at 2, 1.04 at 4 (95% busy, 3.25 GiB). On one
+    GPU chunk_t 4 is 4% faster than 1 for 10.4 GiB more: not worth it."""
+    return max(1, ranks // 2)

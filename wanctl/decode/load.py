@@ -37,7 +37,8 @@ from wanctl.core.architectures import (
     vae_family_of,
 )
 from wanctl.errors import UsageError
-from wanctl.models.files import STREAMED_WEIGHTS, weight_map
+from wanctl.models.configs import cast_as_loaded, fp32_modules
+from wanctl.models.files import STREAMED_WEIGHTS, Broken, check_weights, weight_map
 from wanctl.models.weights import Weights
 
 # Wan2.2 VAE normalisation (Wan2_2_VAE in the official vae2_2.py; `latents_mean`/`latents_std`
@@ -274,18 +275,24 @@ def _without_encoder(vae: Any) -> AutoencoderKLWan:
 
 def _from_diffusers_dir(path: Path, device: torch.device, dtype: torch.dtype) -> AutoencoderKLWan:
     """The decoder of the folder's VAE: streamed onto `device` in `dtype` from safetensors
-    weights, else (`.bin`) loaded by `from_pretrained` into host memory."""
+    weights (checked whole first: a cut or damaged file is refused, not a traceback), else
+    (`.bin`) loaded by `from_pretrained` into host memory."""
     name = STREAMED_WEIGHTS[0]
     streamed = (path / name).is_file() or (path / f"{name}.index.json").is_file()
     try:
         if not streamed:
             return _without_encoder(AutoencoderKLWan.from_pretrained(str(path)))
+        check_weights(path, STREAMED_WEIGHTS, "the VAE's load")
         vae = _decoder_only(AutoencoderKLWan.load_config(str(path)))
         files = weight_map(path, name)
+    except Broken as broken:
+        raise UsageError(f"cannot load the diffusers VAE in {path}: {broken}",
+                         why=broken.why, fix=_FIX) from None  # fmt: skip
     except Exception as error:  # a broken folder is the user's to fix, whatever diffusers raises
         raise UsageError(
             f"cannot load the diffusers VAE in {path}", why=str(error), fix=_FIX
         ) from None
+    cast_as_loaded(vae.named_parameters(), dtype, fp32_modules(vae))  # allocated in `dtype`
     loaded: AutoencoderKLWan = Weights(path, files, dtype, _FIX).load(vae, device)
     return loaded
 

@@ -155,7 +155,8 @@ def first_plan(
 ) -> DecodePlan:
     """The plan as asked, defaults filled in: cuda when a GPU is visible, bf16 on GPU and
     float32 on CPU, every visible GPU, chunk_t from `WAN_VAE_DECODE_CHUNK_T`, else what
-    keeps that many ranks busy (`busy_chunk_t`: 1 on one or two, ranks // 2 beyond)."""
+    keeps that many GPUs busy (`busy_chunk_t`: 1 on one or two, ranks // 2 beyond; 1 on
+    CPUs)."""
     device = options.device or ("cuda" if gpus else "cpu")
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}", fix="use --device cuda or --device cpu")
@@ -167,7 +168,8 @@ def first_plan(
     rows = _split_length(latents)
     ranks = options.gpus or (min(gpus, rows) if device == "cuda" else 1)
     _check_ranks(ranks, device, gpus, rows)
-    return DecodePlan(ranks, chunk_t(options.chunk_t, env, ranks), device, dtype)
+    busy = ranks if device == "cuda" else 1  # measured on GPUs; CPU ranks decode one a call
+    return DecodePlan(ranks, chunk_t(options.chunk_t, env, busy), device, dtype)
 
 
 def decode_here(

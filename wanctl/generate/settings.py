@@ -10,12 +10,9 @@ from typing import Any
 
 from wanctl.core import allocator
 from wanctl.core.cache import cache_path
-from wanctl.core.launch import (
-    CHUNK_ENV,
-    chunk_t,
-)
+from wanctl.core.launch import CHUNK_ENV, chunk_t
 from wanctl.core.settings import GIB, Settings, cfg_problem, check_fp8_pins, run_problem
-from wanctl.core.variables import ALLOC_ALIAS, ALLOC_ENV
+from wanctl.core.variables import ALLOC_ALIAS, ALLOC_ENV, busy_chunk_t
 from wanctl.core.workload import Workload
 from wanctl.doctor.report import DoctorReport
 from wanctl.errors import UsageError
@@ -65,6 +62,7 @@ def resolve_settings(
     if source == "model":
         source = f"memory model (no preset for {report.fingerprint} at this size)"
     settings = without_idle_cfg(dataclasses.replace(resolved.settings, **overrides), options)
+    settings = chunk_for_ranks(settings, resolved.settings, overrides)
     check_settings(settings, options, workload)
     plan = resolved
     if settings != resolved.settings:  # the plan describes the run that will happen
@@ -103,12 +101,26 @@ def unplanned(
 ) -> tuple[Settings, str, None, dict[str, str]]:
     """The settings of a run the memory model does not plan (the official code's A14B runs):
     the defaults, the flags over them, no prediction; the source says why."""
-    settings = Settings(backend=options.backend, decode_ranks=workload.gpus)
-    settings = dataclasses.replace(settings, **overrides)
+    default = Settings(backend=options.backend, decode_ranks=workload.gpus,
+                       chunk_t=busy_chunk_t(workload.gpus))  # fmt: skip
+    settings = chunk_for_ranks(dataclasses.replace(default, **overrides), default, overrides)
     check_settings(settings, options, workload)
     env = environment(settings, sys.platform, report.recommended_env)
     reason = unplanned_reason(workload, settings.backend) or ""
     return settings, UNPLANNED.format(family=workload.family.name, reason=reason), None, env
+
+
+def chunk_for_ranks(
+    settings: Settings, planned: Settings, overrides: Mapping[str, Any]
+) -> Settings:
+    """`settings` with a chunk_t for the ranks that decode: where `--decode-ranks` changed
+    them from the plan's and chunk_t is not pinned, the smaller of the plan's and what keeps
+    the new count busy (`busy_chunk_t`): fewer ranks decode wider slabs, whose frames per call
+    cost more memory."""
+    if "chunk_t" in overrides or settings.decode_ranks == planned.decode_ranks:
+        return settings
+    chunk = min(planned.chunk_t, busy_chunk_t(settings.decode_ranks))
+    return dataclasses.replace(settings, chunk_t=chunk)
 
 
 def overrides_of(options: GenerateOptions, env: Mapping[str, str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from wanctl.core.launch import (
 )
 from wanctl.core.settings import Settings
 from wanctl.core.status import classify
+from wanctl.core.variables import busy_chunk_t
 from wanctl.errors import UsageError, WanctlError
 from wanctl.generate.failures import (
     DecodeFailed,
@@ -162,10 +163,13 @@ def finish(
     from wanctl.decode.run import DecodeOptions, run_decode
 
     settings = plan.settings
+    here = min(settings.decode_ranks, plan.ranks)  # this node's GPUs
+    chunk = settings.chunk_t  # sized for every decoding rank; fewer here decode wider slabs
+    if here < settings.decode_ranks:
+        chunk = min(chunk, busy_chunk_t(here))
     decode_options = DecodeOptions(
         plan.paths.latents, plan.paths.output, plan.vae, plan.device, settings.decode_dtype,
-        settings.chunk_t, min(settings.decode_ranks, plan.ranks),  # this node's GPUs
-        overwrite=plan.options.overwrite,
+        chunk, here, overwrite=plan.options.overwrite,
     )  # fmt: skip
     try:
         decoded = run_decode(decode_options, runner=runner, notify=notify)

@@ -390,7 +390,8 @@ def remembered_choice(
 ) -> AttentionChoice:
     """`choose_backend`'s choice, timed once per GPU model, software and shape, then read back
     from `cache` (wanctl's user cache by default): the timing costs 1 to 2 s before a run's
-    first step (one H200, 2026-12-02), and its answer does not change between runs."""
+    first step eager, 10.9 s compiled (each candidate compiled; one H200, 2026-12-02), and
+    its answer does not change between runs."""
     path = cache or cache_path("attention.json")
     key = choice_key(device, heads, head_dim, tokens, dtype, ranks, compiled)
     known = read_cache(path)
@@ -398,11 +399,24 @@ def remembered_choice(
         return replace(AttentionChoice.from_dict(known[key]), cached=True)
     choice = choose_backend(device, heads, head_dim, tokens, dtype, ranks=ranks,
                             compiled=compiled)  # fmt: skip
-    short = any("out of memory" in (t.error or "").lower() for t in choice.timings)
-    if choice.timings and not choice.note and not short:  # memory is this run's, not the GPU's
+    if worth_remembering(choice):
         known[key] = asdict(choice)
         write_cache(path, known)
     return choice
+
+
+# What a timing failed of that says this run's state, not the GPU's: its memory, or a compiler
+# that is missing or broken here (a C compiler or Triton installed later would change it).
+TRANSIENT = ("out of memory", "backendcompilerfailed", "inductorerror")
+
+
+def worth_remembering(choice: AttentionChoice) -> bool:
+    """Whether a choice holds for the next run too: timed, a candidate held, and none failed
+    for a reason of this run's (`TRANSIENT`)."""
+    errors = [(t.error or "").lower() for t in choice.timings]
+    transient = any(word in error for error in errors for word in TRANSIENT)
+    held = any(t.ok for t in choice.timings)
+    return bool(choice.timings) and not choice.note and held and not transient
 
 
 def choice_key(

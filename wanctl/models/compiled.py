@@ -74,6 +74,10 @@ class CompiledDit:
         self.problem: str | None = None  # why the blocks run eager
         self.graph_breaks: str | None = None  # why a block is compiled in pieces
         self.first_forward_s: float | None = None
+        # the attention backend to switch to if the blocks end up eager: set where the chosen
+        # one is fast compiled only (FlexAttention eager materialises the whole score matrix)
+        self.eager_attention: str | None = None
+        self._dit = dit
         self._eager = dit.forward
         self._compile(fullgraph=True)
         dit.forward = self
@@ -107,6 +111,9 @@ class CompiledDit:
         except TorchDynamoException as error:
             self.problem = why_not(error)
         self._uncompile()
+        if self.eager_attention is not None:
+            self._dit.set_attention_backend(self.eager_attention)
+            self.problem += f"; attention back to {self.eager_attention}, which runs eager"
         return self._eager(*args, **kwargs)
 
     def _compile(self, *, fullgraph: bool) -> None:

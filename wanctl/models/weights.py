@@ -96,20 +96,20 @@ class Weights:
         file = self.files.get(name)
         if file is None:
             raise UsageError(f"{self.folder} holds no tensor {name}", why=MISMATCH, fix=self.fix)
-        with safe_open(file, framework="pt") as opened:  # maps the file: read, copy, unmap
-            try:
+        try:
+            with safe_open(file, framework="pt") as opened:  # maps the file: read, copy, unmap
                 whole = opened.get_slice(name)
                 shape, value = tuple(whole.get_shape()), whole[part]
-            except SafetensorError as error:
-                raise UsageError(f"cannot read {name} from {file}", why=str(error),
-                                 fix=self.fix) from None  # fmt: skip
-            if shape != tuple(target.shape):
-                raise UsageError(
-                    f"{file} holds {name} as {list(shape)}, not the {list(target.shape)} of the "
-                    "model its config.json describes", why=MISMATCH, fix=self.fix,
-                )  # fmt: skip
-            value = value.to(local.device)
-            local.copy_(value if dtype in (None, local.dtype) else value.to(dtype))
+                if shape != tuple(target.shape):
+                    raise UsageError(
+                        f"{file} holds {name} as {list(shape)}, not the {list(target.shape)} of "
+                        "the model its config.json describes", why=MISMATCH, fix=self.fix,
+                    )  # fmt: skip
+                value = value.to(local.device)
+                local.copy_(value if dtype in (None, local.dtype) else value.to(dtype))
+        except SafetensorError as error:  # a file cut short or damaged since it was checked
+            raise UsageError(f"cannot read {name} from {file}", why=str(error),
+                             fix=self.fix) from None  # fmt: skip
 
 
 MISMATCH = "the weights are another model's than its config.json describes, or partly downloaded"

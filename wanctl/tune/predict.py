@@ -32,7 +32,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wanctl.core.families import TI2V_5B, Family
-from wanctl.core.launch import busy_chunk_t
 from wanctl.core.links import StepTime
 from wanctl.core.settings import (
     DTYPE_BYTES,
@@ -44,6 +43,7 @@ from wanctl.core.settings import (
     placements,
     run_problem,
 )
+from wanctl.core.variables import busy_chunk_t
 from wanctl.core.workload import Workload, decode_pixels
 from wanctl.errors import UsageError
 from wanctl.probe.base import GpuInventory, memory_class_gb

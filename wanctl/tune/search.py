@@ -8,8 +8,8 @@ import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from wanctl.core.launch import busy_chunk_t
 from wanctl.core.settings import Settings, check_fp8_pins
+from wanctl.core.variables import busy_chunk_t
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
 from wanctl.tune.host import HOST_MARGIN, host_plan
 from wanctl.tune.predict import Card, MemoryPlan, allocator_conf, predict, unplanned

@@ -4,8 +4,9 @@
         --latents L.safetensors --output video.mp4 --vae DIR --device cuda --dtype bf16 \
         --chunk-t 1 --report report.json
 
-NCCL on GPUs (rank r on cuda:LOCAL_RANK), gloo on CPUs. Rank 0 writes the video and, at the end,
-every rank's result into the report; a rank that fails writes why next to it (see
+NCCL on GPUs (rank r on cuda:LOCAL_RANK), gloo on CPUs; the results are gathered over gloo
+(`waiting_group`). Rank 0 writes the video and, at the end, every rank's result into the
+report; a rank that fails writes why next to it (see
 `wanctl.decode.job.read_report`) and exits non-zero, and torchrun stops the others.
 """
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from wanctl.core.families import Family
 from wanctl.errors import UsageError
 from wanctl.models.attention import (
+    COMPILED_ONLY,
     DEFAULT,
     AttentionChoice,
     combine,
@@ -100,9 +102,15 @@ def compile_report(
     return asdict(min(ran, key=lambda r: (r.compiled, r.whole_blocks)))
 
 
-def set_attention_backend(dits: list[Any], backend: str) -> None:
+def set_attention_backend(
+    dits: list[Any], backend: str, compiled: Sequence[CompiledDit] = ()
+) -> None:
+    """`backend` on every DiT; a backend fast only compiled is replaced by the default where
+    a DiT's blocks fall back to eager (`CompiledDit.eager_attention`)."""
     for dit in dits:  # ModelMixin's method, untyped in diffusers
         dit.set_attention_backend(backend)
+    for wrapper in compiled:
+        wrapper.eager_attention = DEFAULT if backend in COMPILED_ONLY else None
 
 
 def record_forwards(dits: list[Any]) -> list[str]:

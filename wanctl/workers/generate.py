@@ -265,7 +265,7 @@ def sample(
     if device.type == "cuda":
         start = time.perf_counter()
         choice = choose_attention(dits[0], args, device, family, compiled=bool(compiled))
-        set_attention_backend(dits, choice.backend)
+        set_attention_backend(dits, choice.backend, compiled)
         result.attention = asdict(choice)
         result.seconds["attention"] = time.perf_counter() - start
     width, height = parse_size(args.size)
