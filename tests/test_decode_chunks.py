@@ -28,3 +28,11 @@ def test_eight_ranks_decode_four_latent_frames_a_call_then_one_where_that_does_n
     assert chosen.settings.chunk_t == 4 and chosen.env["WAN_VAE_DECODE_CHUNK_T"] == "4"
     assert any(note.startswith("chunk_t 4: each of 8 ranks") for note in chosen.notes)
     assert chosen.max_chunk_t >= 4
+
+
+def test_fewer_ranks_than_planned_take_the_smaller_chunk() -> None:
+    from wanctl.core.variables import chunk_t_for
+
+    assert chunk_t_for(4, 8, 8) == 4  # as planned
+    assert chunk_t_for(4, 8, 4) == 2 and chunk_t_for(4, 8, 1) == 1  # a wider slab each
+    assert chunk_t_for(1, 8, 4) == 1  # the plan's smaller chunk (the busy one did not fit)

@@ -52,8 +52,8 @@ def decode(
             "--chunk-t",
             min=1,
             help="Latent frames per decoder call. Default: $WAN_VAE_DECODE_CHUNK_T, else 1 "
-            "on one or two ranks and ranks // 2 beyond (a thin slab per call leaves the GPU "
-            "waiting on kernel launches).",
+            "on the CPU or one or two GPUs and ranks // 2 beyond (a thin slab per call leaves "
+            "the GPU waiting on kernel launches).",
         ),
     ] = None,
     gpus: Annotated[

@@ -231,3 +231,11 @@ def busy_chunk_t(ranks: int) -> int:
     8 ranks 1.51 at 1 (the GPU 72% busy), 1.15 at 2, 1.04 at 4 (95% busy, 3.25 GiB). On one
     GPU chunk_t 4 is 4% faster than 1 for 10.4 GiB more: not worth it."""
     return max(1, ranks // 2)
+
+
+def chunk_t_for(planned: int, planned_ranks: int, ranks: int) -> int:
+    """The chunk_t of a decode on `ranks` GPUs when the plan chose `planned` for
+    `planned_ranks`: the plan's where the count is the same, else the smaller of it and what
+    keeps the new count busy (`busy_chunk_t`): fewer ranks decode wider slabs, whose frames per
+    call cost more memory."""
+    return planned if ranks == planned_ranks else min(planned, busy_chunk_t(ranks))

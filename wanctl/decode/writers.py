@@ -33,9 +33,9 @@ CRF = 10
 # of 1280x704 (noise: x264's worst case) at 29.3 fps on 16 threads, slower than the decode
 # (36 fps on one H200), against 97.9 fps, in a smaller file (65.1 MB against 72.3); on smooth
 # moving frames 130 and 150 fps (the H200's host, 2026-12-02; `benchmarks/decode_writers.py`
-# times both presets). PSNR at CRF 10, medium against
-# veryfast: 17.90 and 17.90 dB on a tiny VAE's frames (yuv420p's chroma bounds it), 44.19 and
-# 44.14 dB on smooth ones (this repository's CI machine, 2 threads).
+# times both presets). PSNR at CRF 10, medium against veryfast: 17.90 and 17.90 dB on a tiny
+# VAE's frames (yuv420p's chroma bounds it), 44.19 and 44.14 dB on smooth ones (this
+# repository's CI machine, 2 threads).
 PRESET = "veryfast"
 # Chunks waiting for the mp4 encoder: at 1280x704, 4 frames of 2.7 MB each.
 QUEUE_CHUNKS = 3

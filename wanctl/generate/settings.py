@@ -12,7 +12,7 @@ from wanctl.core import allocator
 from wanctl.core.cache import cache_path
 from wanctl.core.launch import CHUNK_ENV, chunk_t
 from wanctl.core.settings import GIB, Settings, cfg_problem, check_fp8_pins, run_problem
-from wanctl.core.variables import ALLOC_ALIAS, ALLOC_ENV, busy_chunk_t
+from wanctl.core.variables import ALLOC_ALIAS, ALLOC_ENV, busy_chunk_t, chunk_t_for
 from wanctl.core.workload import Workload
 from wanctl.doctor.report import DoctorReport
 from wanctl.errors import UsageError
@@ -113,13 +113,11 @@ def unplanned(
 def chunk_for_ranks(
     settings: Settings, planned: Settings, overrides: Mapping[str, Any]
 ) -> Settings:
-    """`settings` with a chunk_t for the ranks that decode: where `--decode-ranks` changed
-    them from the plan's and chunk_t is not pinned, the smaller of the plan's and what keeps
-    the new count busy (`busy_chunk_t`): fewer ranks decode wider slabs, whose frames per call
-    cost more memory."""
-    if "chunk_t" in overrides or settings.decode_ranks == planned.decode_ranks:
+    """`settings` with a chunk_t for the ranks that decode (`chunk_t_for`: `--decode-ranks`
+    may have changed them from the plan's), unless chunk_t is pinned."""
+    if "chunk_t" in overrides:
         return settings
-    chunk = min(planned.chunk_t, busy_chunk_t(settings.decode_ranks))
+    chunk = chunk_t_for(planned.chunk_t, planned.decode_ranks, settings.decode_ranks)
     return dataclasses.replace(settings, chunk_t=chunk)
 
 

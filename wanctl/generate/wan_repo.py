@@ -16,7 +16,7 @@ from wanctl.core.launch import (
 )
 from wanctl.core.settings import Settings
 from wanctl.core.status import classify
-from wanctl.core.variables import busy_chunk_t
+from wanctl.core.variables import chunk_t_for
 from wanctl.errors import UsageError, WanctlError
 from wanctl.generate.failures import (
     DecodeFailed,
@@ -164,9 +164,7 @@ def finish(
 
     settings = plan.settings
     here = min(settings.decode_ranks, plan.ranks)  # this node's GPUs
-    chunk = settings.chunk_t  # sized for every decoding rank; fewer here decode wider slabs
-    if here < settings.decode_ranks:
-        chunk = min(chunk, busy_chunk_t(here))
+    chunk = chunk_t_for(settings.chunk_t, settings.decode_ranks, here)
     decode_options = DecodeOptions(
         plan.paths.latents, plan.paths.output, plan.vae, plan.device, settings.decode_dtype,
         chunk, here, overwrite=plan.options.overwrite,
