@@ -37,6 +37,7 @@ from rich.table import Table
 from wanctl.core.architectures import WAN22_VAE
 from wanctl.decode.engine import decode_chunks, warm_up
 from wanctl.decode.load import load_vae, spec_family
+from wanctl.decode.modules import as_diffusers
 from wanctl.decode.run import DTYPES
 from wanctl.decode.writers import frames_behind, to_uint8
 
@@ -139,7 +140,7 @@ def float32_reference(args: argparse.Namespace, z: torch.Tensor) -> torch.Tensor
     """diffusers' decode in float32 with TF32 off, on the host: the reference for PSNR."""
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    vae = load_vae(args.vae, device=args.device, dtype=torch.float32)
+    vae = as_diffusers(load_vae(args.vae, device=args.device, dtype=torch.float32))
     with torch.inference_mode():
         video = vae.decode(z.to(args.device)).sample.cpu()
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -169,9 +170,11 @@ def main() -> None:
     state = "empty cache: compiled" if args.cold_kernels else "cache as found"
     console.print(f"wanctl kernel warm-up ({state}): {kernels:.2f} s")
 
+    whole = as_diffusers(vae)
+
     def diffusers_decode() -> torch.Tensor:
         with torch.inference_mode():
-            return vae.decode(z.to(device, vae.dtype)).sample
+            return whole.decode(z.to(device, vae.dtype)).sample
 
     diffusers_decode()
     reference_run, output = measure(device, diffusers_decode)

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 from decode import Run, add_check_only, add_workload_options, latents, measure, smoke_workload
-from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 from rich.console import Console
 from rich.table import Table
 from torch.profiler import ProfilerActivity, profile
@@ -37,6 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 from wanctl.core.variables import busy_chunk_t
 from wanctl.decode.engine import decode_chunks, warm_up
 from wanctl.decode.load import load_vae
+from wanctl.decode.modules import WanVaeDecoder
 from wanctl.decode.parallel import LoneSlab, split_dim
 from wanctl.decode.run import DTYPES
 
@@ -136,7 +136,7 @@ def chunks_of(chunks: str | None, ranks: int) -> list[int]:
 
 
 def time_slab(
-    vae: AutoencoderKLWan, local: torch.Tensor, halo: LoneSlab, chunk_t: int
+    vae: WanVaeDecoder, local: torch.Tensor, halo: LoneSlab, chunk_t: int
 ) -> tuple[Run, float | None]:
     """The slab's decode, once to warm up, then timed; on a GPU, once more profiled: its
     kernels' time over the timed run's wall time."""

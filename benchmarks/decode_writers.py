@@ -36,11 +36,11 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 from decode import add_check_only, add_workload_options, latents, smoke_workload
-from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 from rich.console import Console
 from rich.table import Table
 
 from wanctl.decode.load import load_vae
+from wanctl.decode.modules import WanVaeDecoder
 from wanctl.decode.run import DTYPES
 from wanctl.decode.stream import decode_to_file
 from wanctl.decode.writers import PRESET, QUEUE_CHUNKS, encoder_threads, ffmpeg_command, open_writer
@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def timed_decode(
-    args: argparse.Namespace, vae: AutoencoderKLWan, z: torch.Tensor, output: Path
+    args: argparse.Namespace, vae: WanVaeDecoder, z: torch.Tensor, output: Path
 ) -> float:
     """Wall seconds of one `decode_to_file` into `output`, from the writer's opening to its
     close (the file published)."""

@@ -46,7 +46,7 @@ def decode(cli: CliRunner, *args: str | Path, env: dict[str, str] | None = None)
 def expected_frames(latents_file: Path) -> np.ndarray:
     vae = load_vae("tiny")
     latents = load_latents(latents_file)
-    z = latents.for_decoder(vae.config.latents_mean, vae.config.latents_std)
+    z = latents.for_decoder(vae.config["latents_mean"], vae.config["latents_std"])
     return np.concatenate([to_uint8(c) for c in decode_chunks(vae, z)])
 
 

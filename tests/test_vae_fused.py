@@ -148,15 +148,14 @@ def test_past_two_to_the_31_elements_the_offsets_do_not_wrap() -> None:
 WARM_UP_THEN_DECODE = """
 import json, os, torch
 from pathlib import Path
-from diffusers import AutoencoderKLWan
 from wanctl.decode.engine import decode_chunks, warm_up
-from wanctl.decode.load import TI2V_5B_CONFIG
+from wanctl.decode.load import TI2V_5B_CONFIG, random_vae
 
 def compiled():
     return len(list(Path(os.environ["TRITON_CACHE_DIR"]).iterdir()))
 
 config = {**TI2V_5B_CONFIG, "base_dim": 64, "decoder_base_dim": 128}  # channels 128 to 512
-vae = AutoencoderKLWan(**config).to("cuda", torch.bfloat16)
+vae = random_vae(config).to("cuda", torch.bfloat16)
 seconds = warm_up(vae)
 after_warm_up = compiled()
 for _ in decode_chunks(vae, torch.randn(1, 48, 4, 4, 6), chunk_t=2):
@@ -186,14 +185,13 @@ def test_warm_up_compiles_what_the_decode_launches(tmp_path: Path) -> None:
 
 DECODE_WITHOUT_A_BUILD = """
 import torch
-from diffusers import AutoencoderKLWan
 from wanctl.decode.engine import decode_chunks, warm_up
 from wanctl.decode.fused import build_problem
-from wanctl.decode.load import TI2V_5B_CONFIG
+from wanctl.decode.load import TI2V_5B_CONFIG, random_vae
 
 torch.manual_seed(0)
 config = {**TI2V_5B_CONFIG, "base_dim": 64, "decoder_base_dim": 128}
-vae = AutoencoderKLWan(**config).to("cuda", torch.bfloat16)
+vae = random_vae(config).to("cuda", torch.bfloat16)
 warm_up(vae)
 video = torch.cat(list(decode_chunks(vae, torch.randn(1, 48, 3, 4, 6), chunk_t=2)), dim=2)
 print("frames", video.shape[2], "finite", bool(video.isfinite().all()))

@@ -21,6 +21,7 @@ from conftest import run_test_workers
 
 from wanctl.decode.engine import Halo, WholeFrame, decode_chunks
 from wanctl.decode.load import load_vae
+from wanctl.decode.modules import as_diffusers
 from wanctl.decode.parallel import LoneSlab, RowSplit, split_dim, split_sizes
 
 
@@ -30,7 +31,7 @@ def latents(shape: tuple[int, ...]) -> torch.Tensor:
 
 def diffusers_decode(vae_spec: str, shape: tuple[int, ...]) -> torch.Tensor:
     with torch.no_grad():
-        return load_vae(vae_spec).decode(latents(shape)).sample
+        return as_diffusers(load_vae(vae_spec)).decode(latents(shape)).sample
 
 
 class Recorded:

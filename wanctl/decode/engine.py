@@ -2,8 +2,8 @@
 split in space.
 
 diffusers' `AutoencoderKLWan._decode` calls the decoder one latent frame at a time with a cache
-of the last input frames of every causal conv, kept inside the model. This module walks the same
-diffusers modules with their parameters, but:
+of the last input frames of every causal conv, kept inside the model. This module computes the
+same decode from the same weights (`wanctl.decode.modules`, diffusers' names), but:
 
 - the causal cache is an explicit `CausalCache` object, held by the caller;
 - a call decodes a chunk of latent frames (the first latent frame alone, then `chunk_t` at a
@@ -25,21 +25,20 @@ from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.autoencoder_kl_wan import (
-    AutoencoderKLWan,
-    DupUp3D,
-    WanAttentionBlock,
-    WanCausalConv3d,
-    WanResample,
-    WanResidualBlock,
-    WanResidualUpBlock,
-    WanRMS_norm,
-    WanUpBlock,
-    unpatchify,
-)
 from torch import nn
 
 from wanctl.decode import fused
+from wanctl.decode.modules import (
+    AttentionBlock,
+    CausalConv3d,
+    DupUp3D,
+    Resample,
+    ResidualBlock,
+    ResidualUpBlock,
+    RMSNorm,
+    UpBlock,
+    WanVaeDecoder,
+)
 
 
 class Halo(Protocol):
@@ -134,11 +133,11 @@ def latent_chunks(latent_frames: int, chunk_t: int) -> list[slice]:
 
 
 class ChunkDecoder:
-    """Decodes chunks of latent frames with the modules and weights of a diffusers
-    `AutoencoderKLWan`: Wan2.2's (residual up blocks with a DupUp3D shortcut, patch size 2) or
-    Wan2.1's (plain up blocks, no patchify)."""
+    """Decodes chunks of latent frames with the weights of a `WanVaeDecoder`: Wan2.2's
+    (residual up blocks with a DupUp3D shortcut, patch size 2) or Wan2.1's (plain up blocks,
+    no patchify)."""
 
-    def __init__(self, vae: AutoencoderKLWan, halo: Halo | None = None):
+    def __init__(self, vae: WanVaeDecoder, halo: Halo | None = None):
         self.vae = vae
         self.halo: Halo = halo or WholeFrame()
         self.subpixel: dict[nn.Module, torch.Tensor] = {}
@@ -158,20 +157,18 @@ class ChunkDecoder:
         x = self._causal_conv(self.vae.post_quant_conv, z, cache)
         x = self._causal_conv(decoder.conv_in, x, cache)
         mid = decoder.mid_block
-        x = self._resnet(cast(WanResidualBlock, mid.resnets[0]), x, cache)
+        x = self._resnet(cast(ResidualBlock, mid.resnets[0]), x, cache)
         for attention, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
-            x = self._attention(cast(WanAttentionBlock, attention), x)
-            x = self._resnet(cast(WanResidualBlock, resnet), x, cache)
+            x = self._attention(cast(AttentionBlock, attention), x)
+            x = self._resnet(cast(ResidualBlock, resnet), x, cache)
         for block in decoder.up_blocks:
             x = self._up_block(block, x, cache, first)
         x = self._norm_silu_conv(decoder.norm_out, decoder.conv_out, x, cache)
         cache.started = True
         patch = self.vae.config["patch_size"]
-        return (unpatchify(x, patch) if patch else x).clamp_(-1.0, 1.0)
+        return (unpatchify(x, patch) if patch and patch > 1 else x).clamp_(-1.0, 1.0)
 
-    def _causal_conv(
-        self, conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache
-    ) -> torch.Tensor:
+    def _causal_conv(self, conv: CausalConv3d, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """One causal conv step: the frames this conv saw last (zeros at the start of the
         stream) in front of `x`, the new last frames kept, the border from the halo."""
         keep = int(conv._padding[4])  # (w, w, h, h, t, 0)
@@ -187,8 +184,8 @@ class ChunkDecoder:
 
     def _norm_silu_conv(
         self,
-        norm: WanRMS_norm,
-        conv: WanCausalConv3d,
+        norm: RMSNorm,
+        conv: CausalConv3d,
         x: torch.Tensor,
         cache: CausalCache,
         *,
@@ -209,7 +206,7 @@ class ChunkDecoder:
         return self._convolve(conv, buffer, with_bias=with_bias)
 
     def _stream(
-        self, conv: WanCausalConv3d, x: torch.Tensor, cache: CausalCache
+        self, conv: CausalConv3d, x: torch.Tensor, cache: CausalCache
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A buffer from the halo for [the conv's last input frames, x], and its interior with
         the first part filled: the cached frames, or zeros at the start of the stream."""
@@ -224,20 +221,20 @@ class ChunkDecoder:
         return buffer, stream
 
     def _convolve(
-        self, conv: WanCausalConv3d, buffer: torch.Tensor, *, with_bias: bool = True
+        self, conv: CausalConv3d, buffer: torch.Tensor, *, with_bias: bool = True
     ) -> torch.Tensor:
         """The conv over time as given and over space with its border from the halo."""
         rows, columns = self.halo.border(buffer, int(conv._padding[0]))
         out = F.conv3d(buffer, conv.weight, None, conv.stride, (0, rows, columns))
         return add_bias(out, conv.bias) if with_bias else out
 
-    def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+    def _resnet(self, block: ResidualBlock, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         """norm, SiLU, conv, norm, SiLU, conv, plus the shortcut (dropout is off at inference)."""
         residual, skip = self._resnet_parts(block, x, cache)
         return residual.add_(skip)
 
     def _resnet_parts(
-        self, block: WanResidualBlock, x: torch.Tensor, cache: CausalCache
+        self, block: ResidualBlock, x: torch.Tensor, cache: CausalCache
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A resnet's two terms, not yet added: its convs' result and its shortcut."""
         shortcut = block.conv_shortcut
@@ -246,11 +243,11 @@ class ChunkDecoder:
         x = self._norm_silu_conv(block.norm2, block.conv2, x, cache, bias=block.conv1.bias)
         return x, skip
 
-    def _attention(self, block: WanAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    def _attention(self, block: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
         """Single-head self-attention within each frame: this process's queries against the
         keys and values of the whole frame."""
         b, c, t, h, w = x.shape
-        frames = block.norm(x.transpose(1, 2).reshape(b * t, c, h, w))
+        frames = frame_norm(block.norm, x.transpose(1, 2).reshape(b * t, c, h, w))
         qkv = block.to_qkv(frames).reshape(b * t, 1, 3 * c, h * w).transpose(2, 3)
         q, kv = qkv[..., :c], self.halo.gather_tokens(qkv[..., c:])
         k, v = kv.chunk(2, dim=-1)
@@ -261,31 +258,31 @@ class ChunkDecoder:
     def _up_block(
         self, block: nn.Module, x: torch.Tensor, cache: CausalCache, first: bool
     ) -> torch.Tensor:
-        """Wan2.2's `WanResidualUpBlock` (resnets, resample, plus the DupUp3D of its input) or
-        Wan2.1's `WanUpBlock` (resnets, resample)."""
+        """Wan2.2's `ResidualUpBlock` (resnets, resample, plus the DupUp3D of its input) or
+        Wan2.1's `UpBlock` (resnets, resample)."""
         upsampler: nn.Module | None
-        if isinstance(block, WanResidualUpBlock):
+        if isinstance(block, ResidualUpBlock):
             shortcut, upsampler = block.avg_shortcut, block.upsampler
-        elif isinstance(block, WanUpBlock):
+        elif isinstance(block, UpBlock):
             shortcut, upsampler = None, block.upsamplers[0] if block.upsamplers else None
         else:
             raise TypeError(f"not a Wan VAE up block: {type(block).__name__}")
         shortcut_input = x
-        *leading, last = (cast(WanResidualBlock, r) for r in cast(nn.ModuleList, block.resnets))
+        *leading, last = (cast(ResidualBlock, r) for r in cast(nn.ModuleList, block.resnets))
         for resnet in leading:
             x = self._resnet(resnet, x, cache)
         if upsampler is None:
             x = self._resnet(last, x, cache)
         else:
             parts = self._resnet_parts(last, x, cache)
-            x = self._upsample(cast(WanResample, upsampler), parts, cache, first)
+            x = self._upsample(cast(Resample, upsampler), parts, cache, first)
         if shortcut is not None:
             x = x.add_(dup_up(cast(DupUp3D, shortcut), shortcut_input, first))
         return x
 
     def _upsample(
         self,
-        resample: WanResample,
+        resample: Resample,
         parts: tuple[torch.Tensor, torch.Tensor],
         cache: CausalCache,
         first: bool,
@@ -388,25 +385,40 @@ def dup_up(shortcut: DupUp3D, x: torch.Tensor, first: bool) -> torch.Tensor:
     return out[:, :, ft - 1 :] if first else out
 
 
-def norm_weight(norm: WanRMS_norm, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+def norm_weight(norm: RMSNorm, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
     """WanRMS_norm's `normalize(x) * sqrt(C) * gamma` is the RMS norm `x / sqrt(mean(x**2)) *
     gamma`; its clamp of the L2 norm at 1e-12 becomes the epsilon 1e-24 / C on the mean.
-    Returns (gamma as a vector, epsilon); the decoder's norms have no bias."""
-    if not isinstance(norm.bias, float):
-        raise ValueError("WanRMS_norm with a bias is not a Wan decoder norm")
+    Returns (gamma as a vector, epsilon)."""
     channels = norm.gamma.shape[0]
     return norm.gamma.reshape(channels).to(dtype), 1e-24 / channels
 
 
-def warm_up(vae: AutoencoderKLWan) -> float:
+def frame_norm(norm: RMSNorm, frames: torch.Tensor) -> torch.Tensor:
+    """The attention block's norm of frames (N, C, H, W), as WanRMS_norm computes it: the L2
+    norm over channels in float32 for half-precision inputs, back in their dtype, then the
+    scale and gamma."""
+    low = frames.dtype in (torch.float16, torch.bfloat16)
+    normalized = F.normalize(frames.float() if low else frames, dim=1).to(frames.dtype)
+    return normalized * norm.scale * norm.gamma
+
+
+def unpatchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C p p, f, h, w) -> (B, C, f, h p, w p): channel (c, i, j) is the pixel at row
+    offset j and column offset i of its patch (the order of diffusers' `unpatchify`)."""
+    b, channels, f, h, w = x.shape
+    x = x.view(b, channels // (patch * patch), patch, patch, f, h, w)
+    return x.permute(0, 1, 4, 5, 3, 6, 2).reshape(b, -1, f, h * patch, w * patch)
+
+
+def warm_up(vae: WanVaeDecoder) -> float:
     """Compile (or load from Triton's cache) the fused norm + SiLU kernel if the decoder's
     norms will launch it. Returns the seconds it took."""
-    channels = [m.gamma.shape[0] for m in vae.decoder.modules() if isinstance(m, WanRMS_norm)]
+    channels = [m.gamma.shape[0] for m in vae.decoder.modules() if isinstance(m, RMSNorm)]
     return fused.warm_up(channels, vae.dtype, vae.device)
 
 
 def decode_chunks(
-    vae: AutoencoderKLWan, z: torch.Tensor, *, chunk_t: int = 1, halo: Halo | None = None
+    vae: WanVaeDecoder, z: torch.Tensor, *, chunk_t: int = 1, halo: Halo | None = None
 ) -> Iterator[torch.Tensor]:
     """Pixels (B, 3, f, H, W) in [-1, 1] chunk by chunk: 4(T-1)+1 frames in all, equal to
     `vae.decode(z)`. `z` (B, C, T, h, w) is in the decoder's space (denormalised) and may stay

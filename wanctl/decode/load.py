@@ -1,4 +1,4 @@
-"""Loading a Wan VAE (Wan2.2's or Wan2.1's) as a decoder-only diffusers `AutoencoderKLWan`.
+"""Loading a Wan VAE's decoder (Wan2.2's or Wan2.1's) as a `WanVaeDecoder`.
 
 `--vae` takes a diffusers directory (`config.json` + weights, as `Wan2.2-TI2V-5B-Diffusers/vae`
 or `Wan2.2-T2V-A14B-Diffusers/vae`, or the model root holding `vae/`), an original
@@ -10,8 +10,8 @@ never uses it.
 
 A diffusers folder's safetensors weights are read straight onto the decode's device, decoder
 tensors only, each cast there (`wanctl.models.weights.Weights`): the same values as
-`from_pretrained` then `.to(device, dtype)`, without the encoder's half of the file or a
-float32 copy of the whole VAE in host memory first. Its `.bin` weights go through
+`from_pretrained` then `.to(device, dtype)`, without the encoder's half of the file, a float32
+copy of the whole VAE in host memory first, or diffusers' import. Its `.bin` weights go through
 `from_pretrained`.
 """
 
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan, WanRMS_norm
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -36,8 +35,9 @@ from wanctl.core.architectures import (
     vae_family_for_channels,
     vae_family_of,
 )
+from wanctl.decode.modules import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, RMSNorm, WanVaeDecoder
 from wanctl.errors import UsageError
-from wanctl.models.configs import cast_as_loaded, fp32_modules
+from wanctl.models.configs import cast_as_loaded
 from wanctl.models.files import STREAMED_WEIGHTS, Broken, check_weights, weight_map
 from wanctl.models.weights import Weights
 
@@ -67,8 +67,11 @@ TI2V_5B_CONFIG: dict[str, Any] = {
 }
 # The same structure (residual up blocks, DupUp3D, patch size 2, 48 latent channels), narrow.
 TINY_CONFIG: dict[str, Any] = {**TI2V_5B_CONFIG, "base_dim": 8, "decoder_base_dim": 8}
-# The Wan2.1 VAE: its normalisation is `AutoencoderKLWan`'s default `latents_mean`/`latents_std`.
-WAN21_CONFIG: dict[str, Any] = dict(VAE_WAN21)
+WAN21_CONFIG: dict[str, Any] = {
+    **VAE_WAN21,
+    "latents_mean": WAN21_LATENTS_MEAN,
+    "latents_std": WAN21_LATENTS_STD,
+}
 TINY_WAN21_CONFIG: dict[str, Any] = {**WAN21_CONFIG, "base_dim": 8}
 
 BUILT_IN = {
@@ -91,8 +94,8 @@ def load_vae(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
-) -> AutoencoderKLWan:
-    """The decoder-only VAE named by `spec`, in eval mode, on `device` in `dtype`."""
+) -> WanVaeDecoder:
+    """The VAE decoder named by `spec`, in eval mode, on `device` in `dtype`."""
     if spec in BUILT_IN:
         vae = random_vae(BUILT_IN[spec], seed=seed)
     else:
@@ -102,9 +105,7 @@ def load_vae(
         else:
             vae = _from_weights_file(path)
     family_of(vae, spec)
-    # nn.Module.to: ModelMixin.to warns on every dtype cast, even with no float32-only modules.
-    torch.nn.Module.to(vae, device=device, dtype=dtype)
-    return vae.eval().requires_grad_(False)
+    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def vae_path(spec: str) -> Path:
@@ -126,8 +127,8 @@ def vae_path(spec: str) -> Path:
     raise UsageError(f"VAE not found: {spec}", fix=_FIX)
 
 
-def random_vae(config: Mapping[str, Any], *, seed: int = 0) -> AutoencoderKLWan:
-    """A decoder-only `AutoencoderKLWan` of `config` with PyTorch's default init drawn from
+def random_vae(config: Mapping[str, Any], *, seed: int = 0) -> WanVaeDecoder:
+    """The VAE decoder of `config` with PyTorch's default init drawn from
     `seed` on the CPU, so every process and device gets the same weights."""
     vae = _decoder_only(config)
     vae.to_empty(device="cpu")
@@ -135,7 +136,7 @@ def random_vae(config: Mapping[str, Any], *, seed: int = 0) -> AutoencoderKLWan:
     torch.manual_seed(seed)
     try:
         for module in vae.modules():
-            if isinstance(module, WanRMS_norm):
+            if isinstance(module, RMSNorm):
                 torch.nn.init.ones_(module.gamma)
             elif callable(reset := getattr(module, "reset_parameters", None)):
                 reset()
@@ -144,9 +145,9 @@ def random_vae(config: Mapping[str, Any], *, seed: int = 0) -> AutoencoderKLWan:
     return vae
 
 
-def family_of(vae: AutoencoderKLWan, spec: str) -> VaeFamily:
+def family_of(vae: WanVaeDecoder, spec: str) -> VaeFamily:
     """Which Wan VAE `vae` is; any other (other latent widths, layouts) is refused."""
-    family = vae_family_of(dict(vae.config))
+    family = vae_family_of(vae.config)
     if family is None:
         z_dim, residual, patch = (vae.config[k] for k in ("z_dim", "is_residual", "patch_size"))
         raise UsageError(
@@ -207,7 +208,7 @@ def _conv_in_channels(path: Path) -> int | None:
 def original_to_diffusers(
     state: Mapping[str, torch.Tensor], resnets_per_block: int = 3
 ) -> dict[str, torch.Tensor]:
-    """Rename the decoder keys of an original `Wan2.2_VAE.pth` to `AutoencoderKLWan`'s; encoder
+    """Rename the decoder keys of an original `Wan2.2_VAE.pth` to diffusers'; encoder
     keys are dropped. `resnets_per_block` is num_res_blocks + 1: the next index of an up
     block's `upsamples` is its resample."""
     mapped = {}
@@ -259,45 +260,56 @@ def _resnet_part(key: str, rest: str) -> str:
     raise UsageError(f"unknown residual-block key in the VAE checkpoint: {key}", fix=_FIX)
 
 
-def _decoder_only(config: Mapping[str, Any]) -> AutoencoderKLWan:
-    """The VAE of `config` (its arguments, or a config.json's contents) on the meta device,
-    with no encoder."""
+def _decoder_only(config: Mapping[str, Any]) -> WanVaeDecoder:
+    """The VAE decoder of `config` (its arguments, or a config.json's contents) on the meta
+    device."""
     with torch.device("meta"):
-        vae = AutoencoderKLWan.from_config(dict(config))
-    return _without_encoder(vae)
+        return WanVaeDecoder(config)
 
 
-def _without_encoder(vae: Any) -> AutoencoderKLWan:
-    vae.encoder = None
-    vae.quant_conv = None
-    return vae
-
-
-def _from_diffusers_dir(path: Path, device: torch.device, dtype: torch.dtype) -> AutoencoderKLWan:
+def _from_diffusers_dir(path: Path, device: torch.device, dtype: torch.dtype) -> WanVaeDecoder:
     """The decoder of the folder's VAE: streamed onto `device` in `dtype` from safetensors
     weights (checked whole first: a cut or damaged file is refused, not a traceback), else
-    (`.bin`) loaded by `from_pretrained` into host memory."""
+    (`.bin`) loaded by diffusers' `from_pretrained` into host memory."""
     name = STREAMED_WEIGHTS[0]
     streamed = (path / name).is_file() or (path / f"{name}.index.json").is_file()
     try:
         if not streamed:
-            return _without_encoder(AutoencoderKLWan.from_pretrained(str(path)))
+            return _from_pretrained(path)
         check_weights(path, STREAMED_WEIGHTS, "the VAE's load")
-        vae = _decoder_only(AutoencoderKLWan.load_config(str(path)))
+        vae = _decoder_only(_read_config(path))
         files = weight_map(path, name)
     except Broken as broken:
         raise UsageError(f"cannot load the diffusers VAE in {path}: {broken}",
                          why=broken.why, fix=_FIX) from None  # fmt: skip
+    except UsageError:
+        raise
     except Exception as error:  # a broken folder is the user's to fix, whatever diffusers raises
         raise UsageError(
             f"cannot load the diffusers VAE in {path}", why=str(error), fix=_FIX
         ) from None
-    cast_as_loaded(vae.named_parameters(), dtype, fp32_modules(vae))  # allocated in `dtype`
-    loaded: AutoencoderKLWan = Weights(path, files, dtype, _FIX).load(vae, device)
+    cast_as_loaded(vae.named_parameters(), dtype, ())  # allocated in `dtype`
+    loaded: WanVaeDecoder = Weights(path, files, dtype, _FIX).load(vae, device)
     return loaded
 
 
-def _from_weights_file(path: Path) -> AutoencoderKLWan:
+def _read_config(path: Path) -> dict[str, Any]:
+    config = json.loads((path / "config.json").read_text())
+    if not isinstance(config, dict):
+        raise UsageError(f"{path / 'config.json'} is not a VAE config: not a JSON object", fix=_FIX)
+    return config
+
+
+def _from_pretrained(path: Path) -> WanVaeDecoder:
+    from diffusers import AutoencoderKLWan
+
+    full = AutoencoderKLWan.from_pretrained(str(path))
+    vae = _decoder_only(dict(full.config))
+    vae.load_state_dict(_decoder_keys(full.state_dict()), strict=True, assign=True)
+    return vae
+
+
+def _from_weights_file(path: Path) -> WanVaeDecoder:
     state = _read_state(path)
     if "decoder.upsamples.0.upsamples.0.residual.0.gamma" in state:  # Wan2.2's nested blocks
         state = original_to_diffusers(state, TI2V_5B_CONFIG["num_res_blocks"] + 1)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
 from wanctl.decode.engine import decode_chunks, warm_up
 from wanctl.decode.fused import build_problem
+from wanctl.decode.modules import WanVaeDecoder, as_diffusers
 from wanctl.decode.parallel import RowSplit
 from wanctl.decode.writers import FrameWriter, frames_behind, open_writer, to_uint8
 
@@ -46,14 +46,14 @@ class StreamResult:
     load_seconds: float = 0.0
 
 
-def output_geometry(vae: AutoencoderKLWan, z: torch.Tensor) -> tuple[int, int, int]:
+def output_geometry(vae: WanVaeDecoder, z: torch.Tensor) -> tuple[int, int, int]:
     """(frames, height, width) that latents (B, C, T, h, w) decode to."""
     time, space = vae.config["scale_factor_temporal"], vae.config["scale_factor_spatial"]
     return time * (z.shape[2] - 1) + 1, space * z.shape[3], space * z.shape[4]
 
 
 def decode_to_file(
-    vae: AutoencoderKLWan,
+    vae: WanVaeDecoder,
     z: torch.Tensor,
     output: Path,
     *,
@@ -85,7 +85,7 @@ def decode_to_file(
 
 
 def decode_tiled_to_file(
-    vae: AutoencoderKLWan,
+    vae: WanVaeDecoder,
     z: torch.Tensor,
     output: Path,
     *,
@@ -100,21 +100,20 @@ def decode_tiled_to_file(
     start = time.perf_counter()
     writer = _writer(vae, z, output, fps)
     try:
-        vae.enable_tiling()
+        tiled = as_diffusers(vae)
+        tiled.enable_tiling()
         with torch.inference_mode():
-            video = vae.decode(z.to(device, vae.dtype)).sample
+            video = tiled.decode(z.to(device, vae.dtype)).sample
         step = vae.config["scale_factor_temporal"]
         for first in range(0, video.shape[2], step):
             _write(writer, to_uint8(video[:, :, first : first + step]), on_frames)
     except BaseException:
         writer.abort()
         raise
-    finally:
-        vae.disable_tiling()
     return _finish(writer, device, start)
 
 
-def _writer(vae: AutoencoderKLWan, z: torch.Tensor, output: Path, fps: float) -> FrameWriter:
+def _writer(vae: WanVaeDecoder, z: torch.Tensor, output: Path, fps: float) -> FrameWriter:
     frames, height, width = output_geometry(vae, z)
     return open_writer(output, frames=frames, height=height, width=width, fps=fps)
 
