@@ -12,7 +12,9 @@ the weights are those of the old way, tensor by tensor.
 The checkpoint is random, written first in diffusers' layout (config.json, shards of
 `--shard-size` and their index) for a built-in model's DiT: synthetic-5b is TI2V-5B's,
 synthetic-a14b an A14B expert. Host memory from /proc/self/status: VmHWM (the peak resident
-set, what getrusage's ru_maxrss also reports), and RssAnon (anonymous memory: what the
+set of this process image; getrusage's ru_maxrss is not used: it keeps the peak of the image
+a process exec'd from, here the parent that wrote the checkpoint, 10.29 GiB on the H200 host
+for every way), and RssAnon (anonymous memory: what the
 kernel must find room for) and RssFile (the checkpoint's pages mapped into the process: page
 cache, shared between processes reading the same file, reclaimable) sampled every 5 ms.
 
@@ -34,7 +36,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -170,7 +171,6 @@ def measure(way: str, folder: Path, storage: str, device: torch.device) -> dict[
         "seconds": seconds,
         "baseline_gib": baseline["VmRSS"] / 2**20,
         "vmhwm_gib": status("VmHWM")["VmHWM"] / 2**20,
-        "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         **{f"{key}_gib": (kib - baseline[key]) / 2**20 for key, kib in sampler.peaks.items()},
         "gpu_peak_gib": torch.cuda.max_memory_allocated(device) / GIB
         if device.type == "cuda" else None,
@@ -223,15 +223,15 @@ def warm(folder: Path) -> None:
 def table(results: dict[str, dict[str, Any]]) -> Table:
     reference = results["from_pretrained"]["checksums"]
     out = Table(title="one DiT loaded onto the device, a fresh process each", title_justify="left")
-    columns = ("way", "seconds", "baseline", "VmHWM", "ru_maxrss", "+anon peak", "+file peak",
-               "GPU peak", "same weights")  # fmt: skip
+    columns = ("way", "seconds", "baseline", "VmHWM", "+anon peak", "+file peak", "GPU peak",
+               "same weights")  # fmt: skip
     for column in columns:
         out.add_column(column, justify="left" if column == "way" else "right")
     for way, r in results.items():
         differ = sum(r["checksums"][name] != digest for name, digest in reference.items())
         gpu = "n/a" if r["gpu_peak_gib"] is None else f"{r['gpu_peak_gib']:.2f}"
         out.add_row(way, f"{r['seconds']:.1f}", *(f"{r[key]:.2f}" for key in (
-            "baseline_gib", "vmhwm_gib", "maxrss_gib", "RssAnon_gib", "RssFile_gib")), gpu,
+            "baseline_gib", "vmhwm_gib", "RssAnon_gib", "RssFile_gib")), gpu,
             "yes" if not differ else f"no: {differ} of {len(reference)} differ")  # fmt: skip
     return out
 

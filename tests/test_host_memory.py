@@ -123,3 +123,25 @@ def test_generate_runs_the_plan_tune_makes_for_the_rig(a14b_folder: Path, tmp_pa
     rig = Card(MODELS["rtx-4090"].name, MODELS["rtx-4090"].memory_total_mib)
     workload = Workload(1280, 720, 81, 2, family=T2V_A14B)
     assert tune_plan(workload, rig, host_free_gib=200 * GB / GIB).settings == settings
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="Linux's VmHWM")
+def test_a_rank_s_peak_rss_is_its_own_not_its_launcher_s() -> None:
+    """A worker exec'd by a parent holding 1 GiB reports its own peak: getrusage's ru_maxrss
+    would carry the parent's over the exec."""
+    import subprocess
+    import sys
+
+    held = bytearray(2**30)  # touched: resident in this process
+    held[::4096] = b"\x01" * len(held[::4096])
+    script = (
+        "import resource; from wanctl.workers.generate import peak_rss_gib; "
+        "print(peak_rss_gib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    own, inherited = map(float, done.stdout.split())
+    del held
+    assert inherited > 1.0  # what the old figure would have said
+    assert 0.05 < own < 0.9

@@ -171,8 +171,15 @@ def main(argv: list[str]) -> int:
 
 
 def peak_rss_gib() -> float | None:
-    """This process's peak resident set size, GiB (`getrusage`: KiB on Linux, bytes on macOS;
-    None where there is no `resource` module)."""
+    """This process's peak resident set size, GiB: Linux's VmHWM (this process image's own
+    peak). Not getrusage's ru_maxrss, which keeps the peak of the image a process exec'd from
+    (torchrun's, for a worker). Elsewhere ru_maxrss (bytes on macOS); None without it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / GIB
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:
