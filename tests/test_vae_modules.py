@@ -49,7 +49,7 @@ def test_as_diffusers_shares_the_tensors() -> None:
     assert model.encoder is None
 
 
-def test_a_decode_from_a_diffusers_folder_never_imports_diffusers(tmp_path: Path) -> None:
+def test_a_folder_decode_imports_neither_diffusers_nor_sympy(tmp_path: Path) -> None:
     AutoencoderKLWan(**TINY_CONFIG).save_pretrained(tmp_path / "vae")
     z = torch.randn(1, 48, 2, 3, 4, generator=torch.Generator().manual_seed(0))
     save_latents(tmp_path / "z.safetensors", Latents(z, normalized=True, fps=16, source={}))
@@ -58,11 +58,11 @@ def test_a_decode_from_a_diffusers_folder_never_imports_diffusers(tmp_path: Path
     script = (
         "import atexit, runpy, sys\n"
         "atexit.register(lambda: print('imported:', sorted({m.split('.')[0] for m in "
-        "sys.modules} & {'diffusers', 'transformers', 'accelerate'})))\n"
+        "sys.modules} & {'diffusers', 'transformers', 'accelerate', 'sympy'})))\n"
         f"sys.argv = {argv!r}\n"
         "runpy.run_module('wanctl', run_name='__main__')\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "v.npy").is_file()
-    assert "imported: []" in done.stdout
+    assert "imported: []" in done.stdout  # sympy: torch._refs, seconds of a cold start

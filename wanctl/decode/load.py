@@ -37,7 +37,7 @@ from wanctl.core.architectures import (
 )
 from wanctl.decode.modules import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, RMSNorm, WanVaeDecoder
 from wanctl.errors import UsageError
-from wanctl.models.configs import cast_as_loaded
+from wanctl.models.configs import allocate, cast_as_loaded
 from wanctl.models.files import STREAMED_WEIGHTS, Broken, check_weights, weight_map
 from wanctl.models.weights import Weights
 
@@ -131,7 +131,7 @@ def random_vae(config: Mapping[str, Any], *, seed: int = 0) -> WanVaeDecoder:
     """The VAE decoder of `config` with PyTorch's default init drawn from
     `seed` on the CPU, so every process and device gets the same weights."""
     vae = _decoder_only(config)
-    vae.to_empty(device="cpu")
+    allocate(vae, "cpu")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

@@ -9,6 +9,7 @@ from the parameter counts recorded in `wanctl.tune.predict` without importing th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,30 @@ def cast_as_loaded(
             tensor.data = tensor.data.to(loaded_dtype(name, dtype, keep))
 
 
+def allocate(model: Any, device: torch.device | str) -> Any:
+    """`model.to_empty(device=device)` without its cost on a first call: `empty_like` of a
+    meta tensor runs through `torch._refs`, whose first use imports sympy and the symbolic
+    shapes (about 2 s of a cold `wanctl decode` that imports no diffusers). Plain tensors
+    are allocated by shape; a DTensor (an FSDP2 shard) keeps `empty_like`, which knows its
+    placements; none exists unless its module was imported."""
+    import torch
+
+    dtensor = dtensor_type()
+
+    def empty(tensor: torch.Tensor) -> torch.Tensor:
+        if dtensor is not None and isinstance(tensor, dtensor):
+            return torch.empty_like(tensor, device=device)
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+
+    return model._apply(empty)
+
+
+def dtensor_type() -> type | None:
+    """torch's DTensor class if it was imported (importing it costs about 2 s cold)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
 def place(model: Any, device: torch.device | str, fill_on: torch.device | None = None) -> Any:
     """Allocate a meta-device model straight on `device` and fill it there: no fp32 CPU copy
     of billions of parameters. Small uniform values keep activations finite; norm scales are
@@ -113,7 +138,7 @@ def place(model: Any, device: torch.device | str, fill_on: torch.device | None =
     import torch
 
     shared = _drop_shared(model)
-    model = model.to_empty(device=device)
+    model = allocate(model, device)
     for module, name, owner, owner_name in shared:
         setattr(module, name, getattr(owner, owner_name))
     with torch.no_grad():

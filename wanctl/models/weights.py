@@ -5,7 +5,7 @@ The DiT is built from its config with its parameters on the meta device (`empty_
 diffusers' `from_pretrained` builds it, under accelerate's `init_empty_weights`, so that the
 buffers, RoPE's frequency tables, are computed), placed there as the settings say
 (`wanctl.models.placement`: fp8 layerwise casting and FSDP2 sharding cost nothing on meta),
-then allocated where it lives (`to_empty`: the GPU, this rank's FSDP shard of each tensor,
+then allocated where it lives (`allocate`: the GPU, this rank's FSDP shard of each tensor,
 or host memory for the low-noise expert that waits there with `--offload`), and filled one
 tensor at a time from the checkpoint's safetensors files (`Weights.load`):
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wanctl.errors import UsageError
-from wanctl.models.configs import cast_as_loaded, fp32_modules, loaded_dtype
+from wanctl.models.configs import allocate, cast_as_loaded, dtensor_type, fp32_modules, loaded_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -76,8 +76,8 @@ class Weights:
         rank's part) and filled from the files, tensor by tensor."""
         import torch
 
-        computed = dict(model.named_buffers())  # to_empty leaves every buffer uninitialised
-        model.to_empty(device=device)
+        computed = dict(model.named_buffers())  # allocated, every buffer is uninitialised
+        allocate(model, device)
         keep = fp32_modules(model)
         with torch.no_grad():
             for name, buffer in model.named_buffers():
@@ -118,15 +118,15 @@ MISMATCH = "the weights are another model's than its config.json describes, or p
 def _local_part(target: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
     """The tensor this rank holds of `target`, and which part of the whole one it is: an FSDP2
     shard (a DTensor) holds its rows, any other tensor all of it."""
-    from torch.distributed.tensor import DTensor
-
-    if not isinstance(target, DTensor):
+    dtensor = dtensor_type()
+    if dtensor is None or not isinstance(target, dtensor):
         return target, tuple(slice(None) for _ in target.shape)
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
+    shard: Any = target  # a DTensor
     shape, offset = compute_local_shape_and_global_offset(
-        target.shape, target.device_mesh, target.placements
+        shard.shape, shard.device_mesh, shard.placements
     )
-    local: torch.Tensor = target.to_local()
+    local: torch.Tensor = shard.to_local()
     rows = zip(shape, offset, strict=True)
     return local, tuple(slice(start, start + size) for size, start in rows)
