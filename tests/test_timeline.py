@@ -19,7 +19,7 @@ from wanctl.decode.latents import Latents, save_latents
 def test_the_parts_add_up_to_the_wall_time() -> None:
     started = 1000.0
     marks = {"process": 1002.0, "main": 1005.0, "group": 1005.5, "first_step": 1010.0,
-             "decode_start": 1020.0}  # fmt: skip
+             "decode_start": 1020.0, "written": 1027.0}  # fmt: skip
     seconds = {"text_encode": 1.0, "sampling": 10.0, "load": 1.5, "attention": 0.5, "save": 0.2,
                "decode": 6.0, "vae_decode": 4.0, "vae_warmup": 0.5}  # fmt: skip
     timeline = run_timeline(marks, seconds, [2.0, 1.0, 1.0], started=started, launched=1001.0,
@@ -28,7 +28,8 @@ def test_the_parts_add_up_to_the_wall_time() -> None:
     assert timeline.total_s == 30.0 and abs(sum(parts.values()) - 30.0) < 1e-9
     assert parts["wanctl start and preflight"] == 1.0 and parts["imports"] == 3.0
     assert parts["first step"] == 2.0 and parts["2 more steps"] == 2.0
-    assert parts["VAE load"] == 1.5 and parts["finish and exit"] == 4.0
+    assert parts["VAE load"] == 1.5 and parts["results gathered and summary written"] == 1.0
+    assert parts["process group and process exit"] == 3.0
     assert timeline.first_step_after_s == 10.0
     assert "first step done 10.0 s after start" in timeline.describe()
 

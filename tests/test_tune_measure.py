@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from wanctl.core.launch import LaunchSpec, RunResult
+from wanctl.core.worker import write_summary
 from wanctl.core.workload import Workload
 from wanctl.errors import WanctlError
 from wanctl.probe.catalog import MODELS
@@ -33,7 +34,7 @@ class Recorder:
         self.specs.append(spec)
         run_dir = Path(spec.argv[spec.argv.index("--run-dir") + 1])
         if self.ranks is not None:
-            (run_dir / "summary.json").write_text(json.dumps({"ranks": self.ranks}))
+            write_summary(run_dir, self.ranks, node=0)
         if self.failed is not None:
             (run_dir / "rank1.json").write_text(json.dumps({"rank": 1, "time": 0, **self.failed}))
         return RunResult(0 if self.ranks else 1, False, 1.0, "")

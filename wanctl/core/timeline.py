@@ -63,10 +63,11 @@ def run_timeline(
     launched: float,
     ended: float,
 ) -> Timeline:
-    """Rank 0's `marks` (wall-clock times: "process", "main", "group", "first_step" and each
-    phase's start as "<phase>_start") and `seconds` (each phase's, and "load", "attention",
-    "vae_decode", "vae_warmup" within them, "pipeline_vae" between them), its `steps`; the
-    parent's start, launch of torchrun and end. What no part names is "other"."""
+    """Rank 0's `marks` (wall-clock times: "process", "main", "group", "first_step", each
+    phase's start as "<phase>_start", and the summary's writing, "written") and `seconds`
+    (each phase's, and "load", "attention", "vae_decode", "vae_warmup" within them,
+    "pipeline_vae" between them), its `steps`; the parent's start, launch of torchrun and end.
+    What no part names is "other"."""
     parts: list[tuple[str, float]] = [("wanctl start and preflight", launched - started)]
     if "process" in marks:
         parts += [("torchrun and python start", marks["process"] - launched),
@@ -86,7 +87,10 @@ def run_timeline(
         decode, warmup = seconds.get("vae_decode", 0.0), seconds.get("vae_warmup", 0.0)
         parts += [("VAE load", seconds["decode"] - decode - warmup),
                   ("decode kernels", warmup), ("decode", decode)]  # fmt: skip
-        parts.append(("finish and exit", ended - marks["decode_start"] - seconds["decode"]))
+        finished = marks["decode_start"] + seconds["decode"]
+        written = marks.get("written", ended)
+        parts += [("results gathered and summary written", written - finished),
+                  ("process group and process exit", ended - written)]  # fmt: skip
     total = ended - started
     parts.append(("other", total - sum(s for _, s in parts)))
     first = marks["first_step"] - started if "first_step" in marks else None

@@ -3,7 +3,8 @@ launches and `tune --measure` (and `benchmarks/memory_model.py`, through generat
 that a measured peak is a peak of the run that will happen. Torch-free.
 
 `WorkerRequest.argv` is the command line of `wanctl.workers.generate`, which parses it back;
-rank 0 writes `summary.json` in the run folder with every rank's figures (`read_ranks`).
+rank 0 writes `summary.json` in the run folder with every rank's figures (`write_summary`,
+`read_summary`).
 """
 
 from __future__ import annotations
@@ -83,17 +84,28 @@ class WorkerRequest:
         return [*args, *(flag for flag, on in flags.items() if on)]
 
 
-def read_ranks(run_dir: Path) -> list[dict[str, Any]] | None:
-    """Every rank's figures, as this node's first rank wrote them once all had decoded; None if
-    it did not."""
+@dataclass(frozen=True)
+class NodeSummary:
+    """What this node's first rank wrote once every rank had decoded: every rank's figures,
+    this node's number in the run (torchrun's GROUP_RANK: 0 writes the video and latents) and
+    when it was written (wall clock: the run's finish, before the processes exit)."""
+
+    ranks: list[dict[str, Any]]
+    node: int
+    written: float
+
+
+def write_summary(run_dir: Path, ranks: list[dict[str, Any]], node: int) -> None:
+    import time
+
+    summary = {"ranks": ranks, "node": node, "written": time.time()}
+    (run_dir / SUMMARY).write_text(json.dumps(summary))
+
+
+def read_summary(run_dir: Path) -> NodeSummary | None:
+    """The summary of `write_summary`; None if none was written."""
     path = run_dir / SUMMARY
     if not path.is_file():
         return None
-    ranks: list[dict[str, Any]] = json.loads(path.read_text())["ranks"]
-    return ranks
-
-
-def read_node(run_dir: Path) -> int:
-    """This node's number in the run (torchrun's GROUP_RANK: 0 writes the video and latents)."""
-    node: int = json.loads((run_dir / SUMMARY).read_text()).get("node", 0)
-    return node
+    summary = json.loads(path.read_text())
+    return NodeSummary(summary["ranks"], summary["node"], summary["written"])

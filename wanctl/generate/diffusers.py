@@ -4,12 +4,11 @@ reads what its ranks recorded."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from wanctl.core.launch import RunResult
 from wanctl.core.settings import Settings
 from wanctl.core.timeline import Timeline, process_started, run_timeline
-from wanctl.core.worker import WorkerRequest, read_node, read_ranks
+from wanctl.core.worker import NodeSummary, WorkerRequest, read_summary
 from wanctl.generate.failures import Stamp, failure, read_statuses
 from wanctl.generate.options import GenerateOptions, RunPaths
 from wanctl.generate.plan import GeneratePlan, GenerateSummary, RankFigures, node_note, summary
@@ -35,13 +34,13 @@ def finish(
 ) -> GenerateSummary:
     """The summary of a run, or the error of a failed one (`before`: the latents file's stamp
     as the run started; `launched`: the wall-clock time torchrun was started)."""
-    ranks = read_ranks(plan.paths.run_dir)
-    if ranks is None:  # rank 0 writes them once every rank has decoded its part
+    written = read_summary(plan.paths.run_dir)
+    if written is None:  # rank 0 writes it once every rank has decoded its part
         raise failure(plan, read_statuses(plan.paths.run_dir), result, before)
+    ranks, node = written.ranks, written.node
     attention = ranks[0].get("attention")
     steps = ranks[0]["step_seconds"]
     seconds = ranks[0]["seconds"]
-    node = read_node(plan.paths.run_dir)
     return summary(
         plan,
         start,
@@ -65,7 +64,7 @@ def finish(
         encoded_on=[r["rank"] for r in ranks if r.get("encoded_prompt")],
         compile=ranks[0].get("compile"),
         # rank 0's clock is this machine's on node 0 alone
-        timeline=_timeline(ranks[0], launched) if node == 0 else None,
+        timeline=_timeline(written, launched) if node == 0 else None,
         notes=[
             *node_note(plan, node),
             *[r["kernel_problem"] for r in ranks if r.get("kernel_problem")][:1],
@@ -73,11 +72,14 @@ def finish(
     )
 
 
-def _timeline(rank: dict[str, Any], launched: float) -> Timeline | None:
-    """Where the run's time went, from this process's start to now."""
+def _timeline(written: NodeSummary, launched: float) -> Timeline | None:
+    """Where the run's time went, from this process's start to now, by rank 0's marks and
+    the summary's writing."""
+    rank = written.ranks[0]
     marks = rank.get("marks") or {}
     if not {"main", "group"} <= marks.keys():
         return None
     started = process_started() or launched
-    return run_timeline(marks, rank["seconds"], rank["step_seconds"], started=started,
-                        launched=launched, ended=time.time())  # fmt: skip
+    return run_timeline({**marks, "written": written.written}, rank["seconds"],
+                        rank["step_seconds"], started=started, launched=launched,
+                        ended=time.time())  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from wanctl.core.launch import CHUNK_ENV, LaunchSpec, Runner, SubprocessRunner, torchrun_argv
 from wanctl.core.status import classify
-from wanctl.core.worker import GENERATE_WORKER, WorkerRequest, read_ranks
+from wanctl.core.worker import GENERATE_WORKER, WorkerRequest, read_summary
 from wanctl.errors import WanctlError
 from wanctl.probe.base import GpuInventory
 from wanctl.tune.predict import MemoryPlan
@@ -69,9 +69,10 @@ def measure_plan(
         env = {**plan.env, CHUNK_ENV: str(plan.settings.chunk_t)}
         spec_argv = torchrun_argv(GENERATE_WORKER, request.argv(), gpus)
         result = (runner or SubprocessRunner()).run(LaunchSpec(spec_argv, env, timeout_s))
-        ranks = read_ranks(folder)
-        if ranks is None:
+        summary = read_summary(folder)
+        if summary is None:
             return _failed(plan, folder, result.output)
+        ranks = summary.ranks
     return tuple(_worst(ranks, phase.name) for phase in plan.phases)
 
 

@@ -33,7 +33,6 @@ with every rank's figures and its node's number: each node's wanctl learns the o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -52,7 +51,7 @@ from wanctl.core.families import Family
 from wanctl.core.progress import announce, progress_bar
 from wanctl.core.status import RankStatus, classify
 from wanctl.core.timeline import process_started
-from wanctl.core.worker import SUMMARY
+from wanctl.core.worker import write_summary
 from wanctl.core.workload import parse_size
 from wanctl.decode.latents import Latents, save_latents
 from wanctl.decode.run import DTYPES, DecodeOptions, decode_rank
@@ -163,8 +162,7 @@ def main(argv: list[str]) -> int:
     results: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(results, asdict(result), group=waits)  # for the decoding ranks
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # every node's wanctl reads its own
-        node = int(os.environ.get("GROUP_RANK", "0"))
-        (args.run_dir / SUMMARY).write_text(json.dumps({"ranks": results, "node": node}))
+        write_summary(args.run_dir, results, int(os.environ.get("GROUP_RANK", "0")))
     status.done()
     dist.destroy_process_group()
     return 0
