@@ -83,3 +83,19 @@ def test_host_memory_check_only_loads_one_checkpoint_three_ways() -> None:
     for way in ("from_pretrained", "device_map", "streamed"):
         assert f"{way} " in output
     assert output.count(" yes ") == 3  # the same weights every way
+
+
+def test_fixed_costs_check_only_times_a_decode_and_a_generate_beside_another_checkout(
+    tmp_path: Path,
+) -> None:
+    rows_file = tmp_path / "fixed.json"
+    output = run("fixed_costs.py", "--check-only", "--generate", "--before", str(ROOT),
+                 "--json", str(rows_file))  # fmt: skip
+    assert "wanctl decode: seconds, each run a fresh process" in output
+    assert "after: median wall - work" in output and "before: median wall - work" in output
+    runs = json.loads(rows_file.read_text())["runs"]
+    assert [(r["checkout"], r["command"]) for r in runs] == [
+        ("after", "decode"), ("before", "decode"), ("after", "generate"), ("before", "generate")
+    ]  # fmt: skip
+    for r in runs:
+        assert 0 < r["work_s"] < r["wall_s"] and "decode" in r["parts"]
