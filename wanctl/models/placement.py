@@ -51,12 +51,15 @@ def prepare_dit(
     dit.requires_grad_(False)  # inference only; FSDP2 also wants one dtype among trainables
     if storage == "fp8":
         dit.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute)
-    if shard:
+    if shard:  # over every rank, on `device`'s type: FSDP2's default is CUDA wherever it is
+        from torch.distributed import get_world_size
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        mesh = init_device_mesh(device.type, (get_world_size(),))
         for block in dit.blocks:
-            fully_shard(block)
-        fully_shard(dit)
+            fully_shard(block, mesh=mesh)
+        fully_shard(dit, mesh=mesh)
     return materialise(dit, device, fill_on, weights)
 
 
