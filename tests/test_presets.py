@@ -152,7 +152,7 @@ def test_resolve_prefers_a_saved_preset_over_the_model() -> None:
 
 def test_a_rig_described_with_another_memory_size() -> None:
     _, rig = presets.rig_of("1x RTX 4090 48GB")  # the 48 GB 4090s of Wan2.2#58
-    assert rig.memory_mib == 48 * 1024 and rig.card == Card(rig.gpu_name, 48 * 1024)
+    assert rig.memory_mib == 48 * 1024 and rig.card == Card(rig.gpu_name, 48 * 1024, (8, 9))
 
 
 def test_resolve_keeps_doctors_nccl_settings_over_the_presets_env(config_dir: Path) -> None:

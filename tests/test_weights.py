@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,11 +54,33 @@ def from_pretrained(folder: Path, dtype: torch.dtype, storage: str) -> Any:
     return prepare_dit(model, storage=storage, shard=False, device=CPU, compute=dtype)
 
 
-def streamed(folder: Path, dtype: torch.dtype, storage: str, *, shard: bool = False) -> Any:
+def streamed(
+    folder: Path,
+    dtype: torch.dtype,
+    storage: str,
+    *,
+    shard: bool = False,
+    each_block: Callable[[Any], None] | None = None,
+) -> Any:
     checkpoint = DiffusersCheckpoint(folder, dtype)
     dit = checkpoint.transformer(torch.device(checkpoint.staging))
-    placed = dict(storage=storage, shard=shard, device=CPU, compute=dtype)
+    placed = dict(storage=storage, shard=shard, device=CPU, compute=dtype, each_block=each_block)
     return prepare_dit(dit, weights=checkpoint.dit_weights(0), **placed)
+
+
+class BlockRecorder:
+    """`each_block` of a load: records, as each block is handed over, that its tensors are
+    filled and that every later block is still on the meta device (one block at a time)."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+        self.dit: Any = None
+
+    def __call__(self, block: Any) -> None:
+        assert not any(t.is_meta for t in block.parameters())
+        later = self.dit.blocks[len(self.seen) + 1 :]
+        assert all(t.is_meta for t in later.parameters())
+        self.seen.append(block)
 
 
 def tensors(model: Any) -> dict[str, torch.Tensor]:
@@ -88,6 +110,40 @@ def test_the_streamed_dit_is_from_pretrained_s_bit_for_bit(
     dtypes = {t.dtype for t in mine.parameters()}
     assert dtypes == ({FP8} if storage == "fp8" else set()) | {torch.bfloat16, torch.float32}
     assert mine.rope.freqs_cos.abs().max() == 1.0  # cos(0) of the first position
+
+
+def test_a_block_at_a_time_load_hands_each_block_over_filled_and_loads_the_same_weights(
+    tmp_path: Path,
+) -> None:
+    """fp8 compute's load (`each_block`: torchao quantizes each block there): blocks filled
+    one by one, each handed over before the next is allocated, the weights and RoPE tables
+    those of the whole load."""
+    folder = tiny_checkpoint(tmp_path / "ckpt")
+    recorder = BlockRecorder()
+    checkpoint = DiffusersCheckpoint(folder, torch.bfloat16)
+    recorder.dit = checkpoint.transformer(torch.device(checkpoint.staging))
+    mine = prepare_dit(recorder.dit, storage="bf16", shard=False, device=CPU,
+                       compute=torch.bfloat16, weights=checkpoint.dit_weights(0),
+                       each_block=recorder)  # fmt: skip
+    assert recorder.seen == list(mine.blocks)
+    assert_identical(tensors(mine), tensors(streamed(folder, torch.bfloat16, "bf16")))
+
+
+def test_a_random_dit_placed_a_block_at_a_time_has_the_values_placed_at_once() -> None:
+    """The built-in synthetic DiTs (random values drawn in `named_parameters` order) are the
+    same DiT with fp8 compute's load as without: blockwise fill draws in the same order."""
+    from wanctl.models.builtin import TINY_DIT
+    from wanctl.models.configs import place
+    from wanctl.models.weights import empty_dit
+
+    recorder = BlockRecorder()
+    whole, recorder.dit = (empty_dit(TINY_DIT, torch.float32) for _ in range(2))
+    torch.manual_seed(4)
+    place(whole, CPU)
+    torch.manual_seed(4)
+    place(recorder.dit, CPU, each_block=recorder)
+    assert len(recorder.seen) == len(whole.blocks)
+    assert_identical(tensors(recorder.dit), tensors(whole))
 
 
 def test_the_waiting_expert_is_loaded_into_host_memory(tmp_path: Path) -> None:

@@ -250,7 +250,7 @@ def _render_alternatives(found: tuple[Alternative, ...], console: Console) -> No
         nearest.add_column(column)
     for alternative in found:
         nearest.add_row(
-            alternative.change,
+            escape(alternative.change),
             f"{alternative.plan.peak_gib:.2f}",
             describe(alternative.plan.settings),
         )

@@ -39,6 +39,13 @@ FP8_CAPABILITY = (8, 9)
 FP8_INSTALL = "pip install 'wanctl[fp8]' (torchao)"
 
 
+def torchao_installed() -> bool:
+    """torchao can be imported here (without importing it: it imports torch)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torchao") is not None
+
+
 def check_fp8_pins(dit_precision: str | None, dit_storage: str | None) -> None:
     """The flags a user pinned (generate's, tune's) agree: fp8 compute has fp8 weights."""
     if dit_precision == "fp8" and dit_storage == "bf16":

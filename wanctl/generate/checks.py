@@ -4,7 +4,6 @@ device and doctor's preflight. Each refusal says what, why and the fix."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from wanctl.core.launch import (
     check_new,
     check_output,
 )
-from wanctl.core.settings import FP8_CAPABILITY, FP8_INSTALL, GIB, Settings
+from wanctl.core.settings import FP8_CAPABILITY, FP8_INSTALL, GIB, Settings, torchao_installed
 from wanctl.core.variables import problems
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
 from wanctl.doctor.report import DoctorReport, Status
@@ -274,6 +273,6 @@ def check_fp8_compute(settings: Settings, inventory: GpuInventory, device: str) 
         names = ", ".join(f"GPU {g.index} {g.name} ({g.sm})" for g in old)
         why = f"{names}: fp8 matrix multiplications start at compute capability 8.9 (sm_89)"
         raise UsageError("these GPUs have no fp8 tensor cores", why=why, fix=fix)
-    if importlib.util.find_spec("torchao") is None:
+    if not torchao_installed():
         raise UsageError("fp8 compute needs torchao", why="it is not installed",
                          fix=f"{FP8_INSTALL}, or {fix}")  # fmt: skip

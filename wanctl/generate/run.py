@@ -222,6 +222,15 @@ def _notes(
         )
     if device == "cpu":
         notes.append(f"on the CPU: {world} process(es) over gloo, no preset")
+    if settings.dit_precision == "fp8" and options.dit_precision is None:
+        error = (
+            next((n for n in predicted.notes if "computed in fp8" in n), "") if predicted else ""
+        )
+        notes.append(
+            "the DiT computes in fp8 because no placement of its bf16 weights fits this card"
+            + (f" ({error})" if error else "")
+            + "; --dit-precision bf16 pins bf16"
+        )
     if options.compile and options.backend == "wan-repo":
         notes.append("--compile has no effect on the official generate.py: its DiT runs eager")
     notes += [f"{key}={value} kept from your environment" for key, value in kept.items()]

@@ -10,7 +10,8 @@ from the parameter counts recorded in `wanctl.tune.predict` without importing th
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from wanctl.core.architectures import DIT_TI2V_5B, UMT5_XXL, VAE_TI2V_5B
@@ -103,12 +104,12 @@ def cast_as_loaded(
             tensor.data = tensor.data.to(loaded_dtype(name, dtype, keep))
 
 
-def allocate(model: Any, device: torch.device | str) -> Any:
-    """`model.to_empty(device=device)` without its cost on a first call: `empty_like` of a
-    meta tensor runs through `torch._refs`, whose first use imports sympy and the symbolic
-    shapes (about 2 s of a cold `wanctl decode` that imports no diffusers). Plain tensors
-    are allocated by shape; a DTensor (an FSDP2 shard) keeps `empty_like`, which knows its
-    placements; none exists unless its module was imported."""
+def allocate(model: Any, device: torch.device | str, *, recurse: bool = True) -> Any:
+    """`model.to_empty(device=device, recurse=recurse)` without its cost on a first call:
+    `empty_like` of a meta tensor runs through `torch._refs`, whose first use imports sympy
+    and the symbolic shapes (about 2 s of a cold `wanctl decode` that imports no diffusers).
+    Plain tensors are allocated by shape; a DTensor (an FSDP2 shard) keeps `empty_like`, which
+    knows its placements; none exists unless its module was imported."""
     import torch
 
     dtensor = dtensor_type()
@@ -118,7 +119,7 @@ def allocate(model: Any, device: torch.device | str) -> Any:
             return torch.empty_like(tensor, device=device)
         return torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
 
-    return model._apply(empty)
+    return model._apply(empty, recurse=recurse)
 
 
 def dtensor_type() -> type | None:
@@ -127,33 +128,81 @@ def dtensor_type() -> type | None:
     return getattr(module, "DTensor", None)
 
 
-def place(model: Any, device: torch.device | str, fill_on: torch.device | None = None) -> Any:
+@dataclass(frozen=True)
+class Part:
+    """A piece of a model allocated and filled at once: `module` (its tensors' names start
+    with `prefix`), with its children or not (`recurse`), and whether it is a transformer
+    block (`block`)."""
+
+    prefix: str
+    module: Any
+    recurse: bool = True
+    block: bool = False
+
+    def parameters(self) -> list[tuple[str, torch.Tensor]]:
+        return [(self.prefix + n, t) for n, t in self.module.named_parameters(recurse=self.recurse)]
+
+
+def parts(model: Any, blockwise: bool) -> list[Part]:
+    """The pieces `model` is allocated in: all of it, or (`blockwise`) its own tensors, then
+    each child in order, a child ModuleList `blocks` (the transformer blocks) a block at a
+    time, so that each block can be changed (quantized to fp8) before the next is allocated.
+    The parameters come in the order of `named_parameters` either way."""
+    if not blockwise:
+        return [Part("", model)]
+    found = [Part("", model, recurse=False)]
+    for name, child in model.named_children():
+        if name == "blocks":
+            found += [Part(f"blocks.{i}.", block, block=True) for i, block in enumerate(child)]
+        else:
+            found.append(Part(f"{name}.", child))
+    return found
+
+
+def place(
+    model: Any,
+    device: torch.device | str,
+    fill_on: torch.device | None = None,
+    each_block: Callable[[Any], None] | None = None,
+) -> Any:
     """Allocate a meta-device model straight on `device` and fill it there: no fp32 CPU copy
     of billions of parameters. Small uniform values keep activations finite; norm scales are
     one. A parameter two modules share (UMT5's embedding table, 1.96 GiB) is allocated once:
     `to_empty` would give each module a table of its own (seen on the GPU: the text encode's
     peak held both), so the second reference is dropped first and restored after.
     `fill_on`: draw the values there and copy them in, one tensor at a time (a GPU fills a
-    host-resident expert in seconds, the CPU in minutes)."""
+    host-resident expert in seconds, the CPU in minutes). `each_block`: allocate and fill a
+    transformer block at a time and call it on each as it is filled (the same values)."""
     import torch
 
     shared = _drop_shared(model)
-    model = allocate(model, device)
+    with torch.no_grad():
+        for part in parts(model, each_block is not None):
+            allocate(part.module, device, recurse=part.recurse)
+            for name, tensor in part.parameters():
+                _fill(name, tensor, fill_on)
+            if part.block and each_block is not None:
+                each_block(part.module)
+        for name, tensor in model.named_buffers():
+            _fill(name, tensor, fill_on)
     for module, name, owner, owner_name in shared:
         setattr(module, name, getattr(owner, owner_name))
-    with torch.no_grad():
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            if tensor.dim() <= 1 and ("norm" in name or name.endswith("gamma")):
-                tensor.fill_(1.0)
-            elif tensor.is_floating_point() and (fill_on or tensor.dtype.itemsize == 1):
-                # fp8 has no uniform_: drawn in bf16, rounded by the copy
-                drawn = torch.empty_like(tensor, dtype=torch.bfloat16, device=fill_on)
-                tensor.copy_(drawn.uniform_(-0.02, 0.02))
-            elif tensor.is_floating_point():
-                tensor.uniform_(-0.02, 0.02)
-            else:
-                tensor.zero_()
     return model.eval()
+
+
+def _fill(name: str, tensor: torch.Tensor, fill_on: torch.device | None) -> None:
+    import torch
+
+    if tensor.dim() <= 1 and ("norm" in name or name.endswith("gamma")):
+        tensor.fill_(1.0)
+    elif tensor.is_floating_point() and (fill_on or tensor.dtype.itemsize == 1):
+        # fp8 has no uniform_: drawn in bf16, rounded by the copy
+        drawn = torch.empty_like(tensor, dtype=torch.bfloat16, device=fill_on)
+        tensor.copy_(drawn.uniform_(-0.02, 0.02))
+    elif tensor.is_floating_point():
+        tensor.uniform_(-0.02, 0.02)
+    else:
+        tensor.zero_()
 
 
 def _drop_shared(model: Any) -> list[tuple[Any, str, Any, str]]:

@@ -23,6 +23,7 @@ a whole expert it will shard, nor a host copy of one it puts on its GPU.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,10 +45,11 @@ def prepare_dit(
     compute: torch.dtype,
     fill_on: torch.device | None = None,
     weights: Weights | None = None,
+    each_block: Callable[[Any], None] | None = None,
 ) -> Any:
     """`dit` stored as asked, sharded if asked, then on `device` (allocated there if it was on
     the meta device, and filled from a checkpoint's `weights`, or with random values drawn on
-    `fill_on`, by default `device`)."""
+    `fill_on`, by default `device`), `each_block` called on each transformer block there."""
     dit.requires_grad_(False)  # inference only; FSDP2 also wants one dtype among trainables
     if storage == "fp8":
         dit.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute)
@@ -60,7 +62,7 @@ def prepare_dit(
         for block in dit.blocks:
             fully_shard(block, mesh=mesh)
         fully_shard(dit, mesh=mesh)
-    return materialise(dit, device, fill_on, weights)
+    return materialise(dit, device, fill_on, weights, each_block)
 
 
 def materialise(
@@ -68,15 +70,22 @@ def materialise(
     device: torch.device,
     fill_on: torch.device | None = None,
     weights: Weights | None = None,
+    each_block: Callable[[Any], None] | None = None,
 ) -> Any:
     """On `device`: a meta-device DiT allocated there and loaded from its `weights`, or given
-    random ones (drawn on `fill_on`: the run's GPU fills a host-resident expert in seconds);
-    another moved."""
+    random ones (drawn on `fill_on`: the run's GPU fills a host-resident expert in seconds),
+    a block at a time with `each_block` called on each; another moved, then each block
+    passed to `each_block`."""
     if weights is not None:
-        return weights.load(dit, device)
+        return weights.load(dit, device, each_block)
     if any(p.is_meta for p in dit.parameters()):
-        return place(dit, device, fill_on=fill_on if fill_on != device else None)
-    return dit.to(device)
+        return place(dit, device, fill_on=fill_on if fill_on != device else None,
+                     each_block=each_block)  # fmt: skip
+    dit = dit.to(device)
+    if each_block is not None:
+        for block in dit.blocks:
+            each_block(block)
+    return dit
 
 
 class BoundarySwap:

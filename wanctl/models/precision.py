@@ -43,12 +43,19 @@ def fp8_problem(device: torch.device) -> str | None:
 
 
 def quantize_fp8(dit: Any, *, per_row: bool = True) -> None:
-    """The linear layers of `dit`'s transformer blocks, in place, as fp8 weights with per-row
-    scales that quantize their input per row at each call (torchao's `quantize_`; `per_row`
-    False: one scale per tensor, which `benchmarks/dit.py` weighs). torchao's changes to
-    Inductor's global settings are left out: its coordinate descent tuning made the cold
-    compile of TI2V-5B's block 30.7 s instead of 8.0 s for a forward 0.4% faster (one H200,
-    `benchmarks/dit.py`, 2026-12-02)."""
+    """The linear layers of `dit`'s transformer blocks as `quantize_block` makes them."""
+    for block in dit.blocks:
+        quantize_block(block, per_row=per_row)
+
+
+def quantize_block(block: Any, *, per_row: bool = True) -> None:
+    """The linear layers of a transformer block, in place, as fp8 weights with per-row scales
+    that quantize their input per row at each call (torchao's `quantize_`; `per_row` False:
+    one scale per tensor, which `benchmarks/dit.py` weighs). A DiT's load calls it on each
+    block as it is filled (`wanctl.models.weights`): one block in bf16 at a time. torchao's
+    changes to Inductor's global settings are left out: its coordinate descent tuning made
+    the cold compile of TI2V-5B's block 30.7 s instead of 8.0 s for a forward 0.4% faster
+    (one H200, `benchmarks/dit.py`, 2026-12-02)."""
     from torchao.quantization import (
         Float8DynamicActivationFloat8WeightConfig,
         PerRow,
@@ -60,5 +67,4 @@ def quantize_fp8(dit: Any, *, per_row: bool = True) -> None:
     config = Float8DynamicActivationFloat8WeightConfig(
         granularity=granularity, set_inductor_config=False
     )
-    for block in dit.blocks:
-        quantize_(block, config)
+    quantize_(block, config)

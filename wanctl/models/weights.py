@@ -33,13 +33,21 @@ to fp8 directly: not the weights of `from_pretrained`, which rounds to bf16 firs
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wanctl.errors import UsageError
-from wanctl.models.configs import allocate, cast_as_loaded, dtensor_type, fp32_modules, loaded_dtype
+from wanctl.models.configs import (
+    Part,
+    allocate,
+    cast_as_loaded,
+    dtensor_type,
+    fp32_modules,
+    loaded_dtype,
+    parts,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -71,20 +79,27 @@ class Weights:
     dtype: torch.dtype
     fix: str
 
-    def load(self, model: Any, device: torch.device) -> Any:
+    def load(
+        self, model: Any, device: torch.device, each_block: Callable[[Any], None] | None = None
+    ) -> Any:
         """`model` (placed, on the meta device) allocated on `device` (FSDP2 shards: this
-        rank's part) and filled from the files, tensor by tensor."""
+        rank's part) and filled from the files, tensor by tensor. `each_block`: a transformer
+        block at a time, called on each once filled (fp8 compute quantizes it there, so that
+        the bf16 weights on the GPU are one block's, not the DiT's)."""
         import torch
 
         computed = dict(model.named_buffers())  # allocated, every buffer is uninitialised
-        allocate(model, device)
         keep = fp32_modules(model)
         with torch.no_grad():
-            for name, buffer in model.named_buffers():
-                buffer.copy_(computed[name])
-            for name, target in model.state_dict(keep_vars=True).items():
-                dtype = loaded_dtype(name, self.dtype, keep)
-                self._copy_into(name, target, dtype if target.is_floating_point() else None)
+            for part in parts(model, each_block is not None):
+                allocate(part.module, device, recurse=part.recurse)
+                for name, buffer in part.module.named_buffers(recurse=part.recurse):
+                    buffer.copy_(computed[part.prefix + name])
+                for name, target in _state(part).items():
+                    dtype = loaded_dtype(name, self.dtype, keep)
+                    self._copy_into(name, target, dtype if target.is_floating_point() else None)
+                if part.block and each_block is not None:
+                    each_block(part.module)
         return model.eval()
 
     def _copy_into(self, name: str, target: torch.Tensor, dtype: torch.dtype | None) -> None:
@@ -110,6 +125,13 @@ class Weights:
         except SafetensorError as error:  # a file cut short or damaged since it was checked
             raise UsageError(f"cannot read {name} from {file}", why=str(error),
                              fix=self.fix) from None  # fmt: skip
+
+
+def _state(part: Part) -> dict[str, torch.Tensor]:
+    """The tensors of `part` a checkpoint holds (its state dict), by their names in the model."""
+    state = part.module.state_dict(keep_vars=True)
+    own = state.items() if part.recurse else ((k, v) for k, v in state.items() if "." not in k)
+    return {part.prefix + name: tensor for name, tensor in own}
 
 
 MISMATCH = "the weights are another model's than its config.json describes, or partly downloaded"

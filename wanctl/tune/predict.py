@@ -36,6 +36,7 @@ from wanctl.core.links import StepTime
 from wanctl.core.settings import (
     DTYPE_BYTES,
     EXPERTS,
+    FP8_CAPABILITY,
     GIB,
     Placement,
     Resident,
@@ -58,10 +59,16 @@ SAFETY_MARGIN = 0.05
 
 @dataclass(frozen=True)
 class Card:
-    """The GPU a plan is for: the smallest of the rig."""
+    """The GPU a plan is for: the smallest of the rig, and the lowest compute capability of
+    its GPUs (None: unknown)."""
 
     name: str
     memory_mib: int
+    compute_capability: tuple[int, int] | None = None
+
+    @property
+    def fp8_tensor_cores(self) -> bool:
+        return self.compute_capability is not None and self.compute_capability >= FP8_CAPABILITY
 
     @property
     def gib(self) -> float:
@@ -73,7 +80,8 @@ class Card:
         its own or not given, else the size given."""
         count, model, memory_gb = parse_rig(description)
         own = memory_gb in (None, memory_class_gb(model.memory_total_mib))
-        return count, cls(model.name, model.memory_total_mib if own else (memory_gb or 0) * 1024)
+        memory_mib = model.memory_total_mib if own else (memory_gb or 0) * 1024
+        return count, cls(model.name, memory_mib, model.compute_capability)
 
     @classmethod
     def smallest(cls, inventory: GpuInventory) -> Card:
@@ -85,7 +93,10 @@ class Card:
                 fix='plan for a described rig: --rig "2x RTX 5090 32GB"',
             )
         gpu = min(sized, key=lambda g: g.memory_total_mib or 0)
-        return cls(gpu.name or "GPU", gpu.memory_total_mib or 0)
+        capabilities = [g.compute_capability for g in inventory.live_gpus()]
+        known = [c for c in capabilities if c is not None]
+        lowest = min(known) if known and len(known) == len(capabilities) else None
+        return cls(gpu.name or "GPU", gpu.memory_total_mib or 0, lowest)
 
 
 @dataclass(frozen=True)
@@ -344,7 +355,8 @@ def _notes(settings: Settings) -> tuple[str, ...]:
             "memory, a forward 0.67x (TI2V-5B) to 0.73x (A14B) of eager bf16's once compiled, "
             f"for a relative L2 error per forward of {FP8_COMPUTE_ERROR[0]:.1e} (TI2V-5B) to "
             f"{FP8_COMPUTE_ERROR[1]:.1e} (A14B) against bf16, measured on an H200 with random "
-            "weights (benchmarks/dit.py); the bf16 weights load on the GPU first"
+            "weights (benchmarks/dit.py); loaded a block at a time, each quantized before the "
+            "next is allocated"
         )
     elif settings.dit_storage == "fp8":
         notes.append(

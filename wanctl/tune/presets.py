@@ -33,11 +33,11 @@ from wanctl.core.settings import Settings, describe
 from wanctl.core.workload import Workload
 from wanctl.errors import UsageError, WanctlError
 from wanctl.probe.base import GpuInventory, fingerprint
-from wanctl.probe.catalog import parse_rig
+from wanctl.probe.catalog import find_model, parse_rig
 from wanctl.probe.fake import describe_rig
 from wanctl.tune.measurements import MEASUREMENTS
 from wanctl.tune.predict import Card, MemoryPlan, predict
-from wanctl.tune.search import Constraints, plan, with_step
+from wanctl.tune.search import Constraints, fp8_computable, plan, with_step
 from wanctl.tune.speed import RigLinks
 
 if sys.version_info >= (3, 11):
@@ -68,7 +68,10 @@ class Rig:
 
     @property
     def card(self) -> Card:
-        return Card(self.gpu_name, self.memory_mib)
+        """The rig's card, its compute capability the catalog's for its name (None for a
+        model the catalog lacks)."""
+        model = find_model(self.gpu_name, round(self.memory_mib / 1024))
+        return Card(self.gpu_name, self.memory_mib, model.compute_capability)
 
 
 @dataclass(frozen=True)
@@ -434,7 +437,7 @@ def resolve(
     links = RigLinks.of(rig_fingerprint, preset.rig.links if preset else ())
     entry = preset.find(workload, backend) if preset else None
     if preset is None or entry is None:
-        constraints = Constraints(backend=backend)
+        constraints = Constraints(backend=backend, fp8_compute=fp8_computable(card))
         return plan(workload, card, constraints, platform=platform, nccl_env=nccl_env,
                     host_free_gib=host_free_gib, links=links)  # fmt: skip
     predicted = with_step(

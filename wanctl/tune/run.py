@@ -24,6 +24,7 @@ from wanctl.tune.search import (
     Alternative,
     Constraints,
     alternatives,
+    fp8_computable,
     layouts_tried,
     plan,
     with_host,
@@ -115,7 +116,7 @@ def run(options: TuneOptions) -> TuneReport:
         )
     workload = Workload(width, height, options.frames or family.frames, gpus,
                         image=family.image == "required", family=family)  # fmt: skip
-    constraints = options.constraints
+    constraints = dataclasses.replace(options.constraints, fp8_compute=fp8_computable(rig.card))
     links = links_of(rig_fingerprint)
     chosen = plan(workload, rig.card, constraints, platform=platform, nccl_env=rig.nccl_env,
                   host_free_gib=host_free_gib, links=links)  # fmt: skip

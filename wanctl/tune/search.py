@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from wanctl.core.settings import Settings, check_fp8_pins
+from wanctl.core.settings import FP8_INSTALL, Settings, check_fp8_pins, torchao_installed
 from wanctl.core.variables import busy_chunk_t
 from wanctl.core.workload import TEMPORAL, Workload, ulysses_degrees, ulysses_problem
 from wanctl.tune.host import HOST_MARGIN, host_plan
@@ -31,6 +31,9 @@ class Constraints:
     cfg_parallel: bool | None = None
     dit_precision: str | None = None
     compile: bool | None = None
+    # Not a pin: the search may compute in fp8 where the DiT's weights must be fp8 to fit (the
+    # rig's GPUs have fp8 tensor cores and torchao is installed: `fp8_computable`).
+    fp8_compute: bool = False
 
     def __post_init__(self) -> None:
         check_fp8_pins(self.dit_precision, self.dit_storage)
@@ -50,7 +53,7 @@ def candidates(workload: Workload, constraints: Constraints, platform: str) -> I
     ranks = constraints.decode_ranks or workload.gpus
     chunks = [constraints.chunk_t] if constraints.chunk_t else sorted({busy_chunk_t(ranks), 1},
                                                                        reverse=True)  # fmt: skip
-    for dit, storage, offload in placements_tried(workload, constraints):
+    for dit, storage, offload, precision in placements_tried(workload, constraints):
         for encoder in [constraints.text_encoder] if constraints.text_encoder else ["gpu", "cpu"]:
             for cfg, chunk_t in itertools.product(layouts_tried(workload, constraints), chunks):
                 yield Settings(
@@ -64,7 +67,7 @@ def candidates(workload: Workload, constraints: Constraints, platform: str) -> I
                     expandable_segments=allocator_conf(platform) is not None,
                     dit_storage=storage,
                     cfg_parallel=cfg,
-                    dit_precision=constraints.dit_precision or "bf16",
+                    dit_precision=precision,
                     compile=True if constraints.compile is None else constraints.compile,
                 )
 
@@ -78,8 +81,11 @@ def layouts_tried(workload: Workload, constraints: Constraints) -> tuple[bool, .
     return (False, True) if splits else (False,)
 
 
-def placements_tried(workload: Workload, constraints: Constraints) -> list[tuple[str, str, bool]]:
-    """(dit, dit_storage, offload) in the order tried, those the user pinned kept:
+def placements_tried(
+    workload: Workload, constraints: Constraints
+) -> list[tuple[str, str, bool, str]]:
+    """(dit, dit_storage, offload, dit_precision) in the order tried, those the user pinned
+    kept:
 
     - the official code: the DiT replicated before `--dit_fsdp` (FSDP all-gathers every layer
       at every step; several GPUs only), `--offload_model` (seconds of copies a run) after
@@ -90,6 +96,10 @@ def placements_tried(workload: Workload, constraints: Constraints) -> list[tuple
       a run, about 7 s on an H200, and an expert's worth of host RAM per rank); both sharded
       (an all-gather per block and forward: several GPUs only); then the same three with the
       experts stored in fp8, which costs quality (`wanctl.tune.predict.FP8_ERROR`).
+    Where fp8 weights are tried and the rig can compute in fp8 (`Constraints.fp8_compute`),
+    the replicated DiT computed in fp8 comes first among them: it stores the same bytes, runs
+    faster than bf16 once compiled (layerwise casting runs slower, eager) and errs about half
+    as much (`FP8_COMPUTE_ERROR`); for TI2V-5B it is the one fp8 placement.
     A pinned placement outside these is tried alone: the user asked for it (and
     `run_problem` says when the backend cannot run it)."""
     several = workload.gpus > 1
@@ -106,11 +116,36 @@ def placements_tried(workload: Workload, constraints: Constraints) -> list[tuple
         order = list(dict.fromkeys((dit, "fp8", offload) for dit, _, offload in order))
     pins = (constraints.dit, constraints.dit_storage, constraints.offload)
     kept = [p for p in order if all(pin in (None, v) for pin, v in zip(pins, p, strict=True))]
-    if kept:
-        return kept
-    dit, storage, offload = order[0]
-    pinned_offload = offload if constraints.offload is None else constraints.offload
-    return [(constraints.dit or dit, constraints.dit_storage or storage, pinned_offload)]
+    if not kept:
+        dit, storage, offload = order[0]
+        pinned_offload = offload if constraints.offload is None else constraints.offload
+        kept = [(constraints.dit or dit, constraints.dit_storage or storage, pinned_offload)]
+    return with_precision(kept, constraints)
+
+
+def with_precision(
+    placements: list[tuple[str, str, bool]], constraints: Constraints
+) -> list[tuple[str, str, bool, str]]:
+    """Each placement with the precision it computes in (the pinned one, else bf16), and,
+    where the rig can compute in fp8 and the pins allow it, the replicated DiT computed in fp8
+    before the first fp8-stored placement (`placements_tried`)."""
+    tried = [(*p, constraints.dit_precision or "bf16") for p in placements]
+    if constraints.dit_precision is not None or not constraints.fp8_compute:
+        return tried
+    computed = ("replicated", "fp8", False)
+    pins = (constraints.dit, constraints.dit_storage, constraints.offload)
+    if constraints.backend != "diffusers" or any(
+        pin not in (None, value) for pin, value in zip(pins, computed, strict=True)
+    ):
+        return tried
+    at = next((i for i, p in enumerate(tried) if p[1] == "fp8"), len(tried))
+    return [*tried[:at], (*computed, "fp8"), *tried[at:]]
+
+
+def fp8_computable(card: Card) -> bool:
+    """The run can compute its DiT in fp8: the card has fp8 tensor cores and torchao is
+    installed here (`generate` refuses fp8 compute otherwise)."""
+    return card.fp8_tensor_cores and torchao_installed()
 
 
 def plan(
@@ -181,8 +216,9 @@ def alternatives(
     platform: str = "linux",
     host_free_gib: float | None = None,
 ) -> tuple[Alternative, ...]:
-    """The nearest runs that would fit and that the backend can split: each pin released, fewer
-    frames, a smaller size of the same shape, the other backend (the official code shards the
+    """The nearest runs that would fit and that the backend can split: each pin released, fp8
+    compute where the card has it but torchao is missing, fewer frames, a smaller size of the
+    same shape, the other backend (the official code shards the
     DiT with --dit_fsdp), more GPUs (fewer first, when the tokens or heads do not split over
     these)."""
 
@@ -205,6 +241,11 @@ def alternatives(
         pinned = getattr(constraints, name)
         if pinned is not None and (p := fitting(workload, unpinned)):
             found.append(Alternative(f"{_label(name, p.settings)} (instead of {pinned})", p))
+    if card.fp8_tensor_cores and not constraints.fp8_compute and constraints.backend == "diffusers":
+        computed = dataclasses.replace(constraints, fp8_compute=True)
+        if (p := fitting(workload, computed)) and p.settings.dit_precision == "fp8":
+            found.append(Alternative(f"the DiT computed in fp8, once torchao is installed: "
+                                     f"{FP8_INSTALL}", p))  # fmt: skip
     if constraints.decode_dtype == "fp32" and (
         p := fitting(workload, dataclasses.replace(constraints, decode_dtype="bf16"))
     ):

@@ -28,7 +28,7 @@ from wanctl.models.cfg import cfg_mesh, enable_cfg_parallel
 from wanctl.models.compiled import CompiledDit, CompileReport, not_compiled
 from wanctl.models.pipelines import WanModel
 from wanctl.models.placement import BoundarySwap, prepare_dit
-from wanctl.models.precision import fp8_problem, quantize_fp8
+from wanctl.models.precision import fp8_problem, quantize_block
 
 
 def load_dits(
@@ -48,20 +48,21 @@ def load_dits(
                          "without fp8 tensor cores)")  # fmt: skip
     staging = torch.device(model.staging)
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
-    # fp8 compute quantizes bf16 weights itself (below), with scales; no layerwise cast first
-    storage = "bf16" if args.dit_precision == "fp8" else args.dit_storage
-    placed = dict(storage=storage, shard=args.dit == "fsdp", compute=compute)
+    # fp8 compute quantizes bf16 weights itself, with scales, each block as it is loaded
+    fp8 = args.dit_precision == "fp8"
+    placed = dict(storage="bf16" if fp8 else args.dit_storage, shard=args.dit == "fsdp",
+                  compute=compute, each_block=quantize_block if fp8 else None)  # fmt: skip
     high = model.transformer(staging)
-    dits = [fp8_if_asked(prepare_dit(high, device=device, weights=model.dit_weights(0), **placed),
-                         args, device)]  # fmt: skip
+    dits = [prepare_dit(high, device=device, weights=model.dit_weights(0), **placed)]
     low = model.transformer_2(staging)
     swap = None
     if low is not None:
         waits = torch.device("cpu") if args.offload else device
         weights = model.dit_weights(1)
-        low = prepare_dit(low, device=waits, fill_on=device, weights=weights, **placed)
-        dits.append(fp8_if_asked(low, args, device))
+        dits.append(prepare_dit(low, device=waits, fill_on=device, weights=weights, **placed))
         swap = BoundarySwap(dits[0], dits[1], device) if args.offload else None
+    if fp8:
+        release(device)  # the last block's bf16 weights
     eager = eager_reason(device, args)
     compiled = [] if eager else [CompiledDit(dit) for dit in dits]
     world, groups = dist.get_world_size(), 2 if args.cfg_parallel else 1
@@ -72,16 +73,6 @@ def load_dits(
         if mesh is not None:
             enable_cfg_parallel(dit, negative, mesh)
     return dits, swap, compiled
-
-
-def fp8_if_asked(dit: Any, args: argparse.Namespace, device: torch.device) -> Any:
-    """With `--dit-precision fp8`, `dit`'s linear layers quantized to fp8 as soon as it is
-    placed, its bf16 weights freed before the next expert is: one bf16 DiT on the GPU at a
-    time (the load's transient), not two."""
-    if args.dit_precision == "fp8":
-        quantize_fp8(dit)
-        release(device)
-    return dit
 
 
 def eager_reason(device: torch.device, args: argparse.Namespace) -> CompileReport | None:
