@@ -131,14 +131,16 @@ def generate_argv(args: argparse.Namespace, output: Path) -> list[str]:
 
 
 def run_all(args: argparse.Namespace, folder: Path) -> list[Run]:
-    """Every run, the checkouts interleaved: decodes first, then generates."""
+    """Every run, the checkouts interleaved, in turn first (the first run of all meets the
+    coldest caches): decodes first, then generates."""
     inputs = write_inputs(args, folder)
     checkouts = {"after": ROOT, **({"before": args.before.resolve()} if args.before else {})}
     runs: list[Run] = []
     plan = [("decode", args.repeats), *([("generate", args.generate_repeats)] * args.generate)]
     for command, repeats in plan:
         for repeat in range(repeats):
-            for label, checkout in checkouts.items():
+            order = list(checkouts.items())
+            for label, checkout in order[::-1] if repeat % 2 else order:
                 output = folder / f"{label}-{command}-{repeat}.{SUFFIX[command]}"
                 argv = (
                     decode_argv(args, inputs, output)
@@ -170,9 +172,13 @@ def render(console: Console, runs: list[Run], command: str) -> None:
     table.add_row("wall - work", *(f"{run.wall_s - run.work_s:.2f}" for run in these))
     console.print(table)
     for checkout in dict.fromkeys(r.checkout for r in these):
-        rest = statistics.median(r.wall_s - r.work_s for r in these if r.checkout == checkout)
+        rests = [r.wall_s - r.work_s for r in these if r.checkout == checkout]
+        # a checkout's first run meets cold caches (bytecode, the files, Inductor's, the
+        # attention timings): shown, and left out of the median where more runs followed
+        rest = statistics.median(rests[1:] or rests)
+        which = f"runs 2-{len(rests)}; run 1, cold: {rests[0]:.2f} s" if rests[1:] else "1 run"
         verdict = f"; within {WITHIN_S:.0f} s: {'yes' if rest <= WITHIN_S else 'no'}"
-        console.print(f"{checkout}: median wall - work {rest:.2f} s"
+        console.print(f"{checkout}: wall - work {rest:.2f} s (median of {which})"
                       + (verdict if command == "decode" else ""))  # fmt: skip
 
 
@@ -187,7 +193,7 @@ def provenance(args: argparse.Namespace) -> str:
 
 def main() -> None:
     args = parse_args()
-    console = Console()
+    console = Console(width=160)  # the tables unwrapped in a log
     console.print(provenance(args))
     with tempfile.TemporaryDirectory(prefix="wanctl-fixed-", dir=args.folder) as name:
         runs = run_all(args, Path(name))

@@ -189,6 +189,17 @@ def test_bad_inputs_exit_non_zero_with_a_clear_message(
         assert digest(latents) == before
 
 
+def test_an_error_line_is_never_broken_so_its_path_copies_whole(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    """On a narrow terminal or in a log, the what/why/fix lines keep their paths in one piece
+    (the terminal wraps them; rich would have cut them at its width)."""
+    absent = tmp_path / ("a-folder-with-a-rather-long-name-" * 3) / "latents.safetensors"
+    result = decode(cli, absent, "-o", tmp_path / "v.mp4", "--vae", "tiny", env={"COLUMNS": "60"})
+    assert result.exit_code == 2
+    assert str(absent) in result.stderr.splitlines()[0]
+
+
 def test_the_output_may_not_be_the_latents_file(cli: CliRunner, tmp_path: Path) -> None:
     latents = tmp_path / "latents.npy"
     save_latents(latents, Latents(torch.zeros(1, 48, 2, 2, 2), normalized=True))

@@ -26,7 +26,7 @@ from wanctl.core.worker import WorkerRequest
 from wanctl.errors import UsageError
 from wanctl.generate.checks import check_fp8_compute
 from wanctl.models.builtin import tiny_transformer
-from wanctl.models.compiled import CompiledDit, not_compiled
+from wanctl.models.compiled import CompiledDit, not_compiled, release_compile_workers
 from wanctl.models.precision import fp8_problem
 from wanctl.probe.base import GpuInfo, GpuInventory
 from wanctl.workers.dits import compile_report, enable_ulysses, set_attention_backend
@@ -117,6 +117,18 @@ def test_the_summary_reports_the_worst_of_two_experts() -> None:
     report = compile_report(wrappers, torch.device("cpu"), args)
     assert report["compiled"] is False and "no C compiler" in report["reason"]
     assert compile_report(wrappers[:1], torch.device("cpu"), args)["whole_blocks"] is True
+
+
+def test_the_compile_workers_shut_down_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor's pool of compile workers (real processes) is gone once the thread ends, so
+    that the exit does not wait for it."""
+    import torch._inductor.config as inductor
+    from torch._inductor.async_compile import AsyncCompile
+
+    monkeypatch.setattr(inductor, "compile_threads", 2)
+    pool: Any = AsyncCompile.process_pool()
+    release_compile_workers().join(timeout=120)
+    assert not pool.running and pool.process.poll() is not None
 
 
 def test_the_cpu_and_no_compile_stay_eager_with_the_reason() -> None:

@@ -84,12 +84,12 @@ def error_document(error: WanctlError) -> dict[str, Any]:
 def show_error(error: WanctlError, as_json: bool) -> None:
     """What, why and fix in colour on stderr; with --json also the error's document on stdout."""
     console = err_console()
-    # escaped: messages quote what the user typed, which may look like markup ("[/]")
-    console.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False)
-    if error.why:
-        console.print(f"[red]why:[/] {escape(error.why)}", highlight=False)
-    if error.fix:
-        console.print(f"[green]fix:[/] {escape(error.fix)}", highlight=False)
+    # escaped: messages quote what the user typed, which may look like markup ("[/]"); each
+    # line unbroken (soft wrap): a path or the fix's command stays whole to copy, or to grep
+    for label, text in (("[bold red]error:[/]", error.message), ("[red]why:[/]", error.why),
+                        ("[green]fix:[/]", error.fix)):  # fmt: skip
+        if text:
+            console.print(f"{label} {escape(text)}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(error_document(error))
 

@@ -33,7 +33,7 @@ from wanctl.decode.run import (
 from wanctl.decode.stream import StreamResult
 from wanctl.errors import WanctlError
 from wanctl.workers.failures import expected
-from wanctl.workers.group import waiting_group
+from wanctl.workers.group import leave, waiting_group
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -96,4 +96,4 @@ def run_rank(args: argparse.Namespace, device: torch.device) -> list[StreamResul
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    leave(main(sys.argv[1:]))

@@ -58,6 +58,7 @@ from wanctl.decode.run import DTYPES, DecodeOptions, decode_rank
 from wanctl.decode.stream import StreamResult
 from wanctl.models.catalog import MODELS
 from wanctl.models.cfg import CfgBranch
+from wanctl.models.compiled import release_compile_workers
 from wanctl.models.condition import ReplayEncode, encode_first
 from wanctl.models.pipelines import NEGATIVE_PROMPT, WanModel, build_pipeline
 from wanctl.models.select import model_for
@@ -70,7 +71,7 @@ from wanctl.workers.dits import (
     set_attention_backend,
 )
 from wanctl.workers.failures import expected
-from wanctl.workers.group import waiting_group
+from wanctl.workers.group import leave, waiting_group
 
 GIB = 2**30
 
@@ -295,6 +296,8 @@ def sample(
             **extra,
         )
     latents: torch.Tensor = output.frames.float()
+    if compiled:
+        release_compile_workers()
     result.compile = compile_report(compiled, device, args)
     if swap is not None and swap.seconds is not None:
         result.seconds["expert_swap"] = swap.seconds
@@ -453,4 +456,4 @@ def _import_libraries() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    leave(main(sys.argv[1:]) or 0)
