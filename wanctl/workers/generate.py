@@ -445,13 +445,16 @@ def _import_libraries() -> None:
     them; and their notices quieted, which would print once per rank on every run: diffusers'
     'experimental feature', the deprecation of a collective it calls, transformers' note on an
     image processor Wan2.2 does not use."""
-    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel  # noqa: F401
     from diffusers.utils import logging as diffusers_logging
-    from transformers import UMT5EncoderModel  # noqa: F401
     from transformers.utils import logging as transformers_logging
 
+    # quieted before the models import: diffusers' torchao support warns as it is imported
+    # where torchao's version lacks the tensor classes it lists (0.18: "Unable to import")
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
+    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel  # noqa: F401
+    from transformers import UMT5EncoderModel  # noqa: F401
+
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers.hooks")
 
 
