@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -61,6 +63,24 @@ def test_a_late_rank_outlasts_the_default_timeout_only_over_the_waiting_group(
     # the same waits on the default group: rank 0 gives up before rank 1 comes
     assert "timed out" in first["default group"].lower(), first
     assert late["default group"] != "ok"
+
+
+def test_a_worker_leaves_with_its_code_and_its_output_flushed() -> None:
+    """`leave` skips the interpreter's teardown (its exit handlers too) but not what the
+    worker printed or logged: buffered output reaches the pipe, the exit code is the one given."""
+    script = (
+        "import atexit, logging, sys\n"
+        "from wanctl.workers.group import leave\n"
+        "logging.basicConfig(stream=sys.stderr)\n"
+        "atexit.register(lambda: print('teardown ran'))\n"
+        "print('the summary is written', end='')\n"
+        "logging.getLogger('w').warning('a logged line')\n"
+        "leave(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "the summary is written"
+    assert "a logged line" in done.stderr
 
 
 if __name__ == "__main__":
