@@ -63,7 +63,7 @@ def test_retry_with_p2p_disabled_becomes_the_recommendation(tmp_path: Path) -> N
     check, env = allreduce_check(
         SubprocessRunner(),
         2,
-        timeout_s=12,  # the hang waits it out; the retry, two gloo processes, takes seconds
+        timeout_s=20,
         backend="gloo",
         worker="hang_unless_p2p_disabled",
         extra_env=worker_env(tmp_path),

@@ -127,7 +127,10 @@ def test_the_compile_workers_shut_down_in_the_background(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(inductor, "compile_threads", 2)
     pool: Any = AsyncCompile.process_pool()
-    release_compile_workers().join(timeout=120)
+    shutdown = release_compile_workers()
+    assert shutdown.name == "inductor-workers-shutdown"  # not the caller's thread
+    shutdown.join(timeout=120)
+    assert not shutdown.is_alive()
     assert not pool.running and pool.process.poll() is not None
 
 

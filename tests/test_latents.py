@@ -33,12 +33,12 @@ def test_round_trip_keeps_tensor_and_metadata(tmp_path: Path) -> None:
 
 def test_saved_latents_have_a_files_usual_mode_not_owner_only(tmp_path: Path) -> None:
     """As the video beside them (0666 less the umask): others on the machine can decode them."""
-    old = os.umask(0o022)
+    old = os.umask(0o027)
     try:
         save_latents(tmp_path / "z.safetensors", Latents(torch.zeros(1, 48, 1, 2, 2), True))
     finally:
         os.umask(old)
-    assert (tmp_path / "z.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "z.safetensors").stat().st_mode & 0o777 == 0o640
 
 
 def test_unbatched_latents_and_default_fps(tmp_path: Path) -> None:

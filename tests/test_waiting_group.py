@@ -67,17 +67,23 @@ def test_a_late_rank_outlasts_the_default_timeout_only_over_the_waiting_group(
 
 def test_a_worker_leaves_with_its_code_and_its_output_flushed() -> None:
     """`leave` skips the interpreter's teardown (its exit handlers too) but not what the
-    worker printed or logged: buffered output reaches the pipe, the exit code is the one given."""
+    worker printed or logged: buffered output reaches the pipe (Python's own buffer, unbuffered
+    mode off; a log handler that holds its records until shut down), the exit code is the one
+    given."""
     script = (
-        "import atexit, logging, sys\n"
+        "import atexit, logging, logging.handlers, sys\n"
         "from wanctl.workers.group import leave\n"
-        "logging.basicConfig(stream=sys.stderr)\n"
+        "held = logging.handlers.MemoryHandler(1000, logging.CRITICAL + 1,\n"
+        "                                      logging.StreamHandler(sys.stderr))\n"
+        "logging.getLogger('w').addHandler(held)\n"
         "atexit.register(lambda: print('teardown ran'))\n"
         "print('the summary is written', end='')\n"
         "logging.getLogger('w').warning('a logged line')\n"
         "leave(3)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
     assert done.returncode == 3, done.stderr
     assert done.stdout == "the summary is written"
     assert "a logged line" in done.stderr

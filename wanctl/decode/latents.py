@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from wanctl.core.architectures import (
     VAE_FAMILIES,
@@ -100,17 +100,10 @@ def save_latents(path: Path, latents: Latents) -> None:
     }
     metadata.update({k: str(v) for k, v in latents.source.items() if k in SOURCE_KEYS})
     partial = partial_path(path)
-    save_file({TENSOR_NAME: latents.tensor.contiguous()}, str(partial), metadata=metadata)
-    # safetensors creates its file owner-only (0600); the latents get a file's usual mode, as
-    # the video beside them does, for the others who decode them on a shared machine
-    os.chmod(partial, 0o666 & ~_umask())
+    # written as bytes, not by safetensors' save_file, which creates its file owner-only
+    # (0600): the latents get the umask's mode, as the video beside them does (tens of MB)
+    partial.write_bytes(save({TENSOR_NAME: latents.tensor.contiguous()}, metadata=metadata))
     os.replace(partial, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask sets it: set back at once
-    os.umask(mask)
-    return mask
 
 
 def load_latents(path: Path) -> Latents:

@@ -145,8 +145,11 @@ def release_compile_workers() -> threading.Thread:
     shuts it down at the interpreter's exit: a bare torchrun worker that had compiled one
     function took 7.35 s from its exit handlers to torchrun's end, one that had compiled
     nothing 1.27 s (16 cores, one H200, 2026-12-03). Started as sampling ends, the shutdown
-    overlaps the decode and frees the workers' host memory; a later compile would start a new
-    pool. Returns the thread (not a daemon: an exit through Python waits for the rest)."""
+    overlaps the decode and frees the workers' host memory. Nothing may compile once it has
+    started (Inductor's shutdown is not safe against a concurrent compile): both A14B experts
+    compile within the sampling, the decode uses no Inductor. A worker that leaves before the
+    thread is done (`wanctl.workers.group.leave`) cuts it short harmlessly: the pool's process
+    exits when its pipe closes. Returns the thread."""
     from torch._inductor.async_compile import shutdown_compile_workers
 
     thread = threading.Thread(target=shutdown_compile_workers, name="inductor-workers-shutdown")
