@@ -115,7 +115,9 @@ def test_abort_stops_an_encoder_that_stalls_at_once(tmp_path: Path, encoders: En
     queued = time.perf_counter() - start
     writer.abort()
     resume.cancel()
-    assert queued < 1 and time.perf_counter() - start < 3
+    # well under the 10 s stall that a write or abort waiting on ffmpeg would take; slack for
+    # a loaded machine (the suite runs two pytest workers on 2 cores)
+    assert queued < 3 and time.perf_counter() - start < 6
     assert list(tmp_path.iterdir()) == [] and encoders.left() == []
 
 
