@@ -19,9 +19,9 @@ download is) and latents of the workload, both written first into a temporary fo
 (`--folder` picks the disk). The first run of each checkout meets cold caches: the page cache
 holds the files after it, and Inductor's and Triton's caches the compiled kernels: each
 checkout's verdict is the median of its later runs, its first shown apart, and the checkouts
-take turns at running first. Where the
-installed packages hold no compiled bytecode (a read-only image), every run compiles it again:
-`--pycache DIR` gives the children a bytecode cache (PYTHONPYCACHEPREFIX), as pip's install does.
+take turns at running first. Where the installed packages hold no compiled bytecode (a
+read-only image), every run compiles it again: `--pycache DIR` gives the children a bytecode
+cache (PYTHONPYCACHEPREFIX), as pip's install does.
 """
 
 from __future__ import annotations
